@@ -1,0 +1,164 @@
+//! The JSON API: POST /join, POST /leave, GET /users, GET /healthz.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::presence::{Name, Token, UserView};
+
+#[derive(Serialize)]
+pub struct JoinReply {
+    id: String,
+    name: String,
+    token: String,
+    users: Vec<UserView>,
+}
+
+#[derive(Serialize)]
+pub struct UsersReply {
+    users: Vec<UserView>,
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LeaveForm {
+    token: Option<String>,
+}
+
+/// The body formats lobby reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    Json,
+    Form,
+    Text,
+}
+
+pub async fn join(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<impl IntoResponse, ApiError> {
+    let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
+    let parsed: JoinBody = match format {
+        BodyFormat::Json => serde_json::from_slice(&body).map_err(|err| ApiError::MalformedBody {
+            format: "JSON",
+            detail: err.to_string(),
+        })?,
+        BodyFormat::Form | BodyFormat::Text => {
+            serde_urlencoded::from_bytes(&body).map_err(|err| ApiError::MalformedBody {
+                format: "a form",
+                detail: err.to_string(),
+            })?
+        }
+    };
+    let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
+    let joined = state.presence.join(name)?;
+    let reply = JoinReply {
+        id: joined.id.to_string(),
+        name: joined.name.to_string(),
+        token: joined.token.expose().to_owned(),
+        users: joined.users,
+    };
+    Ok((StatusCode::CREATED, Json(reply)))
+}
+
+/// The token may come as `Authorization: Bearer`, as a form `token=…`, or as a
+/// `text/plain` body holding only the token (what `navigator.sendBeacon` sends).
+pub async fn leave(State(state): State<AppState>, request: Request) -> Result<StatusCode, ApiError> {
+    let token = match bearer_token(request.headers()) {
+        Some(token) => token,
+        None => {
+            let (format, body) = read_body(request, &[BodyFormat::Form, BodyFormat::Text]).await?;
+            let text = match format {
+                BodyFormat::Form => serde_urlencoded::from_bytes::<LeaveForm>(&body)
+                    .map_err(|err| ApiError::MalformedBody {
+                        format: "a form",
+                        detail: err.to_string(),
+                    })?
+                    .token
+                    .unwrap_or_default(),
+                BodyFormat::Text | BodyFormat::Json => String::from_utf8_lossy(&body).into_owned(),
+            };
+            if text.trim().is_empty() {
+                return Err(ApiError::MissingToken);
+            }
+            Token::from_client(&text)
+        }
+    };
+    state.presence.leave(&token)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn users(State(state): State<AppState>) -> Json<UsersReply> {
+    Json(UsersReply {
+        users: state.presence.users(),
+    })
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// The token from `Authorization: Bearer …`, if the header is there.
+pub(super) fn bearer_token(headers: &HeaderMap) -> Option<Token> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| Token::from_client(token))
+}
+
+/// Checks the content type against those `accepted`, then reads the body
+/// (refusing it past the body limit with 413 without reading the rest).
+async fn read_body(request: Request, accepted: &[BodyFormat]) -> Result<(BodyFormat, Bytes), ApiError> {
+    let media_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let format = match media_type.as_deref() {
+        Some("application/json") => Some(BodyFormat::Json),
+        Some("application/x-www-form-urlencoded") => Some(BodyFormat::Form),
+        Some("text/plain") => Some(BodyFormat::Text),
+        _ => None,
+    };
+    let format = format
+        .filter(|format| accepted.contains(format))
+        .ok_or_else(|| unsupported(media_type.as_deref(), accepted))?;
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge
+        } else {
+            ApiError::BodyUnreadable(rejection.body_text())
+        }
+    })?;
+    Ok((format, body))
+}
+
+fn unsupported(got: Option<&str>, accepted: &[BodyFormat]) -> ApiError {
+    let names: Vec<&str> = accepted
+        .iter()
+        .map(|format| match format {
+            BodyFormat::Json => "application/json",
+            BodyFormat::Form => "application/x-www-form-urlencoded",
+            BodyFormat::Text => "text/plain",
+        })
+        .collect();
+    let got = match got {
+        Some(media_type) => format!("the request said {media_type}"),
+        None => "the request had no Content-Type".to_owned(),
+    };
+    ApiError::UnsupportedMediaType(format!(
+        "Send the body as {}; {got}.",
+        names.join(" or ")
+    ))
+}

@@ -1,0 +1,94 @@
+//! Every way a request can fail, the status each one gets (in one exhaustive
+//! match), and the JSON body `{"error": "<a sentence a person can act on>"}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::presence::{JoinError, MAX_STREAMS_PER_USER, NameError, TokenError};
+
+/// How long a client refused for a full lobby is told to wait.
+const FULL_RETRY_AFTER_SECS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("The request body could not be read as {format}: {detail}. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form.")]
+    MalformedBody { format: &'static str, detail: String },
+    #[error("The request has no name field. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form.")]
+    MissingName,
+    #[error("{0}")]
+    InvalidName(#[from] NameError),
+    #[error("The request body is larger than 4 KiB. Send only the name (or the token).")]
+    BodyTooLarge,
+    #[error("The request body could not be read: {0}.")]
+    BodyUnreadable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("The query string could not be read: {0}. Pass the token as ?token=….")]
+    MalformedQuery(String),
+    #[error("The lobby is full ({0} people online). Try again in a few seconds.")]
+    LobbyFull(usize),
+    #[error("No token was given. Pass the token from POST /join as ?token=… or as Authorization: Bearer ….")]
+    MissingToken,
+    #[error("This token is unknown or has expired. Join again with POST /join to get a new one.")]
+    UnknownToken,
+    #[error("This token already has {MAX_STREAMS_PER_USER} open streams. Close one before opening another.")]
+    TooManyStreams,
+    #[error("There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz.")]
+    NotFound,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedBody { .. }
+            | ApiError::MissingName
+            | ApiError::BodyUnreadable(_)
+            | ApiError::MalformedQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidName(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::LobbyFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MissingToken | ApiError::UnknownToken => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+impl From<JoinError> for ApiError {
+    fn from(err: JoinError) -> Self {
+        match err {
+            JoinError::Full(online) => ApiError::LobbyFull(online),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Unknown => ApiError::UnknownToken,
+            TokenError::TooManyStreams => ApiError::TooManyStreams,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        tracing::debug!(%status, "refused: {self}");
+        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
+        if let ApiError::LobbyFull(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(FULL_RETRY_AFTER_SECS));
+        }
+        response
+    }
+}

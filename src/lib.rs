@@ -1,0 +1,46 @@
+//! lobby: a small, fast "who's online" server. A client POSTs /join with a name,
+//! then listens on GET /events (Server-Sent Events) for `new_user` and
+//! `disconnect_user`; a leave is noticed when its event stream drops.
+//!
+//! # Layout
+//! - [`presence`]: the core. Who is online, the numbered event history, grace and
+//!   join timeouts, each event encoded once for every stream. No HTTP in it.
+//! - [`http`]: translation only. Parses requests into domain types, calls
+//!   presence, writes responses: the JSON API, the SSE stream, the page.
+//! - [`config`]: the command line and its environment variables.
+//! - `main.rs`: flags, logging, bind, then [`run`].
+//! - `static/`: the page's script and style, compiled into the binary.
+
+pub mod config;
+pub mod http;
+pub mod presence;
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use presence::Presence;
+
+/// Serves the lobby on `listener` until `shutdown` completes; then every open
+/// stream ends, connections close, and this returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let presence = Presence::new(config.presence());
+    let state = http::AppState::new(presence, &config, stop.clone());
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    axum::serve(listener, http::app(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}

@@ -1,0 +1,67 @@
+//! The `lobby` binary: flags, logging, bind, then `lobby::run` until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lobby::Config;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    raise_open_file_limit();
+
+    let listener = match TcpListener::bind(config.bind).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("lobby: cannot listen on {}: {err}", config.bind);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.bind);
+    tracing::info!("lobby listening on {addr}; open http://{addr}/ in a browser");
+
+    match lobby::run(listener, config, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("lobby stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("lobby: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every open stream holds a file descriptor, and the soft limit is often far
+/// below the hard one: raise it so the machine, not a default, sets the ceiling.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!("could not raise the open file limit: {err}"),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: closing every stream");
+}

@@ -1,0 +1,111 @@
+//! Presence events and their wire form. Each event is encoded once, when it
+//! happens, into the exact Server-Sent Events bytes every stream writes, so a
+//! fan-out to N streams shares one buffer instead of serializing N times.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::name::{Name, UserId};
+
+/// An event's position in the lobby's history. Strictly increasing, starting at 1.
+pub type EventId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    NewUser,
+    DisconnectUser,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::NewUser => "new_user",
+            EventKind::DisconnectUser => "disconnect_user",
+        }
+    }
+}
+
+/// One change to who is online, already encoded as an SSE frame.
+#[derive(Debug)]
+pub struct Event {
+    pub id: EventId,
+    pub kind: EventKind,
+    pub user: UserId,
+    /// `id: …\nevent: …\ndata: {"id":…,"name":…}\n\n`, shared by every stream.
+    pub frame: Bytes,
+}
+
+impl Event {
+    pub(crate) fn new(id: EventId, kind: EventKind, user: UserId, name: &Name) -> Event {
+        let data = serde_json::to_string(&UserView::new(user, name)).unwrap_or_default();
+        Event {
+            id,
+            kind,
+            user,
+            frame: frame(id, kind.as_str(), &data),
+        }
+    }
+}
+
+/// A user as everyone may see them: never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserView {
+    #[serde(serialize_with = "serialize_display")]
+    pub id: UserId,
+    #[serde(serialize_with = "serialize_display")]
+    pub name: Name,
+}
+
+impl UserView {
+    pub(crate) fn new(id: UserId, name: &Name) -> UserView {
+        UserView {
+            id,
+            name: name.clone(),
+        }
+    }
+}
+
+fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// The `existing_users` frame: everyone online as of event `id`, oldest first.
+pub(crate) fn snapshot_frame(id: EventId, users: &[UserView]) -> Bytes {
+    #[derive(Serialize)]
+    struct Snapshot<'a> {
+        users: &'a [UserView],
+    }
+    let data = serde_json::to_string(&Snapshot { users }).unwrap_or_default();
+    frame(id, "existing_users", &data)
+}
+
+/// One SSE frame. `data` is JSON on one line: serde_json escapes every line
+/// break, and names hold no control characters, so no name can split a frame.
+fn frame(id: EventId, event: &str, data: &str) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_frame_is_one_sse_event_with_id_name_and_json_data() {
+        let user = UserId::random();
+        let name = Name::parse("a\"b</script>\u{2028}").expect("valid name");
+        let event = Event::new(7, EventKind::NewUser, user, &name);
+        let text = std::str::from_utf8(&event.frame).expect("utf-8");
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines[0], "id: 7");
+        assert_eq!(lines[1], "event: new_user");
+        assert!(lines[2].starts_with("data: {"));
+        assert_eq!(&lines[3..], ["", ""], "exactly one blank line ends the frame");
+        let data: serde_json::Value =
+            serde_json::from_str(&lines[2]["data: ".len()..]).expect("json");
+        assert_eq!(data["name"], name.as_str());
+        assert_eq!(data["id"], user.to_string());
+    }
+}

@@ -1,0 +1,392 @@
+//! The presence core: who is online, the numbered event history, grace and
+//! join timeouts. It knows nothing of HTTP; it is driven by method calls and the
+//! (tokio) clock, and hands each event to every stream as shared, encoded bytes.
+//!
+//! The rules, in one place:
+//! - a user is online from [`Presence::join`] until the first of: [`Presence::leave`];
+//!   their last stream closed longer than `grace` ago; no stream opened within
+//!   `join_timeout` of joining;
+//! - a stream reopened within `grace` changes nothing anyone can see;
+//! - `new_user` and `disconnect_user` go out exactly once per user.
+
+mod event;
+mod history;
+mod name;
+
+pub use event::{Event, EventId, EventKind, UserView};
+pub use name::{MAX_NAME_CHARS, Name, NameError, Token, UserId};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
+
+use history::History;
+
+/// How many streams one token may hold open at once.
+pub const MAX_STREAMS_PER_USER: u8 = 4;
+
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// How long a user whose last stream closed stays online, waiting for a reconnect.
+    pub grace: Duration,
+    /// How long a user who joined has to open their first stream.
+    pub join_timeout: Duration,
+    /// Joins beyond this many online users are refused.
+    pub max_users: usize,
+    /// How many recent events are kept for `Last-Event-ID` replay.
+    pub history: usize,
+    /// How many events a stream may fall behind before it is ended (it then
+    /// reconnects and resumes from the history). At most `history`, so that a
+    /// stream ended for lagging can always resume without a snapshot.
+    pub backlog: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            grace: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(10),
+            max_users: 100_000,
+            history: 4096,
+            backlog: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the lobby is full ({0} users online)")]
+    Full(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("unknown or expired token")]
+    Unknown,
+    #[error("this token already has {MAX_STREAMS_PER_USER} open streams")]
+    TooManyStreams,
+}
+
+/// What a joiner gets back.
+#[derive(Debug)]
+pub struct Joined {
+    pub id: UserId,
+    pub name: Name,
+    pub token: Token,
+    /// Those online before this join, oldest first.
+    pub users: Vec<UserView>,
+}
+
+/// How a stream starts.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// An `existing_users` frame: everyone online, the subscriber included.
+    Snapshot(Bytes),
+    /// The frames after the client's `Last-Event-ID`, possibly none.
+    Resume(Bytes),
+}
+
+impl Start {
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Start::Snapshot(bytes) | Start::Resume(bytes) => bytes,
+        }
+    }
+}
+
+/// One open stream of one user: where it starts, then every later event.
+/// Dropping it closes the stream (and, if it was the user's last, starts grace).
+#[derive(Debug)]
+pub struct Subscription {
+    pub user: UserId,
+    pub start: Start,
+    /// Every event after `start`, in order. A `Lagged` error means the stream
+    /// fell more than `backlog` events behind and should end.
+    pub events: broadcast::Receiver<Arc<Event>>,
+    _open: OpenStream,
+}
+
+/// Cheap to clone: every clone is a handle to the same lobby.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// A std mutex, not a tokio one: it is never held across an await, and every
+    /// critical section is a few map operations, so an async mutex would only add cost.
+    state: Mutex<State>,
+    /// Wakes the expiry task when a deadline is added or the lobby is dropped.
+    expiry: Arc<Notify>,
+    config: PresenceConfig,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Keyed by the id of the user's `new_user` event, so iteration is oldest first.
+    users: BTreeMap<EventId, User>,
+    tokens: HashMap<Token, EventId>,
+    /// When each user with no open stream goes offline, soonest first.
+    deadlines: BTreeSet<(Instant, EventId)>,
+    history: History,
+    latest: EventId,
+    /// Sent to while the lock is held, so that a snapshot taken under the lock and
+    /// the events received after it meet exactly: nothing missed, nothing twice.
+    sender: broadcast::Sender<Arc<Event>>,
+}
+
+#[derive(Debug)]
+struct User {
+    id: UserId,
+    name: Name,
+    token: Token,
+    streams: u8,
+    /// Whether a stream was ever opened: tells a join timeout from a grace expiry.
+    ever_streamed: bool,
+    /// Set while the user has no open stream: when they go offline unless one opens.
+    deadline: Option<Instant>,
+}
+
+impl Presence {
+    /// Creates an empty lobby and its expiry task, which ends when the last
+    /// handle (and the last open stream) is dropped. Needs a tokio runtime.
+    pub fn new(config: PresenceConfig) -> Presence {
+        let (sender, _) = broadcast::channel(config.backlog.max(1));
+        let expiry = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                users: BTreeMap::new(),
+                tokens: HashMap::new(),
+                deadlines: BTreeSet::new(),
+                history: History::new(config.history.max(config.backlog)),
+                latest: 0,
+                sender,
+            }),
+            expiry: expiry.clone(),
+            config,
+        });
+        tokio::spawn(expire_users(Arc::downgrade(&shared), expiry));
+        Presence { shared }
+    }
+
+    pub fn config(&self) -> &PresenceConfig {
+        &self.shared.config
+    }
+
+    /// Adds a user and announces them with `new_user`.
+    pub fn join(&self, name: Name) -> Result<Joined, JoinError> {
+        let config = &self.shared.config;
+        let mut state = self.shared.lock();
+        if state.users.len() >= config.max_users {
+            return Err(JoinError::Full(state.users.len()));
+        }
+        let users = state.views();
+        let (id, token) = (UserId::random(), Token::random());
+        let seq = state.publish(EventKind::NewUser, id, &name);
+        let deadline = Instant::now() + config.join_timeout;
+        state.users.insert(
+            seq,
+            User {
+                id,
+                name: name.clone(),
+                token: token.clone(),
+                streams: 0,
+                ever_streamed: false,
+                deadline: Some(deadline),
+            },
+        );
+        state.tokens.insert(token.clone(), seq);
+        state.deadlines.insert((deadline, seq));
+        drop(state);
+        self.shared.expiry.notify_one();
+        tracing::info!(%id, name = %name, "joined");
+        Ok(Joined {
+            id,
+            name,
+            token,
+            users,
+        })
+    }
+
+    /// Opens a stream for the user holding `token`. With `last_event_id`, the
+    /// stream resumes after that event when the history still holds what came
+    /// since; otherwise (and without it) it starts with a snapshot.
+    pub fn subscribe(
+        &self,
+        token: &Token,
+        last_event_id: Option<EventId>,
+    ) -> Result<Subscription, TokenError> {
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        let seq = *state.tokens.get(token).ok_or(TokenError::Unknown)?;
+        let user = state.users.get_mut(&seq).ok_or(TokenError::Unknown)?;
+        if user.streams >= MAX_STREAMS_PER_USER {
+            return Err(TokenError::TooManyStreams);
+        }
+        user.streams += 1;
+        user.ever_streamed = true;
+        if let Some(deadline) = user.deadline.take() {
+            state.deadlines.remove(&(deadline, seq));
+        }
+        let id = user.id;
+        let replay = last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
+        let start = match replay {
+            Some(frames) => Start::Resume(frames),
+            None => Start::Snapshot(event::snapshot_frame(state.latest, &state.views())),
+        };
+        Ok(Subscription {
+            user: id,
+            start,
+            events: state.sender.subscribe(),
+            _open: OpenStream {
+                shared: self.shared.clone(),
+                seq,
+            },
+        })
+    }
+
+    /// Takes the user off the lobby at once and announces `disconnect_user`.
+    /// Their own streams receive it too, and end there.
+    pub fn leave(&self, token: &Token) -> Result<UserId, TokenError> {
+        let mut state = self.shared.lock();
+        let seq = *state.tokens.get(token).ok_or(TokenError::Unknown)?;
+        let user = state.remove(seq).ok_or(TokenError::Unknown)?;
+        tracing::info!(id = %user.id, name = %user.name, reason = "leave", "left");
+        Ok(user.id)
+    }
+
+    /// Everyone online, oldest first.
+    pub fn users(&self) -> Vec<UserView> {
+        self.shared.lock().views()
+    }
+
+    /// How many users, history entries and open streams the lobby holds:
+    /// all three return to nothing but history once everyone has left.
+    pub fn stats(&self) -> Stats {
+        let state = self.shared.lock();
+        Stats {
+            users: state.users.len(),
+            streams: state.users.values().map(|u| usize::from(u.streams)).sum(),
+            history: state.history.len(),
+            latest_event: state.latest,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub users: usize,
+    pub streams: usize,
+    pub history: usize,
+    pub latest_event: EventId,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a
+        // way later calls would misread, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes offline everyone whose deadline has passed; returns the next deadline.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        while let Some(&(when, seq)) = state.deadlines.first() {
+            if when > now {
+                return Some(when);
+            }
+            state.deadlines.pop_first();
+            if let Some(user) = state.remove(seq) {
+                let reason = if user.ever_streamed { "grace expired" } else { "join timeout" };
+                tracing::info!(id = %user.id, name = %user.name, reason, "left");
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Lets the expiry task see that the lobby is gone and end.
+        self.expiry.notify_one();
+    }
+}
+
+impl State {
+    fn views(&self) -> Vec<UserView> {
+        self.users.values().map(|u| UserView::new(u.id, &u.name)).collect()
+    }
+
+    fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
+        self.latest += 1;
+        let event = Arc::new(Event::new(self.latest, kind, user, name));
+        self.history.push(event.clone());
+        // An error only means that no stream is open; the history still has it.
+        let _ = self.sender.send(event);
+        self.latest
+    }
+
+    fn remove(&mut self, seq: EventId) -> Option<User> {
+        let user = self.users.remove(&seq)?;
+        self.tokens.remove(&user.token);
+        if let Some(deadline) = user.deadline {
+            self.deadlines.remove(&(deadline, seq));
+        }
+        self.publish(EventKind::DisconnectUser, user.id, &user.name);
+        Some(user)
+    }
+}
+
+/// Counts one open stream; dropping it is how presence learns the stream closed.
+#[derive(Debug)]
+struct OpenStream {
+    shared: Arc<Shared>,
+    seq: EventId,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + self.shared.config.grace;
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
+        // The user may be gone already (they left); then there is nothing to do.
+        let Some(user) = state.users.get_mut(&self.seq) else {
+            return;
+        };
+        user.streams -= 1;
+        if user.streams == 0 {
+            user.deadline = Some(deadline);
+            state.deadlines.insert((deadline, self.seq));
+            drop(guard);
+            self.shared.expiry.notify_one();
+        }
+    }
+}
+
+/// Sleeps until the next deadline (or until woken by a new one) and takes
+/// expired users offline. Holds only a weak reference, so it ends with the lobby.
+async fn expire_users(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let next = match shared.upgrade() {
+            Some(shared) => shared.expire(Instant::now()),
+            None => return,
+        };
+        match next {
+            Some(when) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(when) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

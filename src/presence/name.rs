@@ -1,0 +1,170 @@
+//! The domain types a request is parsed into before it reaches presence:
+//! a [`Name`] that obeys the name rules, a public [`UserId`] and a secret [`Token`].
+//! Once one of these exists it is valid; nothing downstream checks again.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The most characters (Unicode scalar values) a name may have after trimming.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Why a name was refused. The messages are shown to people as they are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("The name is empty. Type at least one character that is not a space.")]
+    Empty,
+    #[error("The name is {0} characters long. Use at most 32 characters.")]
+    TooLong(usize),
+    #[error("The name contains a control character (such as a line break or tab). Use printable characters only.")]
+    ControlCharacter,
+}
+
+/// A person's display name: trimmed, 1 to 32 characters, no control characters.
+///
+/// Held in an `Arc<str>` because the same name is copied into every snapshot and
+/// every join reply; cloning it must not copy the text.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// Applies the name rules: trim whitespace at both ends, then 1 to 32
+    /// characters, none of them a control character. Everything else is text.
+    pub fn parse(raw: &str) -> Result<Name, NameError> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 {
+            return Err(NameError::Empty);
+        }
+        if chars > MAX_NAME_CHARS {
+            return Err(NameError::TooLong(chars));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(NameError::ControlCharacter);
+        }
+        Ok(Name(Arc::from(trimmed)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user's public id: a random UUID v4, safe to show to everyone.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(uuid::Uuid);
+
+impl UserId {
+    pub(crate) fn random() -> UserId {
+        UserId(uuid::Uuid::new_v4())
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+/// The secret that proves a user is who joined: 256 random bits as 64 hex digits.
+///
+/// It has no `Display` and its `Debug` is redacted, so it cannot reach a log line
+/// by accident; [`Token::expose`] is the one door out, used to answer the joiner.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Token(Box<str>);
+
+impl Token {
+    pub(crate) fn random() -> Token {
+        let bytes: [u8; 32] = rand::random();
+        let mut hex = String::with_capacity(64);
+        for byte in bytes {
+            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
+        }
+        Token(hex.into_boxed_str())
+    }
+
+    /// Wraps a token a client sent; whether it is known is for presence to say.
+    pub fn from_client(raw: &str) -> Token {
+        Token(raw.trim().into())
+    }
+
+    /// The token's text, for the join reply to its owner and nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_trimmed_at_both_ends() {
+        assert_eq!(Name::parse("  alice \t").map(|n| n.to_string()), Ok("alice".into()));
+    }
+
+    #[test]
+    fn an_empty_or_blank_name_is_rejected() {
+        assert_eq!(Name::parse(""), Err(NameError::Empty));
+        assert_eq!(Name::parse(" \n\t "), Err(NameError::Empty));
+    }
+
+    #[test]
+    fn a_name_of_32_characters_is_accepted_and_33_is_rejected() {
+        let cjk32 = "名".repeat(32);
+        assert!(Name::parse(&cjk32).is_ok(), "32 three-byte characters are 32 characters");
+        assert_eq!(Name::parse(&"a".repeat(33)), Err(NameError::TooLong(33)));
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_inside_is_rejected() {
+        assert_eq!(Name::parse("al\nice"), Err(NameError::ControlCharacter));
+        assert_eq!(Name::parse("al\u{7f}ice"), Err(NameError::ControlCharacter));
+        assert_eq!(Name::parse("al\u{0}ice"), Err(NameError::ControlCharacter));
+    }
+
+    #[test]
+    fn markup_and_emoji_are_ordinary_text() {
+        for raw in ["<script>alert(1)</script>", "🦀 crab", "山田 太郎", "a\"b'c&d"] {
+            assert_eq!(Name::parse(raw).map(|n| n.to_string()), Ok(raw.to_string()));
+        }
+    }
+
+    #[test]
+    fn tokens_are_64_hex_digits_and_differ_each_time() {
+        let (a, b) = (Token::random(), Token::random());
+        assert_eq!(a.expose().len(), 64);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_token_never_shows_in_debug_output() {
+        let token = Token::random();
+        assert!(!format!("{token:?}").contains(token.expose()));
+    }
+}
