@@ -1,0 +1,253 @@
+//! Test helpers shared by every integration test: a real lobby server on
+//! 127.0.0.1 port 0, a typed client for its JSON API, and an SSE reader whose
+//! every wait has a deadline, so a missing event fails a test instead of hanging it.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::time::Duration;
+
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
+use lobby::Config;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A lobby serving on a free port of 127.0.0.1, stopped when dropped.
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Joined {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+    pub users: Vec<User>,
+}
+
+impl TestServer {
+    /// Starts a server with the default settings.
+    pub async fn start() -> TestServer {
+        TestServer::with_args(&[]).await
+    }
+
+    /// Starts a server with these command-line flags, e.g. `["--grace", "300ms"]`.
+    pub async fn with_args(args: &[&str]) -> TestServer {
+        let config = Config::try_parse_from_args(args);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(lobby::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server the way SIGTERM does and waits until it has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("the server stops within the patience")
+                .expect("the server task does not panic")
+                .expect("the server returns Ok");
+        }
+    }
+
+    /// POST /join with a JSON body; panics unless the reply is 201.
+    pub async fn join(&self, name: &str) -> Joined {
+        let response = self
+            .client
+            .post(self.url("/join"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .expect("POST /join");
+        assert_eq!(response.status(), 201, "joining as {name:?}");
+        response.json().await.expect("join reply is JSON")
+    }
+
+    /// POST /leave with the token as Bearer; returns the status.
+    pub async fn leave(&self, token: &str) -> u16 {
+        self.client
+            .post(self.url("/leave"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("POST /leave")
+            .status()
+            .as_u16()
+    }
+
+    /// GET /users.
+    pub async fn users(&self) -> Vec<User> {
+        #[derive(Deserialize)]
+        struct Users {
+            users: Vec<User>,
+        }
+        let response = self.client.get(self.url("/users")).send().await.expect("GET /users");
+        assert_eq!(response.status(), 200);
+        response.json::<Users>().await.expect("users JSON").users
+    }
+
+    /// GET /events?token=…, with `Last-Event-ID` when given. Returns the raw response.
+    pub async fn open_events(&self, token: &str, last_event_id: Option<u64>) -> reqwest::Response {
+        let mut request = self.client.get(self.url("/events")).query(&[("token", token)]);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        // No overall timeout on a stream: each read has its own deadline.
+        request.timeout(Duration::from_secs(3600)).send().await.expect("GET /events")
+    }
+
+    /// Opens an event stream that must be accepted (200).
+    pub async fn subscribe(&self, token: &str, last_event_id: Option<u64>) -> Sse {
+        let response = self.open_events(token, last_event_id).await;
+        assert_eq!(response.status(), 200, "GET /events");
+        Sse::new(response)
+    }
+
+    /// Joins and opens a stream, reading the opening snapshot.
+    pub async fn join_and_subscribe(&self, name: &str) -> (Joined, Sse, Vec<User>) {
+        let joined = self.join(name).await;
+        let mut sse = self.subscribe(&joined.token, None).await;
+        let snapshot = sse.next_event().await;
+        assert_eq!(snapshot.event, "existing_users");
+        let users = users_in(&snapshot);
+        (joined, sse, users)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Builds a `Config` from test flags without reading `LOBBY_*` from the environment.
+trait ConfigExt {
+    fn try_parse_from_args(args: &[&str]) -> Config;
+}
+
+impl ConfigExt for Config {
+    fn try_parse_from_args(args: &[&str]) -> Config {
+        use clap::Parser;
+        Config::try_parse_from(std::iter::once("lobby").chain(args.iter().copied()))
+            .expect("valid test flags")
+    }
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// A parsed SSE stream. Every read waits at most `PATIENCE`.
+pub struct Sse {
+    events: EventStream,
+    /// The id of the last event read, as a browser would send in Last-Event-ID.
+    pub last_id: Option<u64>,
+}
+
+impl Sse {
+    pub fn new(response: reqwest::Response) -> Sse {
+        Sse {
+            events: Box::pin(response.bytes_stream().eventsource()),
+            last_id: None,
+        }
+    }
+
+    /// The next event; panics if none comes within `PATIENCE` or the stream ends.
+    pub async fn next_event(&mut self) -> Event {
+        match self.next_within(PATIENCE).await {
+            Some(event) => event,
+            None => panic!("no event within {PATIENCE:?}"),
+        }
+    }
+
+    /// The next event within `wait`, or `None` if none came (the stream may stay open).
+    /// Panics if the stream ends or breaks.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Event> {
+        match tokio::time::timeout(wait, self.events.next()).await {
+            Err(_) => None,
+            Ok(None) => panic!("the event stream ended"),
+            Ok(Some(Err(err))) => panic!("the event stream broke: {err}"),
+            Ok(Some(Ok(event))) => {
+                let id: u64 = event.id.parse().expect("every event has a decimal id");
+                if let Some(last) = self.last_id {
+                    assert!(id > last, "ids strictly increase: {id} after {last}");
+                }
+                self.last_id = Some(id);
+                Some(event)
+            }
+        }
+    }
+
+    /// Waits for the server to end the stream; panics if an event comes instead
+    /// or nothing happens within `PATIENCE`.
+    pub async fn expect_end(&mut self) {
+        match tokio::time::timeout(PATIENCE, self.events.next()).await {
+            Err(_) => panic!("the stream did not end within {PATIENCE:?}"),
+            Ok(None) => {}
+            Ok(Some(Ok(event))) => panic!("expected the stream to end, got {event:?}"),
+            Ok(Some(Err(_))) => {}
+        }
+    }
+}
+
+/// The users in an `existing_users` event.
+pub fn users_in(event: &Event) -> Vec<User> {
+    let data: Value = serde_json::from_str(&event.data).expect("event data is JSON");
+    serde_json::from_value(data["users"].clone()).expect("a users list")
+}
+
+/// The user in a `new_user` or `disconnect_user` event.
+pub fn user_in(event: &Event) -> User {
+    serde_json::from_str(&event.data).expect("event data is a user")
+}
+
+/// Reads raw chunks of a response until `wait` passes or `enough` says stop.
+pub async fn read_raw_until(
+    response: &mut reqwest::Response,
+    wait: Duration,
+    enough: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while !enough(&text) {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Err(_) | Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Err(err)) => panic!("reading the stream: {err}"),
+        }
+    }
+    text
+}
