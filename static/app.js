@@ -1,0 +1,206 @@
+// lobby's page: join with a name, then keep #users equal to who is online,
+// fed by GET /events (existing_users, new_user, disconnect_user).
+// Names are always set with textContent, never as HTML.
+"use strict";
+
+const form = document.getElementById("join");
+const nameInput = form.elements.name;
+const joinButton = form.querySelector("button");
+const errorLine = document.getElementById("error");
+const statusLine = document.getElementById("status");
+const list = document.getElementById("users");
+const count = document.getElementById("count");
+
+// The name is kept for this tab only, so a reload joins again by itself.
+const SAVED_NAME = "lobby.name";
+// Someone who has not joined sees the list refreshed this often.
+const WATCH_EVERY_MS = 2000;
+
+let me = null; // { id, name, token } while joined
+let source = null; // the EventSource while joined
+let watching = null; // the refresh timer while not joined
+let rejoinDelay = 1000;
+
+// ---- the list of boxes ----
+
+function hueOf(id) {
+  let hash = 0;
+  for (const c of id) hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
+  return hash % 360;
+}
+
+function decorate(element) {
+  element.style.setProperty("--hue", String(hueOf(element.dataset.userId)));
+  element.classList.toggle("me", me !== null && element.dataset.userId === me.id);
+  element.title = element.classList.contains("me") ? "you" : "";
+}
+
+function box(user) {
+  const element = document.createElement("li");
+  element.className = "user";
+  element.dataset.userId = user.id;
+  element.textContent = user.name;
+  decorate(element);
+  return element;
+}
+
+// A linear search, not a CSS selector: an id is never spliced into a query.
+function boxOf(id) {
+  for (const element of list.children) {
+    if (element.dataset.userId === id) return element;
+  }
+  return null;
+}
+
+function showCount() {
+  count.textContent = String(list.children.length);
+}
+
+function replaceUsers(users) {
+  list.replaceChildren(...users.map(box));
+  showCount();
+}
+
+function addUser(user) {
+  if (!boxOf(user.id)) list.append(box(user));
+  showCount();
+}
+
+function removeUser(id) {
+  boxOf(id)?.remove();
+  showCount();
+}
+
+// ---- joining and leaving ----
+
+async function requestJoin(name) {
+  let response;
+  try {
+    response = await fetch("/join", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name }),
+    });
+  } catch {
+    throw Object.assign(new Error("The lobby cannot be reached. Check the connection and try again."), { retry: true });
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const retry = response.status === 503 || response.status === 429 || response.status >= 500;
+    throw Object.assign(new Error(body.error || `The lobby answered ${response.status}.`), { retry });
+  }
+  return body;
+}
+
+function joined(reply) {
+  me = { id: reply.id, name: reply.name, token: reply.token };
+  rejoinDelay = 1000;
+  sessionStorage.setItem(SAVED_NAME, reply.name);
+  stopWatching();
+  form.hidden = true;
+  statusLine.hidden = false;
+  statusLine.textContent = `You are ${reply.name}.`;
+  // Shown at once; the stream's existing_users replaces it moments later.
+  replaceUsers([...reply.users, { id: reply.id, name: reply.name }]);
+  listen();
+}
+
+function listen() {
+  source = new EventSource(`/events?token=${encodeURIComponent(me.token)}`);
+  source.addEventListener("existing_users", (event) => replaceUsers(JSON.parse(event.data).users));
+  source.addEventListener("new_user", (event) => addUser(JSON.parse(event.data)));
+  source.addEventListener("disconnect_user", (event) => {
+    const user = JSON.parse(event.data);
+    if (me !== null && user.id === me.id) notJoined(); // we were made to leave
+    else removeUser(user.id);
+  });
+  // A dropped connection is retried by the browser itself (with Last-Event-ID);
+  // CLOSED means the server refused the stream (401: it restarted, or we timed
+  // out), so join again under the same name.
+  source.addEventListener("error", () => {
+    if (source !== null && source.readyState === EventSource.CLOSED) rejoin();
+  });
+}
+
+function closeStream() {
+  if (source !== null) source.close();
+  source = null;
+}
+
+async function rejoin() {
+  const name = me === null ? sessionStorage.getItem(SAVED_NAME) : me.name;
+  closeStream();
+  me = null;
+  if (!name) return notJoined();
+  try {
+    joined(await requestJoin(name));
+  } catch (error) {
+    if (!error.retry) return notJoined(error.message);
+    statusLine.textContent = `Reconnecting… (${error.message})`;
+    setTimeout(rejoin, rejoinDelay);
+    rejoinDelay = Math.min(rejoinDelay * 2, 30000);
+  }
+}
+
+function notJoined(message = "") {
+  closeStream();
+  me = null;
+  sessionStorage.removeItem(SAVED_NAME);
+  statusLine.hidden = true;
+  form.hidden = false;
+  errorLine.textContent = message;
+  for (const element of list.children) decorate(element);
+  startWatching();
+}
+
+// ---- watching without joining ----
+
+async function refresh() {
+  try {
+    const response = await fetch("/users", { cache: "no-store" });
+    if (response.ok && me === null) replaceUsers((await response.json()).users);
+  } catch {
+    // Offline for a moment: the next refresh tries again.
+  }
+}
+
+function startWatching() {
+  if (watching === null) watching = setInterval(refresh, WATCH_EVERY_MS);
+}
+
+function stopWatching() {
+  clearInterval(watching);
+  watching = null;
+}
+
+// ---- wiring ----
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  errorLine.textContent = "";
+  joinButton.disabled = true;
+  try {
+    joined(await requestJoin(nameInput.value));
+  } catch (error) {
+    errorLine.textContent = error.message;
+  } finally {
+    joinButton.disabled = false;
+  }
+});
+
+// Leaving the page tells the server at once, so others see the box go now
+// rather than after the grace period.
+window.addEventListener("pagehide", () => {
+  if (me === null) return;
+  navigator.sendBeacon("/leave", new Blob([me.token], { type: "text/plain" }));
+  closeStream();
+});
+
+// Back from the browser's page cache after leaving: join again.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted && me !== null) rejoin();
+});
+
+for (const element of list.children) decorate(element);
+if (sessionStorage.getItem(SAVED_NAME)) rejoin();
+else startWatching();
