@@ -13,7 +13,12 @@ use crate::presence::PresenceConfig;
 #[command(name = "lobby", version, about, long_about = None)]
 pub struct Config {
     /// Address and port to listen on.
-    #[arg(long, env = "LOBBY_BIND", default_value = "127.0.0.1:3000", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "LOBBY_BIND",
+        default_value = "127.0.0.1:3000",
+        value_name = "ADDR"
+    )]
     pub bind: SocketAddr,
 
     /// How long a user whose last stream closed stays online, waiting for it to reopen.
@@ -29,7 +34,12 @@ pub struct Config {
     pub keepalive: Duration,
 
     /// Joins are refused (503) while this many users are online.
-    #[arg(long, env = "LOBBY_MAX_USERS", default_value_t = 100_000, value_name = "N")]
+    #[arg(
+        long,
+        env = "LOBBY_MAX_USERS",
+        default_value_t = 100_000,
+        value_name = "N"
+    )]
     pub max_users: usize,
 }
 
@@ -77,7 +87,14 @@ mod tests {
 
     #[test]
     fn durations_are_written_as_people_write_them() -> Result<(), clap::Error> {
-        let config = parse(&["--grace", "500ms", "--join-timeout", "2m", "--keepalive", "5s"])?;
+        let config = parse(&[
+            "--grace",
+            "500ms",
+            "--join-timeout",
+            "2m",
+            "--keepalive",
+            "5s",
+        ])?;
         assert_eq!(config.grace, Duration::from_millis(500));
         assert_eq!(config.join_timeout, Duration::from_secs(120));
         assert_eq!(config.keepalive, Duration::from_secs(5));
@@ -97,7 +114,10 @@ mod tests {
     #[test]
     fn the_retry_hint_is_well_inside_the_grace_period() -> Result<(), clap::Error> {
         assert_eq!(parse(&[])?.retry(), Duration::from_secs(1));
-        assert_eq!(parse(&["--grace", "600ms"])?.retry(), Duration::from_millis(300));
+        assert_eq!(
+            parse(&["--grace", "600ms"])?.retry(),
+            Duration::from_millis(300)
+        );
         Ok(())
     }
 }

@@ -47,10 +47,12 @@ pub async fn join(
 ) -> Result<impl IntoResponse, ApiError> {
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
     let parsed: JoinBody = match format {
-        BodyFormat::Json => serde_json::from_slice(&body).map_err(|err| ApiError::MalformedBody {
-            format: "JSON",
-            detail: err.to_string(),
-        })?,
+        BodyFormat::Json => {
+            serde_json::from_slice(&body).map_err(|err| ApiError::MalformedBody {
+                format: "JSON",
+                detail: err.to_string(),
+            })?
+        }
         BodyFormat::Form | BodyFormat::Text => {
             serde_urlencoded::from_bytes(&body).map_err(|err| ApiError::MalformedBody {
                 format: "a form",
@@ -71,7 +73,10 @@ pub async fn join(
 
 /// The token may come as `Authorization: Bearer`, as a form `token=…`, or as a
 /// `text/plain` body holding only the token (what `navigator.sendBeacon` sends).
-pub async fn leave(State(state): State<AppState>, request: Request) -> Result<StatusCode, ApiError> {
+pub async fn leave(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
     let token = match bearer_token(request.headers()) {
         Some(token) => token,
         None => {
@@ -114,17 +119,29 @@ pub async fn not_found() -> ApiError {
 pub(super) fn bearer_token(headers: &HeaderMap) -> Option<Token> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| Token::from_client(token))
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| Token::from_client(token))
 }
 
 /// Checks the content type against those `accepted`, then reads the body
 /// (refusing it past the body limit with 413 without reading the rest).
-async fn read_body(request: Request, accepted: &[BodyFormat]) -> Result<(BodyFormat, Bytes), ApiError> {
+async fn read_body(
+    request: Request,
+    accepted: &[BodyFormat],
+) -> Result<(BodyFormat, Bytes), ApiError> {
     let media_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     let format = match media_type.as_deref() {
         Some("application/json") => Some(BodyFormat::Json),
         Some("application/x-www-form-urlencoded") => Some(BodyFormat::Form),
@@ -134,13 +151,15 @@ async fn read_body(request: Request, accepted: &[BodyFormat]) -> Result<(BodyFor
     let format = format
         .filter(|format| accepted.contains(format))
         .ok_or_else(|| unsupported(media_type.as_deref(), accepted))?;
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge
-        } else {
-            ApiError::BodyUnreadable(rejection.body_text())
-        }
-    })?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge
+            } else {
+                ApiError::BodyUnreadable(rejection.body_text())
+            }
+        })?;
     Ok((format, body))
 }
 
@@ -157,8 +176,5 @@ fn unsupported(got: Option<&str>, accepted: &[BodyFormat]) -> ApiError {
         Some(media_type) => format!("the request said {media_type}"),
         None => "the request had no Content-Type".to_owned(),
     };
-    ApiError::UnsupportedMediaType(format!(
-        "Send the body as {}; {got}.",
-        names.join(" or ")
-    ))
+    ApiError::UnsupportedMediaType(format!("Send the body as {}; {got}.", names.join(" or ")))
 }

@@ -13,9 +13,16 @@ const FULL_RETRY_AFTER_SECS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("The request body could not be read as {format}: {detail}. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form.")]
-    MalformedBody { format: &'static str, detail: String },
-    #[error("The request has no name field. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form.")]
+    #[error(
+        "The request body could not be read as {format}: {detail}. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form."
+    )]
+    MalformedBody {
+        format: &'static str,
+        detail: String,
+    },
+    #[error(
+        "The request has no name field. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form."
+    )]
     MissingName,
     #[error("{0}")]
     InvalidName(#[from] NameError),
@@ -29,13 +36,19 @@ pub enum ApiError {
     MalformedQuery(String),
     #[error("The lobby is full ({0} people online). Try again in a few seconds.")]
     LobbyFull(usize),
-    #[error("No token was given. Pass the token from POST /join as ?token=… or as Authorization: Bearer ….")]
+    #[error(
+        "No token was given. Pass the token from POST /join as ?token=… or as Authorization: Bearer …."
+    )]
     MissingToken,
     #[error("This token is unknown or has expired. Join again with POST /join to get a new one.")]
     UnknownToken,
-    #[error("This token already has {MAX_STREAMS_PER_USER} open streams. Close one before opening another.")]
+    #[error(
+        "This token already has {MAX_STREAMS_PER_USER} open streams. Close one before opening another."
+    )]
     TooManyStreams,
-    #[error("There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz.")]
+    #[error(
+        "There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz."
+    )]
     NotFound,
 }
 
@@ -83,11 +96,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         tracing::debug!(%status, "refused: {self}");
-        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
         if let ApiError::LobbyFull(_) = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(FULL_RETRY_AFTER_SECS));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(FULL_RETRY_AFTER_SECS),
+            );
         }
         response
     }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio_stream::Stream;
 use tokio::sync::watch;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::api::bearer_token;
@@ -43,7 +43,10 @@ pub async fn events(
     let body = Body::from_stream(stream(subscription, state.heartbeat.clone(), state.retry));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -58,13 +61,21 @@ fn token_from(query: Option<&str>, headers: &HeaderMap) -> Result<Token, ApiErro
             .map(|token| Token::from_client(&token)),
         None => None,
     };
-    from_query.or_else(|| bearer_token(headers)).ok_or(ApiError::MissingToken)
+    from_query
+        .or_else(|| bearer_token(headers))
+        .ok_or(ApiError::MissingToken)
 }
 
 /// A `Last-Event-ID` that is not a decimal id is treated as absent: the stream
 /// starts with a fresh snapshot, which is always correct.
 fn last_event_id(headers: &HeaderMap) -> Option<EventId> {
-    headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get("last-event-id")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn stream(

@@ -84,7 +84,11 @@ mod tests {
     #[test]
     fn a_name_that_looks_like_markup_is_escaped_as_text() {
         let name = Name::parse("<img src=x onerror=alert(1)>").expect("valid name");
-        let page = render(&[UserView { id: UserId::random(), name }]).into_string();
+        let page = render(&[UserView {
+            id: UserId::random(),
+            name,
+        }])
+        .into_string();
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(!page.contains("<img"));
     }

@@ -102,7 +102,11 @@ mod tests {
         assert_eq!(lines[0], "id: 7");
         assert_eq!(lines[1], "event: new_user");
         assert!(lines[2].starts_with("data: {"));
-        assert_eq!(&lines[3..], ["", ""], "exactly one blank line ends the frame");
+        assert_eq!(
+            &lines[3..],
+            ["", ""],
+            "exactly one blank line ends the frame"
+        );
         let data: serde_json::Value =
             serde_json::from_str(&lines[2]["data: ".len()..]).expect("json");
         assert_eq!(data["name"], name.as_str());

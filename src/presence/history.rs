@@ -68,7 +68,12 @@ mod tests {
         let name = Name::parse("x").expect("valid");
         let mut history = History::new(capacity);
         for id in ids {
-            history.push(Arc::new(Event::new(id, EventKind::NewUser, UserId::random(), &name)));
+            history.push(Arc::new(Event::new(
+                id,
+                EventKind::NewUser,
+                UserId::random(),
+                &name,
+            )));
         }
         history
     }
@@ -85,8 +90,14 @@ mod tests {
     #[test]
     fn replay_gives_every_event_after_the_one_asked_for_in_order() {
         let history = history_of(1..=5, 10);
-        assert_eq!(history.replay_after(2, 5).map(|b| ids_in(&b)), Some(vec![3, 4, 5]));
-        assert_eq!(history.replay_after(0, 5).map(|b| ids_in(&b)), Some(vec![1, 2, 3, 4, 5]));
+        assert_eq!(
+            history.replay_after(2, 5).map(|b| ids_in(&b)),
+            Some(vec![3, 4, 5])
+        );
+        assert_eq!(
+            history.replay_after(0, 5).map(|b| ids_in(&b)),
+            Some(vec![1, 2, 3, 4, 5])
+        );
     }
 
     #[test]
@@ -99,7 +110,10 @@ mod tests {
     fn the_history_forgets_the_oldest_events_beyond_its_bound() {
         let history = history_of(1..=10, 4);
         assert_eq!(history.len(), 4);
-        assert_eq!(history.replay_after(6, 10).map(|b| ids_in(&b)), Some(vec![7, 8, 9, 10]));
+        assert_eq!(
+            history.replay_after(6, 10).map(|b| ids_in(&b)),
+            Some(vec![7, 8, 9, 10])
+        );
         assert_eq!(history.replay_after(5, 10), None, "event 6 is forgotten");
     }
 

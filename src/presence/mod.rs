@@ -234,7 +234,8 @@ impl Presence {
             state.deadlines.remove(&(deadline, seq));
         }
         let id = user.id;
-        let replay = last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
+        let replay =
+            last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
         let start = match replay {
             Some(frames) => Start::Resume(frames),
             None => Start::Snapshot(event::snapshot_frame(state.latest, &state.views())),
@@ -290,7 +291,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a
         // way later calls would misread, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes offline everyone whose deadline has passed; returns the next deadline.
@@ -302,7 +305,11 @@ impl Shared {
             }
             state.deadlines.pop_first();
             if let Some(user) = state.remove(seq) {
-                let reason = if user.ever_streamed { "grace expired" } else { "join timeout" };
+                let reason = if user.ever_streamed {
+                    "grace expired"
+                } else {
+                    "join timeout"
+                };
                 tracing::info!(id = %user.id, name = %user.name, reason, "left");
             }
         }
@@ -319,7 +326,10 @@ impl Drop for Shared {
 
 impl State {
     fn views(&self) -> Vec<UserView> {
-        self.users.values().map(|u| UserView::new(u.id, &u.name)).collect()
+        self.users
+            .values()
+            .map(|u| UserView::new(u.id, &u.name))
+            .collect()
     }
 
     fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {

@@ -15,7 +15,9 @@ pub enum NameError {
     Empty,
     #[error("The name is {0} characters long. Use at most 32 characters.")]
     TooLong(usize),
-    #[error("The name contains a control character (such as a line break or tab). Use printable characters only.")]
+    #[error(
+        "The name contains a control character (such as a line break or tab). Use printable characters only."
+    )]
     ControlCharacter,
 }
 
@@ -124,7 +126,10 @@ mod tests {
 
     #[test]
     fn a_name_is_trimmed_at_both_ends() {
-        assert_eq!(Name::parse("  alice \t").map(|n| n.to_string()), Ok("alice".into()));
+        assert_eq!(
+            Name::parse("  alice \t").map(|n| n.to_string()),
+            Ok("alice".into())
+        );
     }
 
     #[test]
@@ -136,7 +141,10 @@ mod tests {
     #[test]
     fn a_name_of_32_characters_is_accepted_and_33_is_rejected() {
         let cjk32 = "名".repeat(32);
-        assert!(Name::parse(&cjk32).is_ok(), "32 three-byte characters are 32 characters");
+        assert!(
+            Name::parse(&cjk32).is_ok(),
+            "32 three-byte characters are 32 characters"
+        );
         assert_eq!(Name::parse(&"a".repeat(33)), Err(NameError::TooLong(33)));
     }
 
@@ -149,7 +157,12 @@ mod tests {
 
     #[test]
     fn markup_and_emoji_are_ordinary_text() {
-        for raw in ["<script>alert(1)</script>", "🦀 crab", "山田 太郎", "a\"b'c&d"] {
+        for raw in [
+            "<script>alert(1)</script>",
+            "🦀 crab",
+            "山田 太郎",
+            "a\"b'c&d",
+        ] {
             assert_eq!(Name::parse(raw).map(|n| n.to_string()), Ok(raw.to_string()));
         }
     }
