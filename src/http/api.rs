@@ -115,6 +115,10 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method)
+}
+
 /// The token from `Authorization: Bearer …`, if the header is there.
 pub(super) fn bearer_token(headers: &HeaderMap) -> Option<Token> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -50,6 +50,10 @@ pub enum ApiError {
         "There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz."
     )]
     NotFound,
+    #[error(
+        "{0} is not allowed here. /join and /leave take POST; /, /events, /users and /healthz take GET."
+    )]
+    MethodNotAllowed(axum::http::Method),
 }
 
 impl ApiError {
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::MissingToken | ApiError::UnknownToken => StatusCode::UNAUTHORIZED,
             ApiError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }

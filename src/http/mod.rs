@@ -57,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/events", get(events::events))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             // The span names the path only: a query string may hold a token.
