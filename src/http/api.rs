@@ -79,6 +79,10 @@ pub async fn leave(
 ) -> Result<StatusCode, ApiError> {
     let token = match bearer_token(request.headers()) {
         Some(token) => token,
+        // Nothing at all to go on: say what is missing, not what type it lacks.
+        None if !request.headers().contains_key(header::CONTENT_TYPE) => {
+            return Err(ApiError::MissingToken);
+        }
         None => {
             let (format, body) = read_body(request, &[BodyFormat::Form, BodyFormat::Text]).await?;
             let text = match format {

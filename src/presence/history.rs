@@ -24,7 +24,10 @@ impl History {
     }
 
     pub(crate) fn push(&mut self, event: Arc<Event>) {
-        if self.events.len() == self.capacity {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.events.len() >= self.capacity {
             self.events.pop_front();
         }
         self.events.push_back(event);
@@ -115,6 +118,13 @@ mod tests {
             Some(vec![7, 8, 9, 10])
         );
         assert_eq!(history.replay_after(5, 10), None, "event 6 is forgotten");
+    }
+
+    #[test]
+    fn a_history_of_capacity_zero_keeps_nothing_and_replays_nothing_old() {
+        let history = history_of(1..=5, 0);
+        assert_eq!(history.len(), 0);
+        assert_eq!(history.replay_after(3, 5), None);
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub struct PresenceConfig {
     /// How many recent events are kept for `Last-Event-ID` replay.
     pub history: usize,
     /// How many events a stream may fall behind before it is ended (it then
-    /// reconnects and resumes from the history). At most `history`, so that a
-    /// stream ended for lagging can always resume without a snapshot.
+    /// reconnects and resumes from the history). Rounded up to a power of two;
+    /// the history is kept at least this long, so a stream ended for lagging can
+    /// always resume without a snapshot.
     pub backlog: usize,
 }
 
@@ -156,14 +157,17 @@ impl Presence {
     /// Creates an empty lobby and its expiry task, which ends when the last
     /// handle (and the last open stream) is dropped. Needs a tokio runtime.
     pub fn new(config: PresenceConfig) -> Presence {
-        let (sender, _) = broadcast::channel(config.backlog.max(1));
+        // tokio's broadcast channel rounds its capacity up to a power of two; the
+        // history is kept at least that long, so a lagged stream can always resume.
+        let backlog = config.backlog.max(1).next_power_of_two();
+        let (sender, _) = broadcast::channel(backlog);
         let expiry = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 users: BTreeMap::new(),
                 tokens: HashMap::new(),
                 deadlines: BTreeSet::new(),
-                history: History::new(config.history.max(config.backlog)),
+                history: History::new(config.history.max(backlog)),
                 latest: 0,
                 sender,
             }),

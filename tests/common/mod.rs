@@ -48,7 +48,9 @@ impl TestServer {
     /// Starts a server with these command-line flags, e.g. `["--grace", "300ms"]`.
     pub async fn with_args(args: &[&str]) -> TestServer {
         let config = Config::try_parse_from_args(args);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(lobby::run(listener, config, async {
@@ -114,19 +116,31 @@ impl TestServer {
         struct Users {
             users: Vec<User>,
         }
-        let response = self.client.get(self.url("/users")).send().await.expect("GET /users");
+        let response = self
+            .client
+            .get(self.url("/users"))
+            .send()
+            .await
+            .expect("GET /users");
         assert_eq!(response.status(), 200);
         response.json::<Users>().await.expect("users JSON").users
     }
 
     /// GET /events?token=…, with `Last-Event-ID` when given. Returns the raw response.
     pub async fn open_events(&self, token: &str, last_event_id: Option<u64>) -> reqwest::Response {
-        let mut request = self.client.get(self.url("/events")).query(&[("token", token)]);
+        let mut request = self
+            .client
+            .get(self.url("/events"))
+            .query(&[("token", token)]);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
         // No overall timeout on a stream: each read has its own deadline.
-        request.timeout(Duration::from_secs(3600)).send().await.expect("GET /events")
+        request
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("GET /events")
     }
 
     /// Opens an event stream that must be accepted (200).
@@ -168,7 +182,8 @@ impl ConfigExt for Config {
     }
 }
 
-type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+type EventStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// A parsed SSE stream. Every read waits at most `PATIENCE`.
 pub struct Sse {

@@ -1,0 +1,595 @@
+//! The real `lobby` binary, run as a person runs it: the line it logs, a clean
+//! stop on SIGTERM and SIGINT (streams end, exit 0, port freed), one-line errors
+//! for a bad flag or a taken port, every `LOBBY_*` environment variable, and no
+//! token in its output even at RUST_LOG=debug.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{Joined, Sse, User, read_raw_until, users_in};
+use tokio::time::Instant;
+
+/// How long the binary may take to start answering, or to exit.
+const STARTUP: Duration = Duration::from_secs(10);
+/// "Exits within a few seconds" of a signal.
+const EXIT: Duration = Duration::from_secs(5);
+/// How often a poll with a deadline looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+// ---- where it listens ----
+
+#[tokio::test]
+async fn it_logs_one_line_with_the_listen_address_and_the_url_to_open() {
+    let lobby = Lobby::start(&[], &[]).await;
+    let addr = lobby.addr;
+
+    let finished = lobby.stop("TERM").await;
+
+    let output = finished.output();
+    let mentions: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains(&addr.to_string()))
+        .collect();
+    assert_eq!(
+        mentions.len(),
+        1,
+        "one line says where it listens: {mentions:?}"
+    );
+    assert!(
+        mentions[0].contains(&format!("http://{addr}")),
+        "the line has a URL to open: {:?}",
+        mentions[0]
+    );
+}
+
+// ---- stopping ----
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_exits_0_and_frees_the_port() {
+    let lobby = Lobby::start(&[], &[]).await;
+    let (_, mut stream) = lobby.join_and_subscribe("alice").await;
+    let addr = lobby.addr;
+
+    let finished = lobby.stop_expecting_end_of("TERM", &mut stream).await;
+
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.output());
+    assert!(TcpListener::bind(addr).is_ok(), "{addr} is free again");
+}
+
+#[tokio::test]
+async fn sigint_ends_open_streams_exits_0_and_frees_the_port() {
+    let lobby = Lobby::start(&[], &[]).await;
+    let (_, mut stream) = lobby.join_and_subscribe("alice").await;
+    let addr = lobby.addr;
+
+    let finished = lobby.stop_expecting_end_of("INT", &mut stream).await;
+
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.output());
+    assert!(TcpListener::bind(addr).is_ok(), "{addr} is free again");
+}
+
+#[tokio::test]
+async fn sigterm_exits_within_a_few_seconds_even_while_a_client_stalls_mid_request() {
+    let lobby = Lobby::start(&[], &[]).await;
+    let mut stalled = TcpStream::connect(lobby.addr).expect("connect");
+    stalled
+        .write_all(b"GET /users HTTP/1.1\r\nHost: lobby\r\n")
+        .expect("send half a request head");
+
+    let finished = lobby.stop("TERM").await;
+
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.output());
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn sigterm_with_nobody_online_exits_0() {
+    let lobby = Lobby::start(&[], &[]).await;
+
+    let finished = lobby.stop("TERM").await;
+
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.output());
+}
+
+#[tokio::test]
+async fn a_stopped_lobby_can_be_started_again_on_the_same_port() {
+    let first = Lobby::start(&[], &[]).await;
+    let addr = first.addr;
+    let (_, mut stream) = first.join_and_subscribe("alice").await;
+    first.stop_expecting_end_of("TERM", &mut stream).await;
+
+    let second = Lobby::start_on(addr, &[], &[]).await;
+
+    assert!(second.users().await.is_empty());
+}
+
+// ---- refusing to start ----
+
+#[tokio::test]
+async fn a_duration_without_a_unit_exits_non_zero_with_a_short_error() {
+    let finished = run_to_end(&["--bind", "127.0.0.1:0", "--grace", "5"], &[]).await;
+
+    finished.assert_short_error_mentioning("--grace");
+}
+
+#[tokio::test]
+async fn an_unknown_flag_exits_non_zero_with_a_short_error() {
+    let finished = run_to_end(&["--bind", "127.0.0.1:0", "--bogus"], &[]).await;
+
+    finished.assert_short_error_mentioning("--bogus");
+}
+
+#[tokio::test]
+async fn a_max_users_that_is_not_a_number_exits_non_zero_with_a_short_error() {
+    let finished = run_to_end(&["--bind", "127.0.0.1:0", "--max-users", "lots"], &[]).await;
+
+    finished.assert_short_error_mentioning("--max-users");
+}
+
+#[tokio::test]
+async fn a_bind_address_that_is_not_an_address_exits_non_zero_with_a_short_error() {
+    let finished = run_to_end(&["--bind", "localhost"], &[]).await;
+
+    finished.assert_short_error_mentioning("--bind");
+}
+
+#[tokio::test]
+async fn a_bad_environment_variable_exits_non_zero_with_a_short_error() {
+    let finished = run_to_end(&["--bind", "127.0.0.1:0"], &[("LOBBY_GRACE", "soon")]).await;
+
+    finished.assert_short_error_mentioning("soon");
+}
+
+#[tokio::test]
+async fn a_port_already_taken_exits_non_zero_with_one_line_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let addr = taken.local_addr().expect("its address");
+
+    let finished = run_to_end(&["--bind", &addr.to_string()], &[]).await;
+
+    assert!(!finished.status.success(), "{}", finished.output());
+    assert!(
+        !finished.output().contains("panicked"),
+        "{}",
+        finished.output()
+    );
+    let lines: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    assert!(
+        lines[0].contains(&addr.to_string()),
+        "it names {addr}: {}",
+        lines[0]
+    );
+    drop(taken);
+}
+
+// ---- environment variables ----
+
+#[tokio::test]
+async fn lobby_bind_chooses_the_address() {
+    let addr = free_addr();
+
+    let lobby = Lobby::start_with_env_bind(addr).await;
+
+    assert_eq!(lobby.addr, addr);
+    assert!(lobby.users().await.is_empty());
+}
+
+#[tokio::test]
+async fn lobby_max_users_refuses_joins_beyond_it() {
+    let lobby = Lobby::start(&[], &[("LOBBY_MAX_USERS", "1")]).await;
+    lobby.join("alice").await;
+
+    let response = lobby.post_join("bob").await;
+
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test]
+async fn a_flag_wins_over_its_environment_variable() {
+    let lobby = Lobby::start(&["--max-users", "2"], &[("LOBBY_MAX_USERS", "1")]).await;
+    lobby.join("alice").await;
+
+    let response = lobby.post_join("bob").await;
+
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn lobby_grace_sets_how_long_a_closed_stream_keeps_its_user_online() {
+    let lobby = Lobby::start(&[], &[("LOBBY_GRACE", "200ms")]).await;
+    let (_, stream) = lobby.join_and_subscribe("alice").await;
+
+    drop(stream);
+
+    // The default grace is 5s: gone well before that means the variable was read.
+    lobby
+        .wait_until_nobody_is_online(Duration::from_secs(3))
+        .await;
+}
+
+#[tokio::test]
+async fn lobby_join_timeout_sets_how_long_a_joiner_has_to_open_a_stream() {
+    let lobby = Lobby::start(&[], &[("LOBBY_JOIN_TIMEOUT", "200ms")]).await;
+
+    lobby.join("alice").await;
+
+    // The default join timeout is 10s.
+    lobby
+        .wait_until_nobody_is_online(Duration::from_secs(3))
+        .await;
+}
+
+#[tokio::test]
+async fn lobby_keepalive_sets_how_often_a_comment_goes_out() {
+    let lobby = Lobby::start(&[], &[("LOBBY_KEEPALIVE", "100ms")]).await;
+    let alice = lobby.join("alice").await;
+    let mut response = lobby.open_events(&alice.token, &[]).await;
+
+    // The default keepalive is 15s.
+    let text = read_raw_until(&mut response, Duration::from_secs(3), has_comment_line).await;
+
+    assert!(
+        has_comment_line(&text),
+        "a comment line within 3s: {text:?}"
+    );
+}
+
+// ---- secrets ----
+
+#[tokio::test]
+async fn no_token_appears_in_the_output_even_at_debug_level() {
+    let lobby = Lobby::start(&[], &[("RUST_LOG", "debug")]).await;
+    let alice = lobby.join("alice").await;
+    let bob = lobby.join("bob").await;
+    let carol = lobby.join("carol").await;
+    let mut alice_stream = lobby.subscribe(&alice.token, &[]).await;
+    let _bob_stream = lobby
+        .subscribe("", &[("authorization", &format!("Bearer {}", bob.token))])
+        .await;
+    alice_stream.next_event().await;
+
+    lobby.leave_with_form(&alice.token).await;
+    lobby.leave_with_text(&bob.token).await;
+    lobby.leave_with_bearer(&carol.token).await;
+    let refused = lobby.open_events(&alice.token, &[]).await;
+    assert_eq!(refused.status(), 401);
+    let finished = lobby.stop("TERM").await;
+
+    let output = finished.output();
+    assert!(output.contains("DEBUG"), "debug logging was on: {output}");
+    for token in [&alice.token, &bob.token, &carol.token] {
+        assert!(
+            !output.contains(token.as_str()),
+            "a token in the output: {output}"
+        );
+    }
+}
+
+// ---- helpers local to this file ----
+
+/// The `lobby` binary, running, answering on `addr`. Killed if dropped.
+struct Lobby {
+    process: Process,
+    addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Lobby {
+    /// Starts the binary on a free port of 127.0.0.1 and waits until it answers.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Lobby {
+        Lobby::start_on(free_addr(), args, env).await
+    }
+
+    async fn start_on(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Lobby {
+        let addr_text = addr.to_string();
+        let args: Vec<&str> = ["--bind", addr_text.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        Lobby::spawn(addr, &args, env).await
+    }
+
+    /// Starts the binary with no `--bind`, only `LOBBY_BIND`.
+    async fn start_with_env_bind(addr: SocketAddr) -> Lobby {
+        Lobby::spawn(addr, &[], &[("LOBBY_BIND", &addr.to_string())]).await
+    }
+
+    async fn spawn(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Lobby {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let mut lobby = Lobby {
+            process: Process::spawn(args, env),
+            addr,
+            client,
+        };
+        lobby.wait_until_ready().await;
+        lobby
+    }
+
+    /// Polls GET /healthz until it answers 200, with a deadline.
+    async fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Ok(response) = self.client.get(self.url("/healthz")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.process.exit_status() {
+                panic!("lobby exited with {status} before answering");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lobby did not answer on {} within {STARTUP:?}",
+                self.addr
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends the signal (`TERM`, `INT`) with `kill` and waits for the exit.
+    async fn stop(self, signal: &str) -> Finished {
+        let pid = self.process.id();
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -{signal} {pid}");
+        self.process.wait_for_exit(EXIT).await
+    }
+
+    /// Sends the signal, and checks `stream` ends while the process stops.
+    async fn stop_expecting_end_of(self, signal: &str, stream: &mut Sse) -> Finished {
+        let (finished, ()) = tokio::join!(self.stop(signal), stream.expect_end());
+        finished
+    }
+
+    async fn post_join(&self, name: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/join"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .expect("POST /join")
+    }
+
+    async fn join(&self, name: &str) -> Joined {
+        let response = self.post_join(name).await;
+        assert_eq!(response.status(), 201, "joining as {name:?}");
+        response.json().await.expect("join reply")
+    }
+
+    async fn users(&self) -> Vec<User> {
+        let response = self
+            .client
+            .get(self.url("/users"))
+            .send()
+            .await
+            .expect("GET /users");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        serde_json::from_value(body["users"].clone()).expect("users")
+    }
+
+    /// GET /events, with `?token=` unless `token` is empty, and these headers.
+    async fn open_events(&self, token: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self
+            .client
+            .get(self.url("/events"))
+            .timeout(Duration::from_secs(3600));
+        if !token.is_empty() {
+            request = request.query(&[("token", token)]);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("GET /events")
+    }
+
+    async fn subscribe(&self, token: &str, headers: &[(&str, &str)]) -> Sse {
+        let response = self.open_events(token, headers).await;
+        assert_eq!(response.status(), 200, "GET /events");
+        Sse::new(response)
+    }
+
+    async fn join_and_subscribe(&self, name: &str) -> (Joined, Sse) {
+        let joined = self.join(name).await;
+        let mut stream = self.subscribe(&joined.token, &[]).await;
+        let snapshot = stream.next_event().await;
+        assert_eq!(snapshot.event, "existing_users");
+        assert!(users_in(&snapshot).iter().any(|u| u.id == joined.id));
+        (joined, stream)
+    }
+
+    async fn leave_with_form(&self, token: &str) {
+        let request = self
+            .client
+            .post(self.url("/leave"))
+            .form(&[("token", token)]);
+        assert_eq!(request.send().await.expect("POST /leave").status(), 204);
+    }
+
+    async fn leave_with_text(&self, token: &str) {
+        let request = self
+            .client
+            .post(self.url("/leave"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(token.to_owned());
+        assert_eq!(request.send().await.expect("POST /leave").status(), 204);
+    }
+
+    async fn leave_with_bearer(&self, token: &str) {
+        let request = self.client.post(self.url("/leave")).bearer_auth(token);
+        assert_eq!(request.send().await.expect("POST /leave").status(), 204);
+    }
+
+    /// Polls GET /users until it is empty, with a deadline.
+    async fn wait_until_nobody_is_online(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let users = self.users().await;
+            if users.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still online after {within:?}: {users:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Finished {
+    /// Everything the process wrote, stdout then stderr.
+    fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// A refusal to start: non-zero exit, no panic, a short error on stderr
+    /// whose first line mentions `what`.
+    fn assert_short_error_mentioning(&self, what: &str) {
+        assert!(!self.status.success(), "exit status {}", self.status);
+        assert!(!self.output().contains("panicked"), "{}", self.output());
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert!(!lines.is_empty(), "an error on stderr");
+        assert!(lines.len() <= 5, "a short error: {}", self.stderr);
+        assert!(
+            lines[0].contains(what),
+            "the first line mentions {what}: {}",
+            self.stderr
+        );
+    }
+}
+
+/// Runs the binary until it exits by itself (within a deadline).
+async fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    Process::spawn(args, env).wait_for_exit(STARTUP).await
+}
+
+/// A child process of the `lobby` binary whose output is collected in the
+/// background. Killed (by its own pid) if dropped while running.
+struct Process {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// What a run of the binary left behind.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Process {
+    /// The binary with these flags, its output piped, and no `LOBBY_*` or
+    /// `RUST_LOG` from the test's own environment, only those in `env`.
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().expect("spawn lobby");
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        Process {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if it has exited.
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("check on lobby")
+    }
+
+    /// Polls for the exit with a deadline, then gathers what it wrote.
+    async fn wait_for_exit(mut self, within: Duration) -> Finished {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.exit_status() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lobby did not exit within {within:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        let read = |pipe: &mut Option<JoinHandle<String>>| {
+            pipe.take()
+                .expect("read once")
+                .join()
+                .expect("the reader does not panic")
+        };
+        Finished {
+            status,
+            stdout: read(&mut self.stdout),
+            stderr: read(&mut self.stderr),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// A free port on 127.0.0.1: bound by the OS, then released for lobby to take.
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr")
+}
+
+/// Whether an SSE text holds a comment line (one starting with `:`).
+fn has_comment_line(text: &str) -> bool {
+    text.lines().any(|line| line.starts_with(':'))
+}
