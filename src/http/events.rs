@@ -79,13 +79,16 @@ fn last_event_id(headers: &HeaderMap) -> Option<EventId> {
 }
 
 fn stream(
-    mut subscription: Subscription,
+    subscription: Subscription,
     mut heartbeat: watch::Receiver<()>,
     retry: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
-    // The subscription lives inside the stream: when hyper drops the body
-    // (the client went away, or the stream ended) presence learns it closed.
     async_stream::stream! {
+        // The whole subscription must live inside the stream: when hyper drops
+        // the body (the client went away, or the stream ended) presence learns
+        // the stream closed. Without this line the block would capture only the
+        // fields it uses, and the open-stream guard would drop right away.
+        let mut subscription = subscription;
         let start = std::mem::replace(&mut subscription.start, Start::Resume(Bytes::new()));
         let mut first = BytesMut::from(format!("retry: {}\n\n", retry.as_millis()).as_bytes());
         first.extend_from_slice(&start.into_bytes());

@@ -1,0 +1,624 @@
+//! The page in a real browser: headless Chromium, driven through chromedriver by
+//! fantoccini, against a real lobby on 127.0.0.1. Every person gets a browser of
+//! their own (own profile, own sessionStorage). Where Chromium or chromedriver is
+//! missing the tests say they were skipped, unless `CI=true`, where they fail.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Sse, TestServer, User};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+const SKIPPED: &str = "SKIPPED: browser test needs chromium and chromedriver (apt-get install chromium chromium-driver)";
+
+/// How long to wait for something the page should do at once.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A name that runs script if it is ever inserted as HTML (at most 32 characters).
+const MARKUP_NAME: &str = "<img src=x onerror=__pwned=1>";
+
+#[tokio::test]
+async fn two_people_who_join_through_the_form_each_see_both_boxes_with_their_own_marked() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = driver.person().await;
+    let bob = driver.person().await;
+
+    alice.open(&server).await;
+    bob.open(&server).await;
+    alice.join("alice").await;
+    bob.join("bob").await;
+
+    for (person, own_name) in [(&alice, "alice"), (&bob, "bob")] {
+        let view = person
+            .wait_until(WAIT, "both boxes, one of them marked as mine", |view| {
+                view.names() == ["alice", "bob"] && view.my_names() == [own_name]
+            })
+            .await;
+        assert_eq!(
+            view.count, "2",
+            "{own_name}'s page counts two people online"
+        );
+        assert_eq!(
+            view.users_online(),
+            sorted(server.users().await),
+            "{own_name}'s boxes carry the ids the server gave"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_name_that_looks_like_markup_shows_as_text_and_runs_nothing() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let bob = driver.person().await;
+    let mallory = driver.person().await;
+    let watcher = driver.person().await;
+
+    bob.open(&server).await;
+    bob.join("bob").await;
+    mallory.open(&server).await;
+    mallory.join(MARKUP_NAME).await;
+    // Server-rendered boxes, as opposed to the script's ones in the other two pages.
+    watcher.open(&server).await;
+
+    for (person, who) in [
+        (&bob, "bob's page, from new_user"),
+        (&mallory, "mallory's own page"),
+        (&watcher, "a page rendered with the name in it"),
+    ] {
+        let view = person
+            .wait_until(WAIT, "a box whose text is the name", |view| {
+                view.names().contains(&MARKUP_NAME)
+            })
+            .await;
+        assert_eq!(view.images, 0, "{who}: no img element inside #users");
+        let pwned = person.execute("return typeof window.__pwned;").await;
+        assert_eq!(
+            pwned,
+            json!("undefined"),
+            "{who}: the onerror handler never ran"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_page_left_open_stays_online_for_longer_than_the_grace_period() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let grace = Duration::from_secs(1);
+    let server = TestServer::with_args(&["--grace", "1s"]).await;
+    let alice = driver.person().await;
+    alice.open(&server).await;
+    let alice_id = alice.join("alice").await;
+
+    // Staying is the behaviour: watch it for twice the grace period.
+    let until = Instant::now() + 2 * grace;
+    while Instant::now() < until {
+        let online = server.users().await;
+        assert!(
+            online.iter().any(|user| user.id == alice_id),
+            "alice, her page open, is still online: {online:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let view = alice.view().await;
+    assert_eq!(
+        view.my_names(),
+        ["alice"],
+        "her page still shows her own box"
+    );
+    assert!(!view.form_shown, "her page was not sent back to the form");
+}
+
+#[tokio::test]
+async fn closing_a_page_removes_its_box_from_the_other_page_within_the_grace_period() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let grace = Duration::from_secs(1);
+    let server = TestServer::with_args(&["--grace", "1s"]).await;
+    let alice = driver.person().await;
+    let bob = driver.person().await;
+    alice.open(&server).await;
+    alice.join("alice").await;
+    bob.open(&server).await;
+    let bob_id = bob.join("bob").await;
+    alice
+        .wait_until(WAIT, "bob's box", |view| view.has(&bob_id))
+        .await;
+
+    bob.close_page().await;
+
+    let view = alice
+        .wait_until(grace + Duration::from_secs(2), "bob's box gone", |view| {
+            !view.has(&bob_id)
+        })
+        .await;
+    assert_eq!(view.count, "1");
+    let online = server.users().await;
+    assert!(
+        online.iter().all(|user| user.id != bob_id),
+        "GET /users no longer lists bob: {online:?}"
+    );
+}
+
+#[tokio::test]
+async fn closing_a_page_tells_the_server_at_once_rather_than_after_the_grace_period() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    // A grace far longer than the wait below: only the beacon can remove the box in time.
+    let server = TestServer::with_args(&["--grace", "60s"]).await;
+    let alice = driver.person().await;
+    let bob = driver.person().await;
+    alice.open(&server).await;
+    alice.join("alice").await;
+    bob.open(&server).await;
+    let bob_id = bob.join("bob").await;
+    alice
+        .wait_until(WAIT, "bob's box", |view| view.has(&bob_id))
+        .await;
+
+    bob.close_page().await;
+
+    alice
+        .wait_until(WAIT, "bob's box gone by his beacon", |view| {
+            !view.has(&bob_id)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn someone_who_has_not_joined_sees_who_is_online_as_soon_as_the_page_loads() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let (bob, _bob_stream) = join_from_terminal(&server, "bob").await;
+    let watcher = driver.person().await;
+
+    watcher.open(&server).await;
+
+    // No wait: the box must be in the page as served, before any refresh.
+    let view = watcher.view().await;
+    assert_eq!(
+        view.users_online(),
+        vec![bob],
+        "the served page holds bob's box"
+    );
+    assert_eq!(view.count, "1");
+    assert!(view.my_names().is_empty(), "no box is marked as mine");
+    assert!(view.form_shown, "the page still asks for a name");
+}
+
+#[tokio::test]
+async fn someone_who_has_not_joined_sees_a_later_join_appear() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let watcher = driver.person().await;
+    watcher.open(&server).await;
+
+    let (carol, _carol_stream) = join_from_terminal(&server, "carol").await;
+
+    // The page refreshes /users every 2 s while not joined.
+    let view = watcher
+        .wait_until(Duration::from_secs(2) + WAIT, "carol's box", |view| {
+            view.has(&carol.id)
+        })
+        .await;
+    assert_eq!(view.users_online(), vec![carol]);
+    assert_eq!(view.count, "1");
+}
+
+#[tokio::test]
+async fn a_page_refused_by_a_restarted_server_joins_again_with_the_same_name() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let first = TestServer::start().await;
+    let base = first.base.clone();
+    let alice = driver.person().await;
+    alice.open(&first).await;
+    let old_id = alice.join("alice").await;
+
+    // The restarted server knows no token, so the page's reconnecting stream gets 401.
+    first.shutdown().await;
+    let _restarted = serve_again_at(&base).await;
+
+    let online = eventually(
+        WAIT,
+        "alice online again on the restarted server",
+        async || {
+            let users = users_at(&base).await;
+            match users.as_slice() {
+                [user] if user.name == "alice" => Ok(user.clone()),
+                _ => Err(format!("{users:?}")),
+            }
+        },
+    )
+    .await;
+    assert_ne!(online.id, old_id, "a new join, with a new id");
+    let view = alice
+        .wait_until(WAIT, "her new box marked as hers", |view| {
+            view.users_online() == [online.clone()] && view.my_names() == ["alice"]
+        })
+        .await;
+    assert!(!view.form_shown, "she was not asked for her name again");
+}
+
+// ---- people and their pages ----
+
+/// One person: a browser of their own, showing lobby's page in one tab.
+struct Person {
+    client: Client,
+}
+
+/// What a page shows, read in one go so that it is consistent.
+#[derive(Debug, Deserialize)]
+struct View {
+    boxes: Vec<UserBox>,
+    count: String,
+    images: usize,
+    form_shown: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserBox {
+    id: String,
+    name: String,
+    me: bool,
+}
+
+const READ_VIEW: &str = r#"
+    const list = document.getElementById("users");
+    return {
+        boxes: [...list.querySelectorAll("[data-user-id]")].map((element) => ({
+            id: element.dataset.userId,
+            name: element.textContent,
+            me: element.classList.contains("me"),
+        })),
+        count: document.getElementById("count").textContent,
+        images: list.querySelectorAll("img").length,
+        form_shown: !document.getElementById("join").hidden,
+    };
+"#;
+
+impl Person {
+    async fn open(&self, server: &TestServer) {
+        self.client.goto(&server.base).await.expect("open the page");
+    }
+
+    /// Types the name into the form as a person would, submits it, and waits
+    /// until the page shows the person's own box. Returns its id.
+    async fn join(&self, name: &str) -> String {
+        let input = self
+            .client
+            .find(Locator::Css("form#join input[name=name]"))
+            .await
+            .expect("the name field");
+        input.send_keys(name).await.expect("type the name");
+        self.client
+            .find(Locator::Css("form#join button[type=submit]"))
+            .await
+            .expect("the join button")
+            .click()
+            .await
+            .expect("submit the form");
+        let view = self
+            .wait_until(WAIT, &format!("{name:?} joined"), |view| {
+                view.my_names() == [name]
+            })
+            .await;
+        view.boxes
+            .into_iter()
+            .find(|user| user.me)
+            .map(|user| user.id)
+            .expect("a box marked as mine")
+    }
+
+    async fn view(&self) -> View {
+        serde_json::from_value(self.execute(READ_VIEW).await).expect("a view of the page")
+    }
+
+    async fn execute(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .expect("run a script in the page")
+    }
+
+    /// Polls the page until `ready` holds; panics with the last view if it does not within `within`.
+    async fn wait_until(
+        &self,
+        within: Duration,
+        what: &str,
+        ready: impl Fn(&View) -> bool,
+    ) -> View {
+        eventually(within, what, async || {
+            let view = self.view().await;
+            if ready(&view) {
+                Ok(view)
+            } else {
+                Err(format!("{view:?}"))
+            }
+        })
+        .await
+    }
+
+    /// Closes the page's tab the way a person does; the browser stays open on a
+    /// blank tab, so it has time to send what the page queued while closing.
+    async fn close_page(&self) {
+        let page = self.client.window().await.expect("the page's tab");
+        let blank = self.client.new_window(true).await.expect("a blank tab");
+        self.client
+            .switch_to_window(page)
+            .await
+            .expect("back to the page");
+        self.client
+            .close_window()
+            .await
+            .expect("close the page's tab");
+        self.client
+            .switch_to_window(blank.handle)
+            .await
+            .expect("switch to the blank tab");
+    }
+}
+
+impl View {
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.boxes.iter().map(|user| user.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn my_names(&self) -> Vec<&str> {
+        self.boxes
+            .iter()
+            .filter(|user| user.me)
+            .map(|user| user.name.as_str())
+            .collect()
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.boxes.iter().any(|user| user.id == id)
+    }
+
+    /// The boxes as users, sorted by id, to compare with GET /users.
+    fn users_online(&self) -> Vec<User> {
+        sorted(
+            self.boxes
+                .iter()
+                .map(|user| User {
+                    id: user.id.clone(),
+                    name: user.name.clone(),
+                })
+                .collect(),
+        )
+    }
+}
+
+fn sorted(mut users: Vec<User>) -> Vec<User> {
+    users.sort_by(|a, b| a.id.cmp(&b.id));
+    users
+}
+
+/// Calls `probe` every `POLL` until it answers `Ok`; panics with its last `Err`
+/// (what it saw instead) if that takes longer than `within`.
+async fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("expected {what} within {within:?}; last saw {seen}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Someone joined with curl, holding a stream open so they stay online.
+async fn join_from_terminal(server: &TestServer, name: &str) -> (User, Sse) {
+    let (joined, stream, _) = server.join_and_subscribe(name).await;
+    (
+        User {
+            id: joined.id,
+            name: joined.name,
+        },
+        stream,
+    )
+}
+
+// ---- a restarted server ----
+
+/// Starts a fresh lobby on the address a stopped one used, as a restart would.
+/// It stops when the returned sender is dropped.
+async fn serve_again_at(base: &str) -> oneshot::Sender<()> {
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the old server's address");
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the freed port again");
+    let config = lobby::Config::from_env().expect("default flags");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(lobby::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    stop
+}
+
+async fn users_at(base: &str) -> Vec<User> {
+    #[derive(Deserialize)]
+    struct Users {
+        users: Vec<User>,
+    }
+    let response = reqwest::get(format!("{base}/users"))
+        .await
+        .expect("GET /users");
+    assert_eq!(response.status(), 200);
+    response.json::<Users>().await.expect("users JSON").users
+}
+
+// ---- chromedriver and browsers ----
+
+/// A chromedriver on a free port of 127.0.0.1, killed together with every
+/// browser it started when the test ends, however it ends.
+struct Chromedriver {
+    process: Child,
+    url: String,
+    chromium: PathBuf,
+    /// Every browser's profile lives under here; removed with the guard.
+    profiles: PathBuf,
+    people: AtomicUsize,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver, or returns `None` after saying the test is skipped
+    /// when Chromium or chromedriver is missing. Under `CI=true` a missing browser fails.
+    async fn start_or_skip() -> Option<Chromedriver> {
+        let (Some(chromedriver), Some(chromium)) = (on_path("chromedriver"), on_path("chromium"))
+        else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{SKIPPED}");
+            }
+            // Straight to stderr, past the test harness's capture, so that
+            // `cargo test` shows it; once, however many tests are skipped.
+            static SAY_ONCE: Once = Once::new();
+            SAY_ONCE.call_once(|| {
+                let _ = writeln!(std::io::stderr(), "{SKIPPED}");
+            });
+            return None;
+        };
+        let port = free_port();
+        let process = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so that one kill ends the browsers it starts too.
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        let profiles =
+            std::env::temp_dir().join(format!("lobby-browser-{}-{port}", std::process::id()));
+        let mut driver = Chromedriver {
+            process,
+            url: format!("http://127.0.0.1:{port}"),
+            chromium,
+            profiles,
+            people: AtomicUsize::new(0),
+        };
+        driver.wait_until_ready().await;
+        Some(driver)
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let status = format!("{}/status", self.url);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(exit)) = self.process.try_wait() {
+                panic!("chromedriver exited at start: {exit}");
+            }
+            if let Ok(response) = reqwest::get(&status).await {
+                let body: Value = response.json().await.unwrap_or_default();
+                if body["value"]["ready"] == json!(true) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not answer on {status}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A new browser with a profile of its own.
+    async fn person(&self) -> Person {
+        let n = self.people.fetch_add(1, Ordering::Relaxed);
+        let profile = self.profiles.join(format!("person-{n}"));
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": self.chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    // Without these, Chromium's own traffic is refused on a closed network.
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object")
+        };
+        let client = ClientBuilder::rustls()
+            .expect("a rustls connector")
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session from chromedriver");
+        Person { client }
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // The group's id is chromedriver's pid (process_group(0) above).
+        let group = format!("-{}", self.process.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.profiles);
+    }
+}
+
+/// The full path of `program` if it is on PATH, like `command -v`.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
