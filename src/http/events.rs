@@ -89,6 +89,8 @@ fn stream(
         // the stream closed. Without this line the block would capture only the
         // fields it uses, and the open-stream guard would drop right away.
         let mut subscription = subscription;
+        // A clone remembers the last tick as unseen; wait for the next one instead.
+        heartbeat.mark_unchanged();
         let start = std::mem::replace(&mut subscription.start, Start::Resume(Bytes::new()));
         let mut first = BytesMut::from(format!("retry: {}\n\n", retry.as_millis()).as_bytes());
         first.extend_from_slice(&start.into_bytes());

@@ -1,0 +1,453 @@
+//! GET /events over real HTTP: the stream's wire format (`retry:`, the snapshot,
+//! decimal ids that strictly increase, keep-alive comments), the event sequence
+//! between several users, `Last-Event-ID` replay, a leaver's own streams, and the
+//! limit of four streams per token.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PATIENCE, Sse, TestServer, User, read_raw_until, user_in, users_in};
+use eventsource_stream::Event;
+use serde_json::Value;
+
+/// Long enough that an event the server had already sent would have arrived,
+/// short enough to keep the file fast: used only to check that nothing more came.
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn a_stream_starts_with_a_retry_line_in_milliseconds() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+
+    let mut response = server.open_events(&alice.token, None).await;
+    let raw = read_raw_until(&mut response, PATIENCE, |text| text.contains("\n\n")).await;
+
+    let first_line = raw.lines().next().expect("the stream sent a line");
+    let millis = first_line
+        .strip_prefix("retry: ")
+        .unwrap_or_else(|| panic!("the first line is `retry: <ms>`, got {first_line:?}"));
+    assert!(
+        !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()),
+        "the retry is a decimal number of milliseconds, got {millis:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_snapshot_comes_right_after_the_retry_line() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+
+    let mut response = server.open_events(&alice.token, None).await;
+    let raw = read_raw_until(&mut response, PATIENCE, |text| {
+        raw_events(text).iter().any(|event| event.kind.is_some())
+    })
+    .await;
+
+    let first = raw_events(&raw)
+        .into_iter()
+        .find(|event| event.kind.is_some())
+        .expect("an event arrived");
+    assert_eq!(first.kind.as_deref(), Some("existing_users"));
+}
+
+#[tokio::test]
+async fn the_snapshot_lists_everyone_online_including_the_subscriber_oldest_first() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+    let bob = server.join("bob").await;
+    let carol = server.join("carol").await;
+
+    let mut stream = server.subscribe(&bob.token, None).await;
+    let snapshot = stream.next_event().await;
+
+    assert_eq!(snapshot.event, "existing_users");
+    assert_eq!(
+        users_in(&snapshot),
+        vec![user(&alice), user(&bob), user(&carol)]
+    );
+    let data: Value = serde_json::from_str(&snapshot.data).expect("snapshot data is JSON");
+    let fields: Vec<&String> = data.as_object().expect("an object").keys().collect();
+    assert_eq!(fields, ["users"], "the snapshot's data: {data}");
+    for listed in data["users"].as_array().expect("a list") {
+        assert_only_id_and_name(listed);
+    }
+}
+
+#[tokio::test]
+async fn every_event_on_the_wire_has_its_own_decimal_id_and_the_ids_strictly_increase() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+    let mut response = server.open_events(&alice.token, None).await;
+    let bob = server.join("bob").await;
+    server.join("carol").await;
+    assert_eq!(server.leave(&bob.token).await, 204);
+
+    let raw = read_raw_until(&mut response, PATIENCE, |text| {
+        raw_events(text).iter().filter(|e| e.kind.is_some()).count() >= 4
+    })
+    .await;
+
+    let events: Vec<RawEvent> = raw_events(&raw)
+        .into_iter()
+        .filter(|event| event.kind.is_some())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e.kind.as_deref()).collect();
+    assert_eq!(
+        kinds,
+        ["existing_users", "new_user", "new_user", "disconnect_user"]
+    );
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|event| {
+            let id = event
+                .id
+                .as_deref()
+                .unwrap_or_else(|| panic!("an event without an id: line: {event:?}"));
+            assert!(
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
+                "the id is a decimal integer, got {id:?}"
+            );
+            id.parse().expect("a decimal id fits in u64")
+        })
+        .collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids strictly increase: {ids:?}"
+    );
+}
+
+#[tokio::test]
+async fn users_joining_in_turn_are_each_announced_once_to_everyone_already_watching() {
+    let server = TestServer::start().await;
+
+    let (alice, mut alice_stream, alice_view) = server.join_and_subscribe("alice").await;
+    let (bob, mut bob_stream, bob_view) = server.join_and_subscribe("bob").await;
+    let bob_seen_by_alice = alice_stream.next_event().await;
+    let (carol, mut carol_stream, carol_view) = server.join_and_subscribe("carol").await;
+    let carol_seen_by_alice = alice_stream.next_event().await;
+    let carol_seen_by_bob = bob_stream.next_event().await;
+
+    assert_eq!(alice_view, vec![user(&alice)]);
+    assert_eq!(bob_view, vec![user(&alice), user(&bob)]);
+    assert_eq!(carol_view, vec![user(&alice), user(&bob), user(&carol)]);
+    assert_announces("new_user", &bob, &bob_seen_by_alice);
+    assert_announces("new_user", &carol, &carol_seen_by_alice);
+    assert_announces("new_user", &carol, &carol_seen_by_bob);
+    assert_eq!(
+        carol_seen_by_alice.id, carol_seen_by_bob.id,
+        "one event has one id on every stream"
+    );
+    for stream in [&mut alice_stream, &mut bob_stream, &mut carol_stream] {
+        expect_quiet(stream).await;
+    }
+}
+
+#[tokio::test]
+async fn users_leaving_in_turn_are_each_announced_once_to_everyone_still_watching() {
+    let server = TestServer::start().await;
+    let (_alice, mut alice_stream, _) = server.join_and_subscribe("alice").await;
+    let (bob, mut bob_stream, _) = server.join_and_subscribe("bob").await;
+    let (carol, _carol_stream, _) = server.join_and_subscribe("carol").await;
+    drain(&mut alice_stream, 2).await;
+    drain(&mut bob_stream, 1).await;
+
+    assert_eq!(server.leave(&carol.token).await, 204);
+    let carol_gone_for_alice = alice_stream.next_event().await;
+    let carol_gone_for_bob = bob_stream.next_event().await;
+    assert_eq!(server.leave(&bob.token).await, 204);
+    let bob_gone_for_alice = alice_stream.next_event().await;
+
+    assert_announces("disconnect_user", &carol, &carol_gone_for_alice);
+    assert_announces("disconnect_user", &carol, &carol_gone_for_bob);
+    assert_eq!(carol_gone_for_alice.id, carol_gone_for_bob.id);
+    assert_announces("disconnect_user", &bob, &bob_gone_for_alice);
+    expect_quiet(&mut alice_stream).await;
+}
+
+#[tokio::test]
+async fn the_events_after_a_snapshot_carry_higher_ids_than_the_snapshot() {
+    let server = TestServer::start().await;
+    let (_alice, mut stream, _) = server.join_and_subscribe("alice").await;
+    let snapshot_id = stream.last_id.expect("the snapshot has an id");
+
+    let bob = server.join("bob").await;
+    let event = stream.next_event().await;
+
+    assert_announces("new_user", &bob, &event);
+    assert!(
+        event.id.parse::<u64>().expect("decimal id") > snapshot_id,
+        "{} after the snapshot's {snapshot_id}",
+        event.id
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_comments_go_out_at_least_every_keepalive_period() {
+    let server = TestServer::with_args(&["--keepalive", "200ms"]).await;
+    let alice = server.join("alice").await;
+    let mut response = server.open_events(&alice.token, None).await;
+    assert_eq!(response.status(), 200);
+
+    let raw = read_raw_until(&mut response, Duration::from_millis(1000), |_| false).await;
+
+    let comments = raw.lines().filter(|line| line.starts_with(':')).count();
+    assert!(
+        comments >= 4,
+        "five keep-alive periods of 200ms passed in 1s, yet only {comments} comment lines came:\n{raw}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_resumed_with_last_event_id_gets_exactly_the_events_it_missed_in_order() {
+    let server = TestServer::start().await;
+    let (alice, stream, _) = server.join_and_subscribe("alice").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+    let bob = server.join("bob").await;
+    let carol = server.join("carol").await;
+    assert_eq!(server.leave(&bob.token).await, 204);
+
+    let mut resumed = server.subscribe(&alice.token, Some(last_seen)).await;
+    // Sse checks that each id is above the last one: start from the one we sent.
+    resumed.last_id = Some(last_seen);
+    let missed = [
+        resumed.next_event().await,
+        resumed.next_event().await,
+        resumed.next_event().await,
+    ];
+
+    assert_announces("new_user", &bob, &missed[0]);
+    assert_announces("new_user", &carol, &missed[1]);
+    assert_announces("disconnect_user", &bob, &missed[2]);
+    expect_quiet(&mut resumed).await;
+}
+
+#[tokio::test]
+async fn a_stream_resumed_at_the_latest_event_starts_with_nothing() {
+    let server = TestServer::start().await;
+    let (alice, stream, _) = server.join_and_subscribe("alice").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+
+    let mut resumed = server.subscribe(&alice.token, Some(last_seen)).await;
+    let first = resumed.next_within(QUIET).await;
+    let bob = server.join("bob").await;
+    let next = resumed.next_event().await;
+
+    assert!(
+        first.is_none(),
+        "nothing was missed, yet the stream sent {first:?}"
+    );
+    assert_announces("new_user", &bob, &next);
+}
+
+#[tokio::test]
+async fn a_last_event_id_the_server_never_issued_gets_a_fresh_snapshot() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+    let bob = server.join("bob").await;
+
+    let mut stream = server.subscribe(&alice.token, Some(999_999)).await;
+    let first = stream.next_event().await;
+
+    assert_eq!(first.event, "existing_users");
+    assert_eq!(users_in(&first), vec![user(&alice), user(&bob)]);
+}
+
+#[tokio::test]
+async fn a_last_event_id_the_history_no_longer_holds_gets_a_fresh_snapshot() {
+    // A long grace: alice must still be online after the churn, however slow.
+    let server = TestServer::with_args(&["--grace", "60s", "--join-timeout", "60s"]).await;
+    let (alice, stream, _) = server.join_and_subscribe("alice").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+    // Push the event after `last_seen` out of the bounded history (4096 events).
+    churn(&server, 2100).await;
+    let bob = server.join("bob").await;
+
+    let mut resumed = server.subscribe(&alice.token, Some(last_seen)).await;
+    let first = resumed.next_event().await;
+
+    assert_eq!(first.event, "existing_users");
+    assert_eq!(users_in(&first), vec![user(&alice), user(&bob)]);
+}
+
+#[tokio::test]
+async fn a_last_event_id_that_is_not_a_number_gets_a_fresh_snapshot() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+
+    let response = server
+        .client
+        .get(server.url("/events"))
+        .query(&[("token", &alice.token)])
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .expect("GET /events");
+    assert_eq!(response.status(), 200);
+    let first = Sse::new(response).next_event().await;
+
+    assert_eq!(first.event, "existing_users");
+    assert_eq!(users_in(&first), vec![user(&alice)]);
+}
+
+#[tokio::test]
+async fn a_leaver_s_own_streams_get_their_disconnect_user_and_then_end() {
+    let server = TestServer::start().await;
+    let (alice, mut first, _) = server.join_and_subscribe("alice").await;
+    let mut second = server.subscribe(&alice.token, None).await;
+    assert_eq!(second.next_event().await.event, "existing_users");
+
+    assert_eq!(server.leave(&alice.token).await, 204);
+
+    for stream in [&mut first, &mut second] {
+        let goodbye = stream.next_event().await;
+        assert_announces("disconnect_user", &alice, &goodbye);
+        stream.expect_end().await;
+    }
+}
+
+#[tokio::test]
+async fn a_fifth_stream_for_one_token_is_refused_with_429_and_a_json_error() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(server.subscribe(&alice.token, None).await);
+    }
+
+    let response = server.open_events(&alice.token, None).await;
+
+    assert_eq!(response.status(), 429);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "got {content_type:?}"
+    );
+    let body: Value = response.json().await.expect("a JSON body");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "a sentence in `error`, got {body}");
+}
+
+#[tokio::test]
+async fn closing_one_of_four_streams_makes_room_for_another() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(server.subscribe(&alice.token, None).await);
+    }
+
+    drop(open.pop());
+
+    // The server learns of the close when the connection drops: poll for it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = server.open_events(&alice.token, None).await;
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a fifth stream was still refused {PATIENCE:?} after one of four closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- helpers local to this file ----
+
+fn user(joined: &common::Joined) -> User {
+    User {
+        id: joined.id.clone(),
+        name: joined.name.clone(),
+    }
+}
+
+/// Asserts that `event` is a `kind` event about `who`.
+fn assert_announces(kind: &str, who: &common::Joined, event: &Event) {
+    assert_eq!(
+        event.event, kind,
+        "expected {kind} for {}: {event:?}",
+        who.name
+    );
+    assert_eq!(user_in(event), user(who));
+    let data: Value = serde_json::from_str(&event.data).expect("event data is JSON");
+    assert_only_id_and_name(&data);
+}
+
+/// Asserts that a user object holds `id` and `name` and nothing else (no token).
+fn assert_only_id_and_name(user: &Value) {
+    let mut keys: Vec<&str> = user
+        .as_object()
+        .unwrap_or_else(|| panic!("a user is a JSON object, got {user}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["id", "name"], "a user as others see it: {user}");
+}
+
+/// Asserts that no event comes within `QUIET`.
+async fn expect_quiet(stream: &mut Sse) {
+    if let Some(event) = stream.next_within(QUIET).await {
+        panic!("expected no more events, got {event:?}");
+    }
+}
+
+/// Reads `count` events, whatever they are.
+async fn drain(stream: &mut Sse, count: usize) {
+    for _ in 0..count {
+        stream.next_event().await;
+    }
+}
+
+/// Makes `2 * pairs` events: that many users join and leave again, a few at a time.
+async fn churn(server: &TestServer, pairs: usize) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..pairs)
+        .for_each_concurrent(16, |i| async move {
+            let joined = server.join(&format!("churn {i}")).await;
+            assert_eq!(server.leave(&joined.token).await, 204);
+        })
+        .await;
+}
+
+/// One SSE frame as it came over the wire (comments and unknown fields skipped).
+#[derive(Debug, Default)]
+struct RawEvent {
+    id: Option<String>,
+    kind: Option<String>,
+}
+
+/// Splits raw stream text into its complete frames (those ended by a blank line).
+fn raw_events(text: &str) -> Vec<RawEvent> {
+    let normalized = text.replace("\r\n", "\n");
+    let Some(complete) = normalized.rfind("\n\n") else {
+        return Vec::new();
+    };
+    normalized[..complete]
+        .split("\n\n")
+        .map(|frame| {
+            let mut event = RawEvent::default();
+            for line in frame.lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                match field {
+                    "id" => event.id = Some(value),
+                    "event" => event.kind = Some(value),
+                    _ => {}
+                }
+            }
+            event
+        })
+        .collect()
+}
