@@ -248,7 +248,7 @@ async fn the_join_reply_lists_those_online_before_oldest_first_without_the_joine
 
     let carol = server.join("carol").await;
 
-    assert_eq!(carol.users, [user(&alice), user(&bob)]);
+    assert_eq!(carol.users, [alice.user(), bob.user()]);
 }
 
 #[tokio::test]
@@ -263,7 +263,7 @@ async fn a_join_announces_new_user_to_every_open_stream() {
     for stream in [&mut alice_stream, &mut bob_stream] {
         let event = stream.next_event().await;
         assert_eq!(event.event, "new_user");
-        assert_eq!(user_in(&event), user(&carol));
+        assert_eq!(user_in(&event), carol.user());
         assert_eq!(
             keys(&serde_json::from_str(&event.data).expect("JSON")),
             ["id", "name"]
@@ -311,7 +311,7 @@ async fn two_users_with_the_same_name_get_different_ids() {
 
     assert_ne!(first.id, second.id);
     assert_ne!(first.token, second.token);
-    assert_eq!(server.users().await, [user(&first), user(&second)]);
+    assert_eq!(server.users().await, [first.user(), second.user()]);
 }
 
 #[tokio::test]
@@ -651,7 +651,7 @@ async fn events_accepts_the_token_as_a_bearer_header() {
     assert_eq!(response.status(), 200);
     let snapshot = Sse::new(response).next_event().await;
     assert_eq!(snapshot.event, "existing_users");
-    assert_eq!(users_in(&snapshot), [user(&alice)]);
+    assert_eq!(users_in(&snapshot), [alice.user()]);
 }
 
 #[tokio::test]
@@ -762,7 +762,7 @@ async fn leaving_takes_the_user_off_the_users_list_at_once() {
 
     assert_eq!(server.leave(&alice.token).await, 204);
 
-    assert_eq!(server.users().await, [user(&bob)]);
+    assert_eq!(server.users().await, [bob.user()]);
 }
 
 #[tokio::test]
@@ -882,7 +882,7 @@ async fn users_lists_everyone_online_oldest_first() {
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(keys(&body), ["users"]);
     let users: Vec<User> = serde_json::from_value(body["users"].clone()).expect("users");
-    assert_eq!(users, [user(&alice), user(&bob), user(&carol)]);
+    assert_eq!(users, [alice.user(), bob.user(), carol.user()]);
 }
 
 #[tokio::test]
@@ -953,7 +953,7 @@ async fn unusual_names_come_back_byte_for_byte_in_every_event() {
     {
         let event = watcher.next_event().await;
         assert_eq!(event.event, kind);
-        assert_eq!(user_in(&event), user(someone), "{kind}");
+        assert_eq!(user_in(&event), someone.user(), "{kind}");
     }
 }
 
@@ -1109,13 +1109,6 @@ impl Onlooker {
     }
 }
 
-fn user(joined: &common::Joined) -> User {
-    User {
-        id: joined.id.clone(),
-        name: joined.name.clone(),
-    }
-}
-
 async fn post_join(
     server: &TestServer,
     content_type: Option<&str>,
@@ -1155,7 +1148,7 @@ async fn assert_error(response: reqwest::Response, status: u16) -> String {
 async fn assert_disconnect(stream: &mut Sse, who: &common::Joined) {
     let event = stream.next_event().await;
     assert_eq!(event.event, "disconnect_user");
-    assert_eq!(user_in(&event), user(who));
+    assert_eq!(user_in(&event), who.user());
 }
 
 async fn get_text(server: &TestServer, path: &str) -> String {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{Joined, Sse, User, read_raw_until, users_in};
+use common::{Client, Sse, free_addr, read_raw_until};
 use tokio::time::Instant;
 
 /// How long the binary may take to start answering, or to exit.
@@ -52,7 +52,7 @@ async fn it_logs_one_line_with_the_listen_address_and_the_url_to_open() {
 #[tokio::test]
 async fn sigterm_ends_open_streams_exits_0_and_frees_the_port() {
     let lobby = Lobby::start(&[], &[]).await;
-    let (_, mut stream) = lobby.join_and_subscribe("alice").await;
+    let (_, mut stream, _) = lobby.join_and_subscribe("alice").await;
     let addr = lobby.addr;
 
     let finished = lobby.stop_expecting_end_of("TERM", &mut stream).await;
@@ -64,7 +64,7 @@ async fn sigterm_ends_open_streams_exits_0_and_frees_the_port() {
 #[tokio::test]
 async fn sigint_ends_open_streams_exits_0_and_frees_the_port() {
     let lobby = Lobby::start(&[], &[]).await;
-    let (_, mut stream) = lobby.join_and_subscribe("alice").await;
+    let (_, mut stream, _) = lobby.join_and_subscribe("alice").await;
     let addr = lobby.addr;
 
     let finished = lobby.stop_expecting_end_of("INT", &mut stream).await;
@@ -100,7 +100,7 @@ async fn sigterm_with_nobody_online_exits_0() {
 async fn a_stopped_lobby_can_be_started_again_on_the_same_port() {
     let first = Lobby::start(&[], &[]).await;
     let addr = first.addr;
-    let (_, mut stream) = first.join_and_subscribe("alice").await;
+    let (_, mut stream, _) = first.join_and_subscribe("alice").await;
     first.stop_expecting_end_of("TERM", &mut stream).await;
 
     let second = Lobby::start_on(addr, &[], &[]).await;
@@ -207,7 +207,7 @@ async fn a_flag_wins_over_its_environment_variable() {
 #[tokio::test]
 async fn lobby_grace_sets_how_long_a_closed_stream_keeps_its_user_online() {
     let lobby = Lobby::start(&[], &[("LOBBY_GRACE", "200ms")]).await;
-    let (_, stream) = lobby.join_and_subscribe("alice").await;
+    let (_, stream, _) = lobby.join_and_subscribe("alice").await;
 
     drop(stream);
 
@@ -281,7 +281,15 @@ async fn no_token_appears_in_the_output_even_at_debug_level() {
 struct Lobby {
     process: Process,
     addr: SocketAddr,
-    client: reqwest::Client,
+    api: Client,
+}
+
+impl std::ops::Deref for Lobby {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.api
+    }
 }
 
 impl Lobby {
@@ -305,14 +313,10 @@ impl Lobby {
     }
 
     async fn spawn(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Lobby {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
         let mut lobby = Lobby {
             process: Process::spawn(args, env),
             addr,
-            client,
+            api: Client::new(addr),
         };
         lobby.wait_until_ready().await;
         lobby
@@ -339,10 +343,6 @@ impl Lobby {
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     /// Sends the signal (`TERM`, `INT`) with `kill` and waits for the exit.
     async fn stop(self, signal: &str) -> Finished {
         let pid = self.process.id();
@@ -359,33 +359,6 @@ impl Lobby {
     async fn stop_expecting_end_of(self, signal: &str, stream: &mut Sse) -> Finished {
         let (finished, ()) = tokio::join!(self.stop(signal), stream.expect_end());
         finished
-    }
-
-    async fn post_join(&self, name: &str) -> reqwest::Response {
-        self.client
-            .post(self.url("/join"))
-            .json(&serde_json::json!({ "name": name }))
-            .send()
-            .await
-            .expect("POST /join")
-    }
-
-    async fn join(&self, name: &str) -> Joined {
-        let response = self.post_join(name).await;
-        assert_eq!(response.status(), 201, "joining as {name:?}");
-        response.json().await.expect("join reply")
-    }
-
-    async fn users(&self) -> Vec<User> {
-        let response = self
-            .client
-            .get(self.url("/users"))
-            .send()
-            .await
-            .expect("GET /users");
-        assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.expect("JSON");
-        serde_json::from_value(body["users"].clone()).expect("users")
     }
 
     /// GET /events, with `?token=` unless `token` is empty, and these headers.
@@ -407,15 +380,6 @@ impl Lobby {
         let response = self.open_events(token, headers).await;
         assert_eq!(response.status(), 200, "GET /events");
         Sse::new(response)
-    }
-
-    async fn join_and_subscribe(&self, name: &str) -> (Joined, Sse) {
-        let joined = self.join(name).await;
-        let mut stream = self.subscribe(&joined.token, &[]).await;
-        let snapshot = stream.next_event().await;
-        assert_eq!(snapshot.event, "existing_users");
-        assert!(users_in(&snapshot).iter().any(|u| u.id == joined.id));
-        (joined, stream)
     }
 
     async fn leave_with_form(&self, token: &str) {
@@ -581,12 +545,6 @@ fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
         let _ = pipe.read_to_end(&mut bytes);
         String::from_utf8_lossy(&bytes).into_owned()
     })
-}
-
-/// A free port on 127.0.0.1: bound by the OS, then released for lobby to take.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr")
 }
 
 /// Whether an SSE text holds a comment line (one starting with `:`).

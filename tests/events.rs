@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, Sse, TestServer, User, read_raw_until, user_in, users_in};
+use common::{PATIENCE, Sse, TestServer, read_raw_until, user_in, users_in};
 use eventsource_stream::Event;
 use serde_json::Value;
 
@@ -64,7 +64,7 @@ async fn the_snapshot_lists_everyone_online_including_the_subscriber_oldest_firs
     assert_eq!(snapshot.event, "existing_users");
     assert_eq!(
         users_in(&snapshot),
-        vec![user(&alice), user(&bob), user(&carol)]
+        vec![alice.user(), bob.user(), carol.user()]
     );
     let data: Value = serde_json::from_str(&snapshot.data).expect("snapshot data is JSON");
     let fields: Vec<&String> = data.as_object().expect("an object").keys().collect();
@@ -128,9 +128,9 @@ async fn users_joining_in_turn_are_each_announced_once_to_everyone_already_watch
     let carol_seen_by_alice = alice_stream.next_event().await;
     let carol_seen_by_bob = bob_stream.next_event().await;
 
-    assert_eq!(alice_view, vec![user(&alice)]);
-    assert_eq!(bob_view, vec![user(&alice), user(&bob)]);
-    assert_eq!(carol_view, vec![user(&alice), user(&bob), user(&carol)]);
+    assert_eq!(alice_view, vec![alice.user()]);
+    assert_eq!(bob_view, vec![alice.user(), bob.user()]);
+    assert_eq!(carol_view, vec![alice.user(), bob.user(), carol.user()]);
     assert_announces("new_user", &bob, &bob_seen_by_alice);
     assert_announces("new_user", &carol, &carol_seen_by_alice);
     assert_announces("new_user", &carol, &carol_seen_by_bob);
@@ -252,7 +252,7 @@ async fn a_last_event_id_the_server_never_issued_gets_a_fresh_snapshot() {
     let first = stream.next_event().await;
 
     assert_eq!(first.event, "existing_users");
-    assert_eq!(users_in(&first), vec![user(&alice), user(&bob)]);
+    assert_eq!(users_in(&first), vec![alice.user(), bob.user()]);
 }
 
 #[tokio::test]
@@ -270,7 +270,7 @@ async fn a_last_event_id_the_history_no_longer_holds_gets_a_fresh_snapshot() {
     let first = resumed.next_event().await;
 
     assert_eq!(first.event, "existing_users");
-    assert_eq!(users_in(&first), vec![user(&alice), user(&bob)]);
+    assert_eq!(users_in(&first), vec![alice.user(), bob.user()]);
 }
 
 #[tokio::test]
@@ -290,7 +290,7 @@ async fn a_last_event_id_that_is_not_a_number_gets_a_fresh_snapshot() {
     let first = Sse::new(response).next_event().await;
 
     assert_eq!(first.event, "existing_users");
-    assert_eq!(users_in(&first), vec![user(&alice)]);
+    assert_eq!(users_in(&first), vec![alice.user()]);
 }
 
 #[tokio::test]
@@ -365,13 +365,6 @@ async fn closing_one_of_four_streams_makes_room_for_another() {
 
 // ---- helpers local to this file ----
 
-fn user(joined: &common::Joined) -> User {
-    User {
-        id: joined.id.clone(),
-        name: joined.name.clone(),
-    }
-}
-
 /// Asserts that `event` is a `kind` event about `who`.
 fn assert_announces(kind: &str, who: &common::Joined, event: &Event) {
     assert_eq!(
@@ -379,7 +372,7 @@ fn assert_announces(kind: &str, who: &common::Joined, event: &Event) {
         "expected {kind} for {}: {event:?}",
         who.name
     );
-    assert_eq!(user_in(event), user(who));
+    assert_eq!(user_in(event), who.user());
     let data: Value = serde_json::from_str(&event.data).expect("event data is JSON");
     assert_only_id_and_name(&data);
 }

@@ -36,7 +36,7 @@ async fn a_user_with_an_open_stream_stays_online_past_grace() {
         event.is_none(),
         "nothing happened, yet alice's own open stream got {event:?}"
     );
-    assert!(server.users().await.contains(&user(&alice)));
+    assert!(server.users().await.contains(&alice.user()));
 }
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn a_stream_reopened_within_grace_causes_no_disconnect_and_no_new_user() {
         flicker.is_none(),
         "alice reopened within grace, yet the observer got {flicker:?}"
     );
-    assert!(server.users().await.contains(&user(&alice)));
+    assert!(server.users().await.contains(&alice.user()));
 }
 
 #[tokio::test]
@@ -102,7 +102,7 @@ async fn a_user_whose_stream_stayed_closed_past_grace_is_no_longer_listed() {
     drop(alice_stream);
     expect_announced("disconnect_user", &alice, &mut observer_stream).await;
 
-    assert!(!server.users().await.contains(&user(&alice)));
+    assert!(!server.users().await.contains(&alice.user()));
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn a_user_who_never_opens_a_stream_is_announced_gone_once_after_the_join_t
         again.is_none(),
         "a second event after the timeout: {again:?}"
     );
-    assert!(!server.users().await.contains(&user(&alice)));
+    assert!(!server.users().await.contains(&alice.user()));
 }
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn a_user_who_opens_a_stream_in_time_outlives_the_join_timeout() {
     let event = stream.next_within(PAST_GRACE).await;
 
     assert!(event.is_none(), "alice's own stream got {event:?}");
-    assert!(server.users().await.contains(&user(&alice)));
+    assert!(server.users().await.contains(&alice.user()));
 }
 
 #[tokio::test]
@@ -171,7 +171,7 @@ async fn a_user_with_two_streams_stays_online_while_one_is_open() {
         event.is_none(),
         "alice still has a stream open, yet the observer got {event:?}"
     );
-    assert!(server.users().await.contains(&user(&alice)));
+    assert!(server.users().await.contains(&alice.user()));
 }
 
 #[tokio::test]
@@ -377,13 +377,6 @@ async fn an_observer_sees_new_user_and_disconnect_user_exactly_once_per_user() {
 
 // ---- helpers local to this file ----
 
-fn user(joined: &Joined) -> User {
-    User {
-        id: joined.id.clone(),
-        name: joined.name.clone(),
-    }
-}
-
 /// Reads the next event and asserts that it is a `kind` event about `who`.
 async fn expect_announced(kind: &str, who: &Joined, stream: &mut Sse) {
     let event = stream.next_event().await;
@@ -392,7 +385,7 @@ async fn expect_announced(kind: &str, who: &Joined, stream: &mut Sse) {
         "expected {kind} for {}: {event:?}",
         who.name
     );
-    assert_eq!(user_in(&event), user(who));
+    assert_eq!(user_in(&event), who.user());
 }
 
 /// Polls GET /users until `done` holds, for at most `PATIENCE`.

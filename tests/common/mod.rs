@@ -3,6 +3,7 @@
 //! every wait has a deadline, so a missing event fails a test instead of hanging it.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -17,12 +18,18 @@ use tokio::task::JoinHandle;
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
-/// A lobby serving on a free port of 127.0.0.1, stopped when dropped.
+/// A lobby serving on a free port of 127.0.0.1, stopped when dropped. It
+/// derefs to a [`Client`] for that server.
 pub struct TestServer {
-    pub base: String,
-    pub client: reqwest::Client,
+    api: Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A typed client of one lobby's HTTP API, wherever that lobby runs.
+pub struct Client {
+    pub base: String,
+    pub client: reqwest::Client,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -37,6 +44,23 @@ pub struct Joined {
     pub name: String,
     pub token: String,
     pub users: Vec<User>,
+}
+
+impl Joined {
+    /// The joiner as everyone else sees them.
+    pub fn user(&self) -> User {
+        User {
+            id: self.id.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// A free address on 127.0.0.1: bound by the OS, then released for a server to take.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
 }
 
 impl TestServer {
@@ -57,18 +81,10 @@ impl TestServer {
             let _ = stopped.await;
         }));
         TestServer {
-            base: format!("http://{addr}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("http client"),
+            api: Client::new(addr),
             stop: Some(stop),
             task: Some(task),
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     /// Stops the server the way SIGTERM does and waits until it has stopped.
@@ -84,16 +100,44 @@ impl TestServer {
                 .expect("the server returns Ok");
         }
     }
+}
 
-    /// POST /join with a JSON body; panics unless the reply is 201.
-    pub async fn join(&self, name: &str) -> Joined {
-        let response = self
-            .client
+impl std::ops::Deref for TestServer {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.api
+    }
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST /join with a JSON body, whatever the reply.
+    pub async fn post_join(&self, name: &str) -> reqwest::Response {
+        self.client
             .post(self.url("/join"))
             .json(&serde_json::json!({ "name": name }))
             .send()
             .await
-            .expect("POST /join");
+            .expect("POST /join")
+    }
+
+    /// POST /join with a JSON body; panics unless the reply is 201.
+    pub async fn join(&self, name: &str) -> Joined {
+        let response = self.post_join(name).await;
         assert_eq!(response.status(), 201, "joining as {name:?}");
         response.json().await.expect("join reply is JSON")
     }
