@@ -5,23 +5,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::presence::{Name, Token, UserView};
-
-#[derive(Serialize)]
-pub struct JoinReply {
-    id: String,
-    name: String,
-    token: String,
-    users: Vec<UserView>,
-}
-
-#[derive(Serialize)]
-pub struct UsersReply {
-    users: Vec<UserView>,
-}
+use crate::presence::{Joined, Name, Token};
 
 #[derive(Deserialize)]
 struct JoinBody {
@@ -62,13 +50,35 @@ pub async fn join(
     };
     let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
     let joined = state.presence.join(name)?;
-    let reply = JoinReply {
+    Ok((StatusCode::CREATED, json_body(join_reply(&joined))))
+}
+
+/// `{"id","name","token","users":[…]}`, written around the users list that
+/// presence hands over already encoded (at thousands of users, re-encoding it
+/// for every join would cost more than everything else a join does).
+fn join_reply(joined: &Joined) -> Bytes {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        id: String,
+        name: &'a str,
+        token: &'a str,
+        users: [(); 0],
+    }
+    let head = Head {
         id: joined.id.to_string(),
-        name: joined.name.to_string(),
-        token: joined.token.expose().to_owned(),
-        users: joined.users,
+        name: joined.name.as_str(),
+        token: joined.token.expose(),
+        users: [],
     };
-    Ok((StatusCode::CREATED, Json(reply)))
+    // Serializing a struct of strings cannot fail.
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    // `…,"users":[]}` becomes `…,"users":` + the list + `}`.
+    let head = &head[..head.len().saturating_sub(3)];
+    let mut body = BytesMut::with_capacity(head.len() + joined.users.len() + 1);
+    body.extend_from_slice(head);
+    body.extend_from_slice(&joined.users);
+    body.extend_from_slice(b"}");
+    body.freeze()
 }
 
 /// The token may come as `Authorization: Bearer`, as a form `token=…`, or as a
@@ -105,10 +115,17 @@ pub async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn users(State(state): State<AppState>) -> Json<UsersReply> {
-    Json(UsersReply {
-        users: state.presence.users(),
-    })
+pub async fn users(State(state): State<AppState>) -> impl IntoResponse {
+    let users = state.presence.users_json();
+    let mut body = BytesMut::with_capacity(users.len() + 10);
+    body.extend_from_slice(b"{\"users\":");
+    body.extend_from_slice(&users);
+    body.extend_from_slice(b"}");
+    json_body(body.freeze())
+}
+
+fn json_body(body: Bytes) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 pub async fn healthz() -> Json<serde_json::Value> {

@@ -2,7 +2,7 @@
 //! happens, into the exact Server-Sent Events bytes every stream writes, so a
 //! fan-out to N streams shares one buffer instead of serializing N times.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use super::name::{Name, UserId};
@@ -73,13 +73,14 @@ fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
 }
 
 /// The `existing_users` frame: everyone online as of event `id`, oldest first.
-pub(crate) fn snapshot_frame(id: EventId, users: &[UserView]) -> Bytes {
-    #[derive(Serialize)]
-    struct Snapshot<'a> {
-        users: &'a [UserView],
-    }
-    let data = serde_json::to_string(&Snapshot { users }).unwrap_or_default();
-    frame(id, "existing_users", &data)
+/// `users` is the JSON array, already encoded.
+pub(crate) fn snapshot_frame(id: EventId, users: &[u8]) -> Bytes {
+    let head = format!("id: {id}\nevent: existing_users\ndata: {{\"users\":");
+    let mut frame = BytesMut::with_capacity(head.len() + users.len() + 3);
+    frame.extend_from_slice(head.as_bytes());
+    frame.extend_from_slice(users);
+    frame.extend_from_slice(b"}\n\n");
+    frame.freeze()
 }
 
 /// One SSE frame. `data` is JSON on one line: serde_json escapes every line

@@ -12,6 +12,7 @@
 mod event;
 mod history;
 mod name;
+mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{MAX_NAME_CHARS, Name, NameError, Token, UserId};
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use history::History;
+use roster::Roster;
 
 /// How many streams one token may hold open at once.
 pub const MAX_STREAMS_PER_USER: u8 = 4;
@@ -78,8 +80,9 @@ pub struct Joined {
     pub id: UserId,
     pub name: Name,
     pub token: Token,
-    /// Those online before this join, oldest first.
-    pub users: Vec<UserView>,
+    /// Those online before this join, oldest first, as a JSON array of
+    /// `{"id","name"}`: already encoded, since it can list thousands.
+    pub users: Bytes,
 }
 
 /// How a stream starts.
@@ -134,6 +137,8 @@ struct State {
     tokens: HashMap<Token, EventId>,
     /// When each user with no open stream goes offline, soonest first.
     deadlines: BTreeSet<(Instant, EventId)>,
+    /// The JSON list of everyone online, cached for the next reader.
+    roster: Roster,
     history: History,
     latest: EventId,
     /// Sent to while the lock is held, so that a snapshot taken under the lock and
@@ -167,6 +172,7 @@ impl Presence {
                 users: BTreeMap::new(),
                 tokens: HashMap::new(),
                 deadlines: BTreeSet::new(),
+                roster: Roster::default(),
                 history: History::new(config.history.max(backlog)),
                 latest: 0,
                 sender,
@@ -189,7 +195,7 @@ impl Presence {
         if state.users.len() >= config.max_users {
             return Err(JoinError::Full(state.users.len()));
         }
-        let users = state.views();
+        let users = state.users_json();
         let (id, token) = (UserId::random(), Token::random());
         let seq = state.publish(EventKind::NewUser, id, &name);
         let deadline = Instant::now() + config.join_timeout;
@@ -205,6 +211,7 @@ impl Presence {
             },
         );
         state.tokens.insert(token.clone(), seq);
+        state.roster.added(seq);
         state.deadlines.insert((deadline, seq));
         drop(state);
         self.shared.expiry.notify_one();
@@ -242,7 +249,7 @@ impl Presence {
             last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
         let start = match replay {
             Some(frames) => Start::Resume(frames),
-            None => Start::Snapshot(event::snapshot_frame(state.latest, &state.views())),
+            None => Start::Snapshot(event::snapshot_frame(state.latest, &state.users_json())),
         };
         Ok(Subscription {
             user: id,
@@ -268,6 +275,11 @@ impl Presence {
     /// Everyone online, oldest first.
     pub fn users(&self) -> Vec<UserView> {
         self.shared.lock().views()
+    }
+
+    /// Everyone online, oldest first, as a JSON array of `{"id","name"}`.
+    pub fn users_json(&self) -> Bytes {
+        self.shared.lock().users_json()
     }
 
     /// How many users, history entries and open streams the lobby holds:
@@ -336,6 +348,12 @@ impl State {
             .collect()
     }
 
+    fn users_json(&mut self) -> Bytes {
+        let users = &self.users;
+        self.roster
+            .json(|range| users.range(range).map(|(_, user)| (&user.id, &user.name)))
+    }
+
     fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
         self.latest += 1;
         let event = Arc::new(Event::new(self.latest, kind, user, name));
@@ -348,6 +366,7 @@ impl State {
     fn remove(&mut self, seq: EventId) -> Option<User> {
         let user = self.users.remove(&seq)?;
         self.tokens.remove(&user.token);
+        self.roster.removed(seq);
         if let Some(deadline) = user.deadline {
             self.deadlines.remove(&(deadline, seq));
         }

@@ -1,0 +1,173 @@
+//! The JSON list of who is online, cached in pieces. Every join reply, every
+//! snapshot and GET /users carry the whole list, so at thousands of users its
+//! encoding would dominate; here a join or leave re-encodes only its own piece
+//! of at most `PIECE` users, and an unchanged list is not re-assembled at all.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::io::Write;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::event::EventId;
+use super::name::{Name, UserId};
+
+/// Users are grouped by the id of their `new_user` event: ids `k*PIECE ..
+/// (k+1)*PIECE` form piece `k`, so pieces stay in join order.
+const PIECE: EventId = 128;
+
+#[derive(Debug, Default)]
+pub(crate) struct Roster {
+    pieces: BTreeMap<EventId, Piece>,
+    /// The assembled `[…]`, while nothing changed since it was built.
+    whole: Option<Bytes>,
+}
+
+#[derive(Debug, Default)]
+struct Piece {
+    users: usize,
+    /// `{"id":…,"name":…},{…}` for this piece's users, while unchanged.
+    json: Option<Bytes>,
+}
+
+impl Roster {
+    /// A user whose `new_user` event is `seq` came online.
+    pub(crate) fn added(&mut self, seq: EventId) {
+        let piece = self.pieces.entry(seq / PIECE).or_default();
+        piece.users += 1;
+        piece.json = None;
+        self.whole = None;
+    }
+
+    /// The user whose `new_user` event is `seq` went offline.
+    pub(crate) fn removed(&mut self, seq: EventId) {
+        if let Entry::Occupied(mut entry) = self.pieces.entry(seq / PIECE) {
+            let piece = entry.get_mut();
+            piece.users -= 1;
+            piece.json = None;
+            if piece.users == 0 {
+                entry.remove();
+            }
+        }
+        self.whole = None;
+    }
+
+    /// The JSON array of everyone online, oldest first. `lookup` yields the
+    /// users whose `new_user` ids fall in a range, in order.
+    pub(crate) fn json<'a, I>(&mut self, lookup: impl Fn(std::ops::Range<EventId>) -> I) -> Bytes
+    where
+        I: Iterator<Item = (&'a UserId, &'a Name)>,
+    {
+        if let Some(whole) = &self.whole {
+            return whole.clone();
+        }
+        let mut length = 2;
+        for (&key, piece) in &mut self.pieces {
+            let json = piece
+                .json
+                .get_or_insert_with(|| encode(lookup(key * PIECE..(key + 1) * PIECE)));
+            length += json.len() + 1;
+        }
+        let mut out = BytesMut::with_capacity(length);
+        out.put_u8(b'[');
+        for (index, piece) in self.pieces.values().enumerate() {
+            if index > 0 {
+                out.put_u8(b',');
+            }
+            out.extend_from_slice(piece.json.as_deref().unwrap_or_default());
+        }
+        out.put_u8(b']');
+        let whole = out.freeze();
+        self.whole = Some(whole.clone());
+        whole
+    }
+}
+
+fn encode<'a>(users: impl Iterator<Item = (&'a UserId, &'a Name)>) -> Bytes {
+    let mut out = Vec::new();
+    for (index, (id, name)) in users.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, "{{\"id\":\"{id}\",\"name\":");
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, name.as_str());
+        out.push(b'}');
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        users: BTreeMap<EventId, (UserId, Name)>,
+        roster: Roster,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                users: BTreeMap::new(),
+                roster: Roster::default(),
+            }
+        }
+
+        fn add(&mut self, seq: EventId, name: &str) {
+            let name = Name::parse(name).expect("valid name");
+            self.users.insert(seq, (UserId::random(), name));
+            self.roster.added(seq);
+        }
+
+        fn remove(&mut self, seq: EventId) {
+            self.users.remove(&seq);
+            self.roster.removed(seq);
+        }
+
+        fn names(&mut self) -> Vec<String> {
+            let users = &self.users;
+            let json = self
+                .roster
+                .json(|range| users.range(range).map(|(_, (id, name))| (id, name)));
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&json).expect("a JSON array");
+            list.iter()
+                .map(|user| user["name"].as_str().expect("a name").to_owned())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn an_empty_roster_is_an_empty_array() {
+        assert!(Fixture::new().names().is_empty());
+    }
+
+    #[test]
+    fn the_list_is_in_join_order_across_pieces_and_follows_every_change() {
+        let mut fixture = Fixture::new();
+        for seq in 1..=400 {
+            fixture.add(seq, &format!("u{seq}"));
+        }
+        assert_eq!(fixture.names().len(), 400);
+        fixture.remove(1);
+        fixture.remove(200);
+        for seq in 256..384 {
+            fixture.remove(seq); // a whole piece goes
+        }
+        fixture.add(401, "last");
+        let expected: Vec<String> = fixture
+            .users
+            .values()
+            .map(|(_, name)| name.to_string())
+            .collect();
+        assert_eq!(fixture.names(), expected);
+        assert_eq!(expected.last().map(String::as_str), Some("last"));
+    }
+
+    #[test]
+    fn names_are_escaped_as_json_strings() {
+        let mut fixture = Fixture::new();
+        fixture.add(1, "a\"b\\c</script>");
+        assert_eq!(fixture.names(), ["a\"b\\c</script>"]);
+    }
+}
