@@ -15,8 +15,7 @@ pub mod config;
 pub mod http;
 pub mod presence;
 
-use std::future::{Future, IntoFuture};
-use std::time::Duration;
+use std::future::Future;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,24 +40,5 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let serve = axum::serve(listener, http::app(state))
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
-    // Streams end at once on shutdown, but a client stalled halfway through
-    // sending a request would hold graceful shutdown open for ever: give the
-    // rest a short while to finish, then stop regardless.
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_DRAIN).await;
-    };
-    tokio::select! {
-        result = serve => result,
-        () = deadline => {
-            tracing::warn!("stopping with requests still unfinished after {SHUTDOWN_DRAIN:?}");
-            Ok(())
-        }
-    }
+    http::serve(listener, state, stop).await
 }
-
-/// How long shutdown waits for unfinished requests once every stream has ended.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);

@@ -141,9 +141,13 @@ pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 }
 
 /// The token from `Authorization: Bearer …`, if the header is there.
-pub(super) fn bearer_token(headers: &HeaderMap) -> Option<Token> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
+fn bearer_token(headers: &HeaderMap) -> Option<Token> {
+    bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token in an `Authorization` value, if it is `Bearer …`.
+pub(super) fn bearer(authorization: &str) -> Option<Token> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| Token::from_client(token))

@@ -12,20 +12,17 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::BytesMut;
 use serde::Deserialize;
-use std::sync::Arc;
-
-use tokio::sync::broadcast::Receiver;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
-use super::api::bearer_token;
+use super::api::bearer;
 use super::{ApiError, AppState};
-use crate::presence::{Event, EventId, EventKind, Start, Subscription, Token, UserId};
+use crate::presence::{EventId, Subscription, Token, Waiting};
 
 /// At most this many waiting events are joined into one write.
-const MAX_BATCH: usize = 64;
+pub(super) const MAX_BATCH: usize = 64;
 
 #[derive(Deserialize)]
 struct EventsQuery {
@@ -37,10 +34,15 @@ pub async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = token_from(query.as_deref(), &headers)?;
-    let last_event_id = last_event_id(&headers);
+    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let token = token_from(query.as_deref(), header(header::AUTHORIZATION.as_str()))?;
+    let last_event_id = last_event_id(header("last-event-id"));
     let subscription = state.presence.subscribe(&token, last_event_id)?;
-    let body = Body::from_stream(stream(subscription, state.heartbeat.clone(), state.retry));
+    let body = Body::from_stream(stream(
+        subscription,
+        state.heartbeat.clone(),
+        state.retry_line.clone(),
+    ));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
@@ -52,7 +54,11 @@ pub async fn events(
     Ok(response)
 }
 
-fn token_from(query: Option<&str>, headers: &HeaderMap) -> Result<Token, ApiError> {
+/// The token from `?token=…`, or else from `Authorization: Bearer …`.
+pub(super) fn token_from(
+    query: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Token, ApiError> {
     let from_query = match query {
         Some(query) => serde_urlencoded::from_str::<EventsQuery>(query)
             .map_err(|err| ApiError::MalformedQuery(err.to_string()))?
@@ -62,26 +68,25 @@ fn token_from(query: Option<&str>, headers: &HeaderMap) -> Result<Token, ApiErro
         None => None,
     };
     from_query
-        .or_else(|| bearer_token(headers))
+        .or_else(|| authorization.and_then(bearer))
         .ok_or(ApiError::MissingToken)
 }
 
 /// A `Last-Event-ID` that is not a decimal id is treated as absent: the stream
 /// starts with a fresh snapshot, which is always correct.
-fn last_event_id(headers: &HeaderMap) -> Option<EventId> {
-    headers
-        .get("last-event-id")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+pub(super) fn last_event_id(value: Option<&str>) -> Option<EventId> {
+    value?.trim().parse().ok()
+}
+
+/// The `retry:` line every stream opens with.
+pub(super) fn retry_line(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
 fn stream(
     subscription: Subscription,
     mut heartbeat: watch::Receiver<()>,
-    retry: Duration,
+    retry_line: Bytes,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         // The whole subscription must live inside the stream: when hyper drops
@@ -91,17 +96,19 @@ fn stream(
         let mut subscription = subscription;
         // A clone remembers the last tick as unseen; wait for the next one instead.
         heartbeat.mark_unchanged();
-        let start = std::mem::replace(&mut subscription.start, Start::Resume(Bytes::new()));
-        let mut first = BytesMut::from(format!("retry: {}\n\n", retry.as_millis()).as_bytes());
-        first.extend_from_slice(&start.into_bytes());
-        yield Ok(first.freeze());
+        yield Ok(concat(&[retry_line, subscription.take_start()]));
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
                 received = subscription.events.recv() => match received {
                     Ok(event) => {
-                        let (bytes, end) = batch(&mut subscription.events, subscription.user, &event);
-                        yield Ok(bytes);
-                        if end {
+                        batch.clear();
+                        let mut waiting = subscription.accept(&event, &mut batch);
+                        if waiting == Waiting::Open {
+                            waiting = subscription.read_waiting(&mut batch, MAX_BATCH);
+                        }
+                        yield Ok(concat(&batch));
+                        if waiting != Waiting::Open {
                             break;
                         }
                     }
@@ -120,33 +127,18 @@ fn stream(
     }
 }
 
-/// Joins `first` and the events already waiting behind it into one write.
-/// Also says whether the stream ends after it: its own user left, or it lagged
-/// (a lagged receiver skips ahead, so going on would silently lose events).
-fn batch(events: &mut Receiver<Arc<Event>>, user: UserId, first: &Event) -> (Bytes, bool) {
-    let mut end = is_leave_of(first, user);
-    let mut buffer: Option<BytesMut> = None;
-    for _ in 1..MAX_BATCH {
-        if end {
-            break;
-        }
-        match events.try_recv() {
-            Ok(event) => {
-                end = is_leave_of(&event, user);
-                buffer
-                    .get_or_insert_with(|| BytesMut::from(&first.frame[..]))
-                    .extend_from_slice(&event.frame);
+/// One buffer for one write; no copy when there is only one.
+fn concat(bufs: &[Bytes]) -> Bytes {
+    match bufs {
+        [one] => one.clone(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(bufs.iter().map(Bytes::len).sum());
+            for buf in bufs {
+                joined.extend_from_slice(buf);
             }
-            Err(TryRecvError::Empty) => break,
-            Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => end = true,
+            joined.freeze()
         }
     }
-    let bytes = buffer.map_or_else(|| first.frame.clone(), BytesMut::freeze);
-    (bytes, end)
-}
-
-fn is_leave_of(event: &Event, user: UserId) -> bool {
-    event.kind == EventKind::DisconnectUser && event.user == user
 }
 
 /// One task ticks for every stream. The receiver it returns reports a change

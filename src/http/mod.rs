@@ -4,22 +4,27 @@
 mod api;
 mod error;
 mod events;
+mod fanout;
 mod page;
+mod serve;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::routing::{get, post};
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use serve::serve;
 
 use crate::config::Config;
 use crate::presence::Presence;
+use fanout::Fanout;
 
 /// Bodies larger than this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -31,16 +36,25 @@ pub struct AppState {
     /// Ticks once per keep-alive period for every stream at once; its sender is
     /// dropped at shutdown, which is how open streams learn to end.
     heartbeat: watch::Receiver<()>,
-    retry: Duration,
+    /// `retry: <ms>`, the line every stream opens with.
+    retry_line: Bytes,
+    /// Writes events to the streams opened on the fast path.
+    fanout: Arc<Fanout>,
 }
 
 impl AppState {
-    /// Starts the shared keep-alive ticker; it stops when `stop` is cancelled.
+    /// Starts the shared keep-alive ticker and the fan-out shards; both stop
+    /// when `stop` is cancelled.
     pub fn new(presence: Presence, config: &Config, stop: CancellationToken) -> AppState {
+        let heartbeat = events::start_heartbeat(config.keepalive, stop);
+        // A few shards per core: each wake-up is short, and the cores share the work.
+        let shards = std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4);
+        let fanout = Fanout::start(shards, &presence.events(), &heartbeat);
         AppState {
             presence,
-            heartbeat: events::start_heartbeat(config.keepalive, stop),
-            retry: config.retry(),
+            heartbeat,
+            retry_line: events::retry_line(config.retry()),
+            fanout: Arc::new(fanout),
         }
     }
 }

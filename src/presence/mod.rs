@@ -114,6 +114,56 @@ pub struct Subscription {
     _open: OpenStream,
 }
 
+/// What a stream found when it read its waiting events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// All read (or the batch is full); the stream goes on.
+    Open,
+    /// The stream's own user left: it ends after this batch.
+    Left,
+    /// It fell more than the backlog behind (or the lobby is gone): it ends
+    /// after this batch, and its client resumes with `Last-Event-ID`.
+    Lagged,
+}
+
+impl Subscription {
+    /// The frames the stream opens with: a snapshot or a replay. Taken once.
+    pub fn take_start(&mut self) -> Bytes {
+        std::mem::replace(&mut self.start, Start::Resume(Bytes::new())).into_bytes()
+    }
+
+    /// Adds `event`, which the stream has received, to `batch`.
+    pub fn accept(&self, event: &Event, batch: &mut Vec<Bytes>) -> Waiting {
+        batch.push(event.frame.clone());
+        if event.kind == EventKind::DisconnectUser && event.user == self.user {
+            Waiting::Left
+        } else {
+            Waiting::Open
+        }
+    }
+
+    /// Moves the events already waiting into `batch`, until it holds `max`, so
+    /// that a stream woken for one event writes all that came with it at once.
+    pub fn read_waiting(&mut self, batch: &mut Vec<Bytes>, max: usize) -> Waiting {
+        while batch.len() < max {
+            match self.events.try_recv() {
+                Ok(event) => {
+                    if self.accept(&event, batch) == Waiting::Left {
+                        return Waiting::Left;
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Empty) => return Waiting::Open,
+                // A lagged receiver skips ahead: going on would lose events.
+                Err(
+                    broadcast::error::TryRecvError::Lagged(_)
+                    | broadcast::error::TryRecvError::Closed,
+                ) => return Waiting::Lagged,
+            }
+        }
+        Waiting::Open
+    }
+}
+
 /// Cheap to clone: every clone is a handle to the same lobby.
 #[derive(Debug, Clone)]
 pub struct Presence {
@@ -186,6 +236,12 @@ impl Presence {
 
     pub fn config(&self) -> &PresenceConfig {
         &self.shared.config
+    }
+
+    /// A receiver of every event from now on, for a task that fans events out
+    /// and wants waking when there are some (each stream reads its own receiver).
+    pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.lock().sender.subscribe()
     }
 
     /// Adds a user and announces them with `new_user`.

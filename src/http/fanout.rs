@@ -1,0 +1,411 @@
+//! Writes every event to every stream opened on the fast path. Streams are
+//! grouped into shards, each one task: one wake-up per event serves every
+//! stream of the shard, and an idle stream is only its socket, its place in the
+//! event channel and a few words. It has no task, timer or buffer of its own.
+//!
+//! A stream reads events from its own receiver only while its socket takes
+//! them; a stream whose socket is full leaves them in the channel, and once it
+//! falls a whole backlog behind it is ended (its client resumes with
+//! `Last-Event-ID`). Nothing waits on a slow socket, and no lock is held while
+//! writing.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::{Bytes, BytesMut};
+use slab::Slab;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+use super::events::MAX_BATCH;
+use crate::presence::{Event, Subscription, Waiting};
+
+/// The comment every stream gets once per keep-alive period.
+const KEEPALIVE: &[u8] = b":\n\n";
+
+/// Hands streams to the shards, in turn.
+pub struct Fanout {
+    shards: Vec<mpsc::UnboundedSender<Arrival>>,
+    next: AtomicUsize,
+}
+
+/// A stream joining a shard: its socket, its subscription, and the bytes it
+/// opens with (response head, `retry:` and the snapshot or replay).
+struct Arrival {
+    socket: TcpStream,
+    subscription: Subscription,
+    opening: [Bytes; 3],
+}
+
+impl Fanout {
+    /// Starts `shards` shard tasks. Each wakes on `events` and writes keep-alives
+    /// on `heartbeat`; when the heartbeat's sender is dropped (shutdown), every
+    /// shard closes its streams and ends.
+    pub fn start(
+        shards: usize,
+        events: &broadcast::Receiver<Arc<Event>>,
+        heartbeat: &watch::Receiver<()>,
+    ) -> Fanout {
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                let (sender, inbox) = mpsc::unbounded_channel();
+                let mut heartbeat = heartbeat.clone();
+                heartbeat.mark_unchanged();
+                tokio::spawn(Shard::new().run(inbox, events.resubscribe(), heartbeat));
+                sender
+            })
+            .collect();
+        Fanout {
+            shards,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes over `socket`: writes `opening`, then every event of `subscription`.
+    pub fn add(&self, socket: TcpStream, subscription: Subscription, opening: [Bytes; 3]) {
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        // A send fails only while shutting down; the stream then just closes.
+        let _ = self.shards[shard].send(Arrival {
+            socket,
+            subscription,
+            opening,
+        });
+    }
+}
+
+/// Which streams' sockets became readable or writable since the shard last looked.
+#[derive(Default)]
+struct Ready {
+    /// A std mutex: held only to push or swap a Vec, never across an await.
+    keys: Mutex<Vec<usize>>,
+    notify: Notify,
+}
+
+/// Wakes the shard and says which stream: one allocation per stream, at arrival.
+struct StreamWaker {
+    key: usize,
+    ready: Arc<Ready>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready
+            .keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(self.key);
+        self.ready.notify.notify_one();
+    }
+}
+
+struct Shard {
+    streams: Slab<Stream>,
+    ready: Arc<Ready>,
+    /// Reused for every batch, so delivering allocates nothing.
+    batch: Vec<Bytes>,
+    /// Reused to take the ready keys out from under their lock.
+    woken: Vec<usize>,
+}
+
+struct Stream {
+    socket: TcpStream,
+    subscription: Subscription,
+    waker: Waker,
+    /// What a write left unwritten; empty (and unallocated) while idle.
+    pending: Bytes,
+    /// Set when the stream's own user left or it lagged: close once `pending`
+    /// is written.
+    closing: bool,
+}
+
+/// Whether a stream goes on after an operation.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Open,
+    Close,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            streams: Slab::new(),
+            ready: Arc::default(),
+            batch: Vec::with_capacity(MAX_BATCH),
+            woken: Vec::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Arrival>,
+        mut events: broadcast::Receiver<Arc<Event>>,
+        mut heartbeat: watch::Receiver<()>,
+    ) {
+        let ready = self.ready.clone();
+        loop {
+            tokio::select! {
+                arrival = inbox.recv() => match arrival {
+                    Some(arrival) => self.admit(arrival),
+                    None => break,
+                },
+                woke = events.recv() => {
+                    if let Err(RecvError::Closed) = woke {
+                        break;
+                    }
+                    // Only the wake-up matters: each stream reads its own receiver.
+                    while events.try_recv().is_ok() {}
+                    self.deliver_all();
+                }
+                beat = heartbeat.changed() => match beat {
+                    Ok(()) => self.keep_alive(),
+                    Err(_) => break, // shutting down
+                },
+                () = ready.notify.notified() => self.serve_ready(),
+            }
+        }
+    }
+
+    fn admit(&mut self, arrival: Arrival) {
+        let entry = self.streams.vacant_entry();
+        let waker = Waker::from(Arc::new(StreamWaker {
+            key: entry.key(),
+            ready: self.ready.clone(),
+        }));
+        let key = entry.key();
+        entry.insert(Stream {
+            socket: arrival.socket,
+            subscription: arrival.subscription,
+            waker,
+            pending: Bytes::new(),
+            closing: false,
+        });
+        let stream = &mut self.streams[key];
+        let mut flow = stream.write(&arrival.opening);
+        // Events sent between the subscription and now wait in its receiver.
+        if flow == Flow::Open {
+            flow = stream.deliver(&mut self.batch);
+        }
+        if flow == Flow::Open {
+            flow = stream.watch_for_close();
+        }
+        if flow == Flow::Close {
+            self.streams.remove(key);
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        let mut closed = Vec::new();
+        for (key, stream) in &mut self.streams {
+            if stream.deliver(&mut self.batch) == Flow::Close {
+                closed.push(key);
+            }
+        }
+        self.remove_all(closed);
+    }
+
+    fn keep_alive(&mut self) {
+        let mut closed = Vec::new();
+        for (key, stream) in &mut self.streams {
+            // A stream with bytes still pending is not idle: skip it.
+            if stream.pending.is_empty()
+                && stream.write(&[Bytes::from_static(KEEPALIVE)]) == Flow::Close
+            {
+                closed.push(key);
+            }
+        }
+        self.remove_all(closed);
+    }
+
+    fn serve_ready(&mut self) {
+        // Swap the keys out so the lock is held for a swap, not for the work.
+        let mut woken = std::mem::take(&mut self.woken);
+        std::mem::swap(
+            &mut woken,
+            &mut self
+                .ready
+                .keys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for key in woken.drain(..) {
+            // A key may be stale (its stream already gone, even reused): then
+            // the checks below find nothing to do.
+            let Some(stream) = self.streams.get_mut(key) else {
+                continue;
+            };
+            let mut flow = stream.watch_for_close();
+            if flow == Flow::Open && !stream.pending.is_empty() {
+                flow = stream.flush();
+                if flow == Flow::Open && stream.pending.is_empty() {
+                    flow = stream.deliver(&mut self.batch);
+                }
+            }
+            if flow == Flow::Close {
+                self.streams.remove(key);
+            }
+        }
+        self.woken = woken;
+    }
+
+    fn remove_all(&mut self, keys: Vec<usize>) {
+        for key in keys {
+            self.streams.remove(key);
+        }
+    }
+}
+
+impl Stream {
+    /// Writes the events waiting in this stream's receiver, a batch at a time,
+    /// while the socket takes them.
+    fn deliver(&mut self, batch: &mut Vec<Bytes>) -> Flow {
+        while self.pending.is_empty() && !self.closing {
+            batch.clear();
+            let waiting = self.subscription.read_waiting(batch, MAX_BATCH);
+            self.closing = waiting != Waiting::Open;
+            if batch.is_empty() {
+                break;
+            }
+            if self.write(batch) == Flow::Close {
+                return Flow::Close;
+            }
+            if batch.len() < MAX_BATCH {
+                break;
+            }
+        }
+        self.close_if_done()
+    }
+
+    /// Writes `bufs` as far as the socket takes them; keeps the rest pending
+    /// and asks to be woken when the socket can take more.
+    fn write(&mut self, bufs: &[Bytes]) -> Flow {
+        debug_assert!(self.pending.is_empty());
+        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+        let count = bufs.len().min(MAX_BATCH);
+        for (slice, buf) in slices.iter_mut().zip(bufs) {
+            *slice = IoSlice::new(buf);
+        }
+        let written = match self.socket.try_write_vectored(&slices[..count]) {
+            Ok(written) => written,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return Flow::Close,
+        };
+        self.pending = unwritten(&bufs[..count], written);
+        if self.pending.is_empty() {
+            return self.close_if_done();
+        }
+        self.watch_for_writable()
+    }
+
+    /// Writes what is pending, when the socket said it can take more.
+    fn flush(&mut self) -> Flow {
+        loop {
+            match self.socket.try_write(&self.pending) {
+                Ok(written) => {
+                    let _ = self.pending.split_to(written);
+                    if self.pending.is_empty() {
+                        // Release the buffer's memory now, not at the next write.
+                        self.pending = Bytes::new();
+                        return self.close_if_done();
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return self.watch_for_writable();
+                }
+                Err(_) => return Flow::Close,
+            }
+        }
+    }
+
+    fn watch_for_writable(&mut self) -> Flow {
+        let mut cx = Context::from_waker(&self.waker);
+        match self.socket.poll_write_ready(&mut cx) {
+            Poll::Pending => Flow::Open,
+            Poll::Ready(Ok(())) => self.flush(),
+            Poll::Ready(Err(_)) => Flow::Close,
+        }
+    }
+
+    /// Asks to be woken when the client sends anything, which for a stream
+    /// means it closed (anything else it sends is read and ignored).
+    fn watch_for_close(&mut self) -> Flow {
+        let mut cx = Context::from_waker(&self.waker);
+        let mut sink = [0u8; 256];
+        loop {
+            match self.socket.poll_read_ready(&mut cx) {
+                Poll::Pending => return Flow::Open,
+                Poll::Ready(Err(_)) => return Flow::Close,
+                Poll::Ready(Ok(())) => match self.socket.try_read(&mut sink) {
+                    Ok(0) => return Flow::Close,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Flow::Close,
+                },
+            }
+        }
+    }
+
+    fn close_if_done(&self) -> Flow {
+        if self.closing && self.pending.is_empty() {
+            Flow::Close
+        } else {
+            Flow::Open
+        }
+    }
+}
+
+/// The part of `bufs` after the first `written` bytes, sharing their memory
+/// when it lies in one buffer (the common case: one big snapshot).
+fn unwritten(bufs: &[Bytes], mut written: usize) -> Bytes {
+    let first = bufs.iter().position(|buf| {
+        if written < buf.len() {
+            return true;
+        }
+        written -= buf.len();
+        false
+    });
+    let Some(first) = first else {
+        return Bytes::new();
+    };
+    let head = bufs[first].slice(written..);
+    let tail = &bufs[first + 1..];
+    if tail.is_empty() {
+        return head;
+    }
+    let mut joined =
+        BytesMut::with_capacity(head.len() + tail.iter().map(Bytes::len).sum::<usize>());
+    joined.extend_from_slice(&head);
+    for buf in tail {
+        joined.extend_from_slice(buf);
+    }
+    joined.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unwritten_part_of_one_buffer_is_a_slice_of_it() {
+        let bufs = [Bytes::from_static(b"head"), Bytes::from_static(b"snapshot")];
+        assert_eq!(unwritten(&bufs, 6), Bytes::from_static(b"apshot"));
+        assert_eq!(unwritten(&bufs, 12), Bytes::new());
+    }
+
+    #[test]
+    fn the_unwritten_parts_of_several_buffers_are_joined_in_order() {
+        let bufs = [
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"cd"),
+            Bytes::from_static(b"ef"),
+        ];
+        assert_eq!(unwritten(&bufs, 1), Bytes::from_static(b"bcdef"));
+        assert_eq!(unwritten(&bufs, 0), Bytes::from_static(b"abcdef"));
+    }
+}
