@@ -13,15 +13,26 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::time::Instant;
 
 use super::events::MAX_BATCH;
 use crate::presence::{Event, Subscription, Waiting};
+
+/// A shard writes at most once per this interval. A lone event goes out at
+/// once; in a burst, each write carries every event that came meanwhile, so a
+/// thousand events cost each stream tens of writes, not a thousand.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A pass over a shard's streams lets other tasks (joins, leaves) run after
+/// this many streams, so a large shard does not hold a worker thread.
+const STREAMS_PER_TURN: usize = 256;
 
 /// The comment every stream gets once per keep-alive period.
 const KEEPALIVE: &[u8] = b":\n\n";
@@ -149,6 +160,7 @@ impl Shard {
         mut heartbeat: watch::Receiver<()>,
     ) {
         let ready = self.ready.clone();
+        let mut last_pass = Instant::now() - FLUSH_INTERVAL;
         loop {
             tokio::select! {
                 arrival = inbox.recv() => match arrival {
@@ -159,9 +171,11 @@ impl Shard {
                     if let Err(RecvError::Closed) = woke {
                         break;
                     }
+                    tokio::time::sleep_until(last_pass + FLUSH_INTERVAL).await;
                     // Only the wake-up matters: each stream reads its own receiver.
                     while events.try_recv().is_ok() {}
-                    self.deliver_all();
+                    last_pass = Instant::now();
+                    self.deliver_all().await;
                 }
                 beat = heartbeat.changed() => match beat {
                     Ok(()) => self.keep_alive(),
@@ -200,11 +214,14 @@ impl Shard {
         }
     }
 
-    fn deliver_all(&mut self) {
+    async fn deliver_all(&mut self) {
         let mut closed = Vec::new();
-        for (key, stream) in &mut self.streams {
+        for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
             if stream.deliver(&mut self.batch) == Flow::Close {
                 closed.push(key);
+            }
+            if index % STREAMS_PER_TURN == STREAMS_PER_TURN - 1 {
+                tokio::task::yield_now().await;
             }
         }
         self.remove_all(closed);
@@ -291,7 +308,11 @@ impl Stream {
         for (slice, buf) in slices.iter_mut().zip(bufs) {
             *slice = IoSlice::new(buf);
         }
-        let written = match self.socket.try_write_vectored(&slices[..count]) {
+        let result = match bufs {
+            [one] => self.socket.try_write(one),
+            _ => self.socket.try_write_vectored(&slices[..count]),
+        };
+        let written = match result {
             Ok(written) => written,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => return Flow::Close,
