@@ -19,7 +19,14 @@ const WATCH_EVERY_MS = 2000;
 let me = null; // { id, name, token } while joined
 let source = null; // the EventSource while joined
 let watching = null; // the refresh timer while not joined
+let rejoinTimer = null; // a rejoin waiting to happen
 let rejoinDelay = 1000;
+let leaving = false; // the page is being unloaded: nothing more may start
+
+// A browser closes the stream as it unloads the page, before "pagehide"; a
+// refused stream and an unloading page look the same at that moment, so a
+// rejoin waits this long, and unloading cancels it.
+const REJOIN_AFTER_MS = 300;
 
 // ---- the list of boxes ----
 
@@ -98,15 +105,20 @@ function joined(reply) {
   sessionStorage.setItem(SAVED_NAME, reply.name);
   stopWatching();
   form.hidden = true;
-  statusLine.hidden = false;
-  statusLine.textContent = `You are ${reply.name}.`;
+  showStatus(`You are ${reply.name}.`);
   // Shown at once; the stream's existing_users replaces it moments later.
   replaceUsers([...reply.users, { id: reply.id, name: reply.name }]);
   listen();
 }
 
+function showStatus(text) {
+  statusLine.hidden = false;
+  statusLine.textContent = text;
+}
+
 function listen() {
   source = new EventSource(`/events?token=${encodeURIComponent(me.token)}`);
+  source.addEventListener("open", () => showStatus(`You are ${me.name}.`));
   source.addEventListener("existing_users", (event) => replaceUsers(JSON.parse(event.data).users));
   source.addEventListener("new_user", (event) => addUser(JSON.parse(event.data)));
   source.addEventListener("disconnect_user", (event) => {
@@ -118,8 +130,15 @@ function listen() {
   // CLOSED means the server refused the stream (401: it restarted, or we timed
   // out), so join again under the same name.
   source.addEventListener("error", () => {
-    if (source !== null && source.readyState === EventSource.CLOSED) rejoin();
+    if (source === null || leaving) return;
+    if (source.readyState === EventSource.CLOSED) scheduleRejoin(REJOIN_AFTER_MS);
+    else showStatus("Connection lost. Reconnecting…");
   });
+}
+
+function scheduleRejoin(delay) {
+  clearTimeout(rejoinTimer);
+  rejoinTimer = setTimeout(rejoin, delay);
 }
 
 function closeStream() {
@@ -128,6 +147,8 @@ function closeStream() {
 }
 
 async function rejoin() {
+  rejoinTimer = null;
+  if (leaving) return;
   const name = me === null ? sessionStorage.getItem(SAVED_NAME) : me.name;
   closeStream();
   me = null;
@@ -136,8 +157,8 @@ async function rejoin() {
     joined(await requestJoin(name));
   } catch (error) {
     if (!error.retry) return notJoined(error.message);
-    statusLine.textContent = `Reconnecting… (${error.message})`;
-    setTimeout(rejoin, rejoinDelay);
+    showStatus(`Reconnecting… (${error.message})`);
+    scheduleRejoin(rejoinDelay);
     rejoinDelay = Math.min(rejoinDelay * 2, 30000);
   }
 }
@@ -191,6 +212,8 @@ form.addEventListener("submit", async (event) => {
 // Leaving the page tells the server at once, so others see the box go now
 // rather than after the grace period.
 window.addEventListener("pagehide", () => {
+  leaving = true;
+  clearTimeout(rejoinTimer);
   if (me === null) return;
   navigator.sendBeacon("/leave", new Blob([me.token], { type: "text/plain" }));
   closeStream();
@@ -198,7 +221,9 @@ window.addEventListener("pagehide", () => {
 
 // Back from the browser's page cache after leaving: join again.
 window.addEventListener("pageshow", (event) => {
-  if (event.persisted && me !== null) rejoin();
+  if (!event.persisted) return;
+  leaving = false;
+  if (me !== null) rejoin();
 });
 
 for (const element of list.children) decorate(element);

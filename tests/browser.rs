@@ -29,6 +29,18 @@ const WAIT: Duration = Duration::from_secs(5);
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a reload or a navigation may take to reach the server. Well under the
+/// join timeout (10 s) and the grace these tests set (30 s), so only the page's
+/// own beacon and join can explain what the server shows by then.
+const UNLOAD: Duration = Duration::from_secs(3);
+
+/// A grace far longer than any test: a user whose stream closed stays online
+/// unless their page says it leaves.
+const LONG_GRACE: &str = "30s";
+
+/// How long a settled view is watched for a late duplicate or a late rejoin.
+const SETTLED_FOR: Duration = Duration::from_secs(1);
+
 /// A name that runs script if it is ever inserted as HTML (at most 32 characters).
 const MARKUP_NAME: &str = "<img src=x onerror=__pwned=1>";
 
@@ -113,15 +125,19 @@ async fn a_page_left_open_stays_online_for_longer_than_the_grace_period() {
     let alice_id = alice.join("alice").await;
 
     // Staying is the behaviour: watch it for twice the grace period.
-    let until = Instant::now() + 2 * grace;
-    while Instant::now() < until {
-        let online = server.users().await;
-        assert!(
-            online.iter().any(|user| user.id == alice_id),
-            "alice, her page open, is still online: {online:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    holds_for(
+        2 * grace,
+        "alice, her page open, still online",
+        async || {
+            let online = server.users().await;
+            if online.iter().any(|user| user.id == alice_id) {
+                Ok(())
+            } else {
+                Err(format!("{online:?}"))
+            }
+        },
+    )
+    .await;
     let view = alice.view().await;
     assert_eq!(
         view.my_names(),
@@ -269,6 +285,139 @@ async fn a_page_refused_by_a_restarted_server_joins_again_with_the_same_name() {
     assert!(!view.form_shown, "she was not asked for her name again");
 }
 
+#[tokio::test]
+async fn reloading_a_joined_page_never_shows_its_person_twice_to_the_others() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::with_args(&["--grace", LONG_GRACE]).await;
+    let alice = driver.person().await;
+    let watcher = driver.person().await;
+    alice.open(&server).await;
+    let old_id = alice.join("alice").await;
+    watcher.open(&server).await;
+    watcher.join("watcher").await;
+    watcher
+        .wait_until(WAIT, "alice's box", |view| view.has(&old_id))
+        .await;
+    let alice_at_most_once = |view: &View| -> Vec<String> {
+        let shown = view.ids_named("alice");
+        assert!(shown.len() <= 1, "alice is never shown twice: {view:?}");
+        shown
+    };
+
+    // The watcher looks while the reload happens, not only after it.
+    let ((), settled) = tokio::join!(
+        alice.reload(),
+        watcher.wait_until(
+            UNLOAD,
+            "one box for alice, from her reloaded page",
+            |view| { matches!(alice_at_most_once(view).as_slice(), [id] if *id != old_id) }
+        ),
+    );
+
+    let new_id = settled.ids_named("alice").remove(0);
+    watcher
+        .keeps_showing(SETTLED_FOR, "alice's one new box, and no other", |view| {
+            alice_at_most_once(view) == [new_id.as_str()]
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn reloading_a_joined_page_leaves_and_joins_again_on_the_server_at_once() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::with_args(&["--grace", LONG_GRACE]).await;
+    let alice = driver.person().await;
+    alice.open(&server).await;
+    let old_id = alice.join("alice").await;
+
+    alice.reload().await;
+
+    // The old user goes by the beacon: the grace would keep it for 30 s.
+    let online = eventually(UNLOAD, "one alice on the server, a new one", async || {
+        let users = server.users().await;
+        match users
+            .iter()
+            .filter(|user| user.name == "alice")
+            .collect::<Vec<_>>()[..]
+        {
+            [user] if user.id != old_id => Ok(user.clone()),
+            _ => Err(format!("{users:?}")),
+        }
+    })
+    .await;
+    let view = alice
+        .wait_until(WAIT, "her page marking the new user as hers", |view| {
+            view.my_ids() == [online.id.as_str()]
+        })
+        .await;
+    assert!(!view.form_shown, "she was not asked for her name again");
+}
+
+#[tokio::test]
+async fn navigating_a_joined_page_elsewhere_leaves_at_once_and_joins_nobody() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::with_args(&["--grace", LONG_GRACE]).await;
+    // Where Chromium can keep the page in its back-forward cache, the page is
+    // frozen and its stream closes after `pagehide`. Without the cache (a page
+    // that is not eligible, another browser) the stream closes first, as in a reload.
+    let alice = driver.person_without_back_forward_cache().await;
+    let watcher = driver.person().await;
+    alice.open(&server).await;
+    let alice_id = alice.join("alice").await;
+    watcher.open(&server).await;
+    watcher.join("watcher").await;
+    watcher
+        .wait_until(WAIT, "alice's box", |view| view.has(&alice_id))
+        .await;
+
+    alice.go_to("about:blank").await;
+
+    watcher
+        .wait_until(UNLOAD, "alice's box gone by her beacon", |view| {
+            !view.has(&alice_id)
+        })
+        .await;
+    holds_for(SETTLED_FOR, "nobody named alice online", async || {
+        let users = server.users().await;
+        if users.iter().any(|user| user.name == "alice") {
+            Err(format!("{users:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_joined_page_says_it_is_reconnecting_when_the_server_stops() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = driver.person().await;
+    alice.open(&server).await;
+    alice.join("alice").await;
+    alice
+        .wait_until(WAIT, "her status saying who she is", |view| {
+            view.status == "You are alice."
+        })
+        .await;
+
+    server.shutdown().await;
+
+    alice
+        .wait_until(WAIT, "a status saying it reconnects", |view| {
+            view.status.contains("Reconnecting")
+        })
+        .await;
+}
+
 // ---- people and their pages ----
 
 /// One person: a browser of their own, showing lobby's page in one tab.
@@ -283,6 +432,8 @@ struct View {
     count: String,
     images: usize,
     form_shown: bool,
+    /// The status line's text, or empty while it is hidden.
+    status: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +454,9 @@ const READ_VIEW: &str = r#"
         count: document.getElementById("count").textContent,
         images: list.querySelectorAll("img").length,
         form_shown: !document.getElementById("join").hidden,
+        status: (({ hidden, textContent }) => hidden ? "" : textContent)(
+            document.getElementById("status"),
+        ),
     };
 "#;
 
@@ -339,6 +493,16 @@ impl Person {
             .expect("a box marked as mine")
     }
 
+    /// Reloads the page as a person does (F5), and waits until it has loaded.
+    async fn reload(&self) {
+        self.client.refresh().await.expect("reload the page");
+    }
+
+    /// Leaves lobby's page for another address in the same tab.
+    async fn go_to(&self, url: &str) {
+        self.client.goto(url).await.expect("navigate elsewhere");
+    }
+
     async fn view(&self) -> View {
         serde_json::from_value(self.execute(READ_VIEW).await).expect("a view of the page")
     }
@@ -361,6 +525,19 @@ impl Person {
             let view = self.view().await;
             if ready(&view) {
                 Ok(view)
+            } else {
+                Err(format!("{view:?}"))
+            }
+        })
+        .await
+    }
+
+    /// Polls the page for `during`; panics with the view the first time `holds` does not.
+    async fn keeps_showing(&self, during: Duration, what: &str, holds: impl Fn(&View) -> bool) {
+        holds_for(during, what, async || {
+            let view = self.view().await;
+            if holds(&view) {
+                Ok(())
             } else {
                 Err(format!("{view:?}"))
             }
@@ -403,6 +580,23 @@ impl View {
             .collect()
     }
 
+    fn my_ids(&self) -> Vec<&str> {
+        self.boxes
+            .iter()
+            .filter(|user| user.me)
+            .map(|user| user.id.as_str())
+            .collect()
+    }
+
+    /// The ids of the boxes that show `name`.
+    fn ids_named(&self, name: &str) -> Vec<String> {
+        self.boxes
+            .iter()
+            .filter(|user| user.name == name)
+            .map(|user| user.id.clone())
+            .collect()
+    }
+
     fn has(&self, id: &str) -> bool {
         self.boxes.iter().any(|user| user.id == id)
     }
@@ -442,6 +636,22 @@ async fn eventually<T>(
             }
             Err(_) => tokio::time::sleep(POLL).await,
         }
+    }
+}
+
+/// Calls `probe` every `POLL` for `during`; panics with what it saw the first
+/// time it answers `Err`.
+async fn holds_for(
+    during: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<(), String>,
+) {
+    let until = Instant::now() + during;
+    while Instant::now() < until {
+        if let Err(seen) = probe().await {
+            panic!("expected {what} for {during:?}; saw {seen}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -564,25 +774,35 @@ impl Chromedriver {
 
     /// A new browser with a profile of its own.
     async fn person(&self) -> Person {
+        self.person_with(&[]).await
+    }
+
+    /// A new browser that keeps no page in its back-forward cache, so that a
+    /// page navigated away from is unloaded rather than frozen.
+    async fn person_without_back_forward_cache(&self) -> Person {
+        self.person_with(&["--disable-back-forward-cache"]).await
+    }
+
+    /// A new browser with a profile of its own and these extra Chromium flags.
+    async fn person_with(&self, extra_args: &[&str]) -> Person {
         let n = self.people.fetch_add(1, Ordering::Relaxed);
         let profile = self.profiles.join(format!("person-{n}"));
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            // Without these, Chromium's own traffic is refused on a closed network.
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let capabilities = json!({
-            "goog:chromeOptions": {
-                "binary": self.chromium,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    // Without these, Chromium's own traffic is refused on a closed network.
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            }
+            "goog:chromeOptions": { "binary": self.chromium, "args": args }
         });
         let Value::Object(capabilities) = capabilities else {
             unreachable!("a JSON object")

@@ -1,7 +1,7 @@
 //! The real `lobby` binary, run as a person runs it: the line it logs, a clean
 //! stop on SIGTERM and SIGINT (streams end, exit 0, port freed), one-line errors
-//! for a bad flag or a taken port, every `LOBBY_*` environment variable, and no
-//! token in its output even at RUST_LOG=debug.
+//! for a bad flag or a taken port, `--help` and `--version`, every `LOBBY_*`
+//! environment variable, and no token in its output even at RUST_LOG=debug.
 
 mod common;
 
@@ -111,38 +111,45 @@ async fn a_stopped_lobby_can_be_started_again_on_the_same_port() {
 // ---- refusing to start ----
 
 #[tokio::test]
-async fn a_duration_without_a_unit_exits_non_zero_with_a_short_error() {
+async fn a_duration_without_a_unit_exits_2_with_one_line_naming_the_flag() {
     let finished = run_to_end(&["--bind", "127.0.0.1:0", "--grace", "5"], &[]).await;
 
-    finished.assert_short_error_mentioning("--grace");
+    finished.assert_flag_error_mentioning("--grace");
 }
 
 #[tokio::test]
-async fn an_unknown_flag_exits_non_zero_with_a_short_error() {
+async fn an_unknown_flag_exits_2_with_one_line_naming_it() {
     let finished = run_to_end(&["--bind", "127.0.0.1:0", "--bogus"], &[]).await;
 
-    finished.assert_short_error_mentioning("--bogus");
+    finished.assert_flag_error_mentioning("--bogus");
 }
 
 #[tokio::test]
-async fn a_max_users_that_is_not_a_number_exits_non_zero_with_a_short_error() {
+async fn a_max_users_that_is_not_a_number_exits_2_with_one_line_naming_the_flag() {
     let finished = run_to_end(&["--bind", "127.0.0.1:0", "--max-users", "lots"], &[]).await;
 
-    finished.assert_short_error_mentioning("--max-users");
+    finished.assert_flag_error_mentioning("--max-users");
 }
 
 #[tokio::test]
-async fn a_bind_address_that_is_not_an_address_exits_non_zero_with_a_short_error() {
+async fn a_bind_address_that_is_not_an_address_exits_2_with_one_line_naming_the_flag() {
     let finished = run_to_end(&["--bind", "localhost"], &[]).await;
 
-    finished.assert_short_error_mentioning("--bind");
+    finished.assert_flag_error_mentioning("--bind");
 }
 
 #[tokio::test]
-async fn a_bad_environment_variable_exits_non_zero_with_a_short_error() {
+async fn a_bad_duration_in_an_environment_variable_exits_2_with_one_line_naming_the_value() {
     let finished = run_to_end(&["--bind", "127.0.0.1:0"], &[("LOBBY_GRACE", "soon")]).await;
 
-    finished.assert_short_error_mentioning("soon");
+    finished.assert_flag_error_mentioning("soon");
+}
+
+#[tokio::test]
+async fn a_bad_number_in_an_environment_variable_exits_2_with_one_line_naming_the_value() {
+    let finished = run_to_end(&["--bind", "127.0.0.1:0"], &[("LOBBY_MAX_USERS", "abc")]).await;
+
+    finished.assert_flag_error_mentioning("abc");
 }
 
 #[tokio::test]
@@ -153,23 +160,43 @@ async fn a_port_already_taken_exits_non_zero_with_one_line_naming_the_address() 
     let finished = run_to_end(&["--bind", &addr.to_string()], &[]).await;
 
     assert!(!finished.status.success(), "{}", finished.output());
-    assert!(
-        !finished.output().contains("panicked"),
-        "{}",
-        finished.output()
-    );
-    let lines: Vec<&str> = finished
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert_eq!(lines.len(), 1, "one line: {lines:?}");
-    assert!(
-        lines[0].contains(&addr.to_string()),
-        "it names {addr}: {}",
-        lines[0]
-    );
+    let line = finished.the_one_error_line();
+    assert!(line.contains(&addr.to_string()), "it names {addr}: {line}");
     drop(taken);
+}
+
+// ---- asking it about itself ----
+
+#[tokio::test]
+async fn version_prints_the_name_and_the_version_and_exits_0() {
+    let finished = run_to_end(&["--version"], &[]).await;
+
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.output());
+    assert_eq!(
+        finished.stdout.trim_end(),
+        format!("lobby {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn help_exits_0_and_lists_every_flag_with_its_environment_variable() {
+    let finished = run_to_end(&["--help"], &[]).await;
+
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.output());
+    for (flag, variable) in [
+        ("--bind", "LOBBY_BIND"),
+        ("--grace", "LOBBY_GRACE"),
+        ("--join-timeout", "LOBBY_JOIN_TIMEOUT"),
+        ("--keepalive", "LOBBY_KEEPALIVE"),
+        ("--max-users", "LOBBY_MAX_USERS"),
+    ] {
+        let entry = help_entry(&finished.stdout, flag)
+            .unwrap_or_else(|| panic!("--help lists {flag}: {}", finished.stdout));
+        assert!(
+            entry.contains(variable),
+            "--help gives {variable} for {flag}: {entry}"
+        );
+    }
 }
 
 // ---- environment variables ----
@@ -427,23 +454,28 @@ impl Finished {
         format!("{}{}", self.stdout, self.stderr)
     }
 
-    /// A refusal to start: non-zero exit, no panic, a short error on stderr
-    /// whose first line mentions `what`.
-    fn assert_short_error_mentioning(&self, what: &str) {
+    /// A refusal to start: a non-zero exit, no panic, and exactly one line on
+    /// stderr, `lobby: <what is wrong>`. Returns that line.
+    fn the_one_error_line(&self) -> &str {
         assert!(!self.status.success(), "exit status {}", self.status);
         assert!(!self.output().contains("panicked"), "{}", self.output());
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert!(!lines.is_empty(), "an error on stderr");
-        assert!(lines.len() <= 5, "a short error: {}", self.stderr);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let [line] = lines[..] else {
+            panic!("exactly one line on stderr: {:?}", self.stderr);
+        };
         assert!(
-            lines[0].contains(what),
-            "the first line mentions {what}: {}",
-            self.stderr
+            line.starts_with("lobby: "),
+            "the line starts with \"lobby: \": {line:?}"
         );
+        line
+    }
+
+    /// A bad flag or environment variable: exit code 2, as for any usage error,
+    /// and one error line that mentions `what`.
+    fn assert_flag_error_mentioning(&self, what: &str) {
+        assert_eq!(self.status.code(), Some(2), "{}", self.output());
+        let line = self.the_one_error_line();
+        assert!(line.contains(what), "the line mentions {what}: {line:?}");
     }
 }
 
@@ -545,6 +577,33 @@ fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
         let _ = pipe.read_to_end(&mut bytes);
         String::from_utf8_lossy(&bytes).into_owned()
     })
+}
+
+/// What `--help` says about `flag`: its line and any lines that continue it,
+/// up to the next option.
+fn help_entry(help: &str, flag: &str) -> Option<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    // An option's line starts with its names, then two spaces, then its text.
+    let names = |line: &str| {
+        line.trim_start()
+            .split("  ")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let start = lines.iter().position(|line| {
+        line.trim_start().starts_with('-') && names(line).split([' ', ',']).any(|word| word == flag)
+    })?;
+    let continued = lines[start + 1..]
+        .iter()
+        .take_while(|line| !line.trim_start().starts_with('-') && !line.trim().is_empty());
+    Some(
+        std::iter::once(&lines[start])
+            .chain(continued)
+            .map(|line| line.trim())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Whether an SSE text holds a comment line (one starting with `:`).

@@ -35,12 +35,7 @@ pub async fn join(
 ) -> Result<impl IntoResponse, ApiError> {
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
     let parsed: JoinBody = match format {
-        BodyFormat::Json => {
-            serde_json::from_slice(&body).map_err(|err| ApiError::MalformedBody {
-                format: "JSON",
-                detail: err.to_string(),
-            })?
-        }
+        BodyFormat::Json => serde_json::from_slice(&body).map_err(json_error)?,
         BodyFormat::Form | BodyFormat::Text => {
             serde_urlencoded::from_bytes(&body).map_err(|err| ApiError::MalformedBody {
                 format: "a form",
@@ -79,6 +74,21 @@ fn join_reply(joined: &Joined) -> Bytes {
     body.extend_from_slice(&joined.users);
     body.extend_from_slice(b"}");
     body.freeze()
+}
+
+/// Says where the JSON breaks, or that it is JSON of the wrong shape; never
+/// the name of a Rust type.
+fn json_error(err: serde_json::Error) -> ApiError {
+    let detail = match err.classify() {
+        serde_json::error::Category::Data => {
+            "it must be an object whose \"name\" is a string".to_owned()
+        }
+        _ => err.to_string(),
+    };
+    ApiError::MalformedBody {
+        format: "JSON",
+        detail,
+    }
 }
 
 /// The token may come as `Authorization: Bearer`, as a form `token=…`, or as a

@@ -65,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(page::index))
         .route("/static/app.js", get(page::script))
         .route("/static/style.css", get(page::style))
+        .route("/static/favicon.svg", get(page::favicon))
         .route("/join", post(api::join))
         .route("/leave", post(api::leave))
         .route("/users", get(api::users))

@@ -11,6 +11,7 @@ use crate::presence::{MAX_NAME_CHARS, UserView};
 
 const APP_JS: &str = include_str!("../../static/app.js");
 const STYLE_CSS: &str = include_str!("../../static/style.css");
+const FAVICON_SVG: &str = include_str!("../../static/favicon.svg");
 
 pub async fn index(State(state): State<AppState>) -> Response {
     let mut response = Html(render(&state.presence.users()).into_string()).into_response();
@@ -27,6 +28,10 @@ pub async fn script() -> Response {
 
 pub async fn style() -> Response {
     asset(STYLE_CSS, "text/css; charset=utf-8")
+}
+
+pub async fn favicon() -> Response {
+    asset(FAVICON_SVG, "image/svg+xml")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -46,6 +51,7 @@ fn render(users: &[UserView]) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "lobby" }
+                link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/static/style.css";
                 script src="/static/app.js" defer {}
             }
