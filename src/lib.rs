@@ -4,12 +4,16 @@
 //!
 //! # Layout
 //! - [`presence`]: the core. Who is online, the numbered event history, grace and
-//!   join timeouts, each event encoded once for every stream. No HTTP in it.
-//! - [`http`]: translation only. Parses requests into domain types, calls
-//!   presence, writes responses: the JSON API, the SSE stream, the page.
+//!   join timeouts, each event encoded once for every stream, and the users list
+//!   kept encoded in pieces. No HTTP in it.
+//! - [`http`]: translation only. `serve` reads the first request head of each
+//!   connection: a stream that subscribes goes, as a bare socket, to the fan-out
+//!   shards (`fanout`); everything else to hyper and the router (the JSON API,
+//!   the page, and the same SSE stream for whatever the fast path leaves).
 //! - [`config`]: the command line and its environment variables.
 //! - `main.rs`: flags, logging, bind, then [`run`].
-//! - `static/`: the page's script and style, compiled into the binary.
+//! - `bin/lobby-load.rs`: the load generator behind `make bench`.
+//! - `static/`: the page's script, style and icon, compiled into the binary.
 
 pub mod config;
 pub mod http;

@@ -1758,8 +1758,8 @@ async fn run(args: &Args) -> Result<Report> {
         "KiB",
     );
     report.add(
-        "kib_per_subscriber",
-        "server RSS per subscriber",
+        "kib_per_subscriber_after_ramp",
+        "server RSS per subscriber, after ramp",
         num(rss_before
             .zip(rss_after)
             .map(|(a, b)| (b as f64 - a as f64) / n as f64)),
@@ -1908,10 +1908,22 @@ async fn run(args: &Args) -> Result<Report> {
             .map(|(a, b)| (b - a) as f64 / ticks / idle * 100.0)),
         "%",
     );
+    // What an idle subscriber costs: measured once the N streams have sat
+    // idle, when what the ramp needed only for a moment (megabyte join replies
+    // and snapshots) has been handed back by the allocator.
+    let rss_idle = pid.and_then(server::rss_kib);
     report.add(
         "rss_end_kib",
-        "server RSS at the end",
-        pid.and_then(server::rss_kib),
+        "server RSS after the idle period",
+        rss_idle,
+        "KiB",
+    );
+    report.add(
+        "kib_per_subscriber",
+        "server RSS per idle subscriber",
+        num(rss_before
+            .zip(rss_idle)
+            .map(|(a, b)| (b as f64 - a as f64) / n as f64)),
         "KiB",
     );
 

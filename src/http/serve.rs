@@ -34,6 +34,9 @@ connection: close\r\n\r\n";
 /// A request head larger than this is left to hyper, which refuses it.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// The send buffer of every connection (the kernel doubles it).
+const SEND_BUFFER: usize = 512 * 1024;
+
 /// How long a client has to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,6 +68,10 @@ pub async fn serve(
         };
         // Events are small and must not wait for the previous one's ACK.
         let _ = socket.set_nodelay(true);
+        // A join reply or snapshot lists everyone (a megabyte at 18,000 users);
+        // a new connection's send buffer starts at 16 KiB and would take it in
+        // dozens of rounds. The kernel only uses the memory while bytes wait.
+        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
         tokio::spawn(connection(
             socket,
             state.clone(),
@@ -230,5 +237,46 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(request: &str) -> Head {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(
+            parsed
+                .parse(request.as_bytes())
+                .is_ok_and(|s| s.is_complete())
+        );
+        events_request(&parsed)
+    }
+
+    #[test]
+    fn a_get_of_events_with_a_token_in_the_query_takes_the_fast_path() {
+        let head = head_of("GET /events?token=abc HTTP/1.1\r\nLast-Event-ID: 7\r\n\r\n");
+        assert!(matches!(head, Head::Events(token, Some(7)) if token.expose() == "abc"));
+    }
+
+    #[test]
+    fn a_bearer_token_takes_the_fast_path_too() {
+        let head = head_of("GET /events HTTP/1.1\r\nAuthorization: Bearer xyz\r\n\r\n");
+        assert!(matches!(head, Head::Events(token, None) if token.expose() == "xyz"));
+    }
+
+    #[test]
+    fn anything_else_is_left_to_hyper_and_the_router() {
+        for request in [
+            "GET /events HTTP/1.1\r\n\r\n",
+            "POST /events?token=abc HTTP/1.1\r\n\r\n",
+            "GET /events/?token=abc HTTP/1.1\r\n\r\n",
+            "GET /users HTTP/1.1\r\n\r\n",
+            "GET /events?token=a&token=b HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(head_of(request), Head::Other), "{request:?}");
+        }
     }
 }
