@@ -32,7 +32,7 @@ bench:
 	@set -e; out=$$(mktemp -d); \
 	for n in $(BENCH_SIZES); do \
 	  ./target/release/lobby --bind $(BENCH_ADDR) --join-timeout 5m 2>$$out/lobby-$$n.log & pid=$$!; \
-	  trap 'kill $$pid 2>/dev/null' EXIT; \
+	  trap 'kill $$pid 2>/dev/null || true' EXIT; \
 	  until curl -sf http://$(BENCH_ADDR)/healthz >/dev/null; do sleep 0.1; done; \
 	  echo "== N = $$n"; \
 	  ./target/release/lobby-load --url http://$(BENCH_ADDR) --pid $$pid --subscribers $$n | tee $$out/load-$$n.txt; \
