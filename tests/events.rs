@@ -444,3 +444,44 @@ fn raw_events(text: &str) -> Vec<RawEvent> {
         })
         .collect()
 }
+
+/// Most streams are taken off hyper by lobby's own fast path; a request head
+/// it leaves to hyper (here: more headers than it parses) must stream the same.
+#[tokio::test]
+async fn a_stream_served_through_the_router_behaves_like_any_other() {
+    let server = TestServer::start().await;
+    let alice = server.join("alice").await;
+    let mut request = server
+        .client
+        .get(server.url("/events"))
+        .query(&[("token", alice.token.as_str())])
+        .timeout(Duration::from_secs(3600));
+    for index in 0..40 {
+        request = request.header(format!("x-filler-{index}"), "so the head has many headers");
+    }
+
+    let response = request.send().await.expect("GET /events");
+
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("content-type"), "text/event-stream");
+    assert_eq!(header("cache-control"), "no-cache");
+    assert_eq!(header("x-accel-buffering"), "no");
+    // Only hyper chunks a stream: this is the router's path, not the fast one.
+    assert_eq!(header("transfer-encoding"), "chunked");
+    let mut stream = Sse::new(response);
+    let snapshot = stream.next_event().await;
+    assert_eq!(snapshot.event, "existing_users");
+    assert_eq!(users_in(&snapshot), [alice.user()]);
+    let bob = server.join("bob").await;
+    let event = stream.next_event().await;
+    assert_eq!(event.event, "new_user");
+    assert_eq!(user_in(&event), bob.user());
+}
