@@ -429,8 +429,8 @@ async fn a_name_of_33_characters_is_refused_with_422_and_changes_nothing() {
     let server = TestServer::start().await;
     let mut onlooker = Onlooker::arrive(&server).await;
 
-    let ascii = post_join_json(&server, &"a".repeat(33)).await;
-    let cjk = post_join_json(&server, &"名".repeat(33)).await;
+    let ascii = server.post_join(&"a".repeat(33)).await;
+    let cjk = server.post_join(&"名".repeat(33)).await;
 
     assert_error(ascii, 422).await;
     assert_error(cjk, 422).await;
@@ -450,7 +450,7 @@ async fn a_name_with_a_control_character_is_refused_with_422_and_changes_nothing
         "al\u{7f}ice",
         "al\u{9b}ice",
     ] {
-        let response = post_join_json(&server, name).await;
+        let response = server.post_join(name).await;
 
         assert_eq!(response.status(), 422, "{name:?}");
         assert_error(response, 422).await;
@@ -549,7 +549,7 @@ async fn a_join_to_a_full_lobby_is_refused_with_503_and_retry_after_and_changes_
     let server = TestServer::with_args(&["--max-users", "1"]).await;
     let mut onlooker = Onlooker::arrive(&server).await;
 
-    let response = post_join_json(&server, "alice").await;
+    let response = server.post_join("alice").await;
 
     let retry_after = response.headers().get(RETRY_AFTER).cloned();
     assert_error(response, 503).await;
@@ -569,7 +569,7 @@ async fn a_seat_freed_by_a_leave_can_be_taken_again() {
     let alice = server.join("alice").await;
     assert_eq!(server.leave(&alice.token).await, 204);
 
-    let response = post_join_json(&server, "bob").await;
+    let response = server.post_join("bob").await;
 
     assert_eq!(response.status(), 201);
 }
@@ -1008,7 +1008,7 @@ async fn a_token_never_appears_in_another_users_join_reply() {
     let server = TestServer::start().await;
     let alice = server.join("alice").await;
 
-    let response = post_join_json(&server, "bob").await;
+    let response = server.post_join("bob").await;
 
     let reply = response.text().await.expect("reply");
     assert!(!reply.contains(&alice.token), "{reply}");
@@ -1119,15 +1119,6 @@ async fn post_join(
         request = request.header(CONTENT_TYPE, content_type);
     }
     request.send().await.expect("POST /join")
-}
-
-async fn post_join_json(server: &TestServer, name: &str) -> reqwest::Response {
-    post_join(
-        server,
-        Some("application/json"),
-        json!({ "name": name }).to_string(),
-    )
-    .await
 }
 
 /// Asserts this status and a JSON body `{"error": "<a sentence>"}`; returns the sentence.
