@@ -25,15 +25,14 @@ use tokio::time::Instant;
 use super::events::MAX_BATCH;
 use crate::presence::{Event, Subscription, Waiting};
 
-/// After a pass over its streams, a shard waits this many times the pass's
-/// length (at most `MAX_WAIT`) before the next, so that under a flow of events
-/// each write carries every event that came meanwhile: a thousand events cost
-/// each stream tens of writes, not a thousand. A lone event goes out at once,
-/// and a small shard, whose passes are short, hardly waits at all. (Measured
-/// at 18,000 streams: waits of 20 ms and 50 ms gave the same burst time, 50 ms
-/// a little less CPU; a cap of 250 ms delayed a leave that followed a join.)
-const WAIT_PER_PASS: u32 = 4;
-const MAX_WAIT: Duration = Duration::from_millis(50);
+/// While events keep coming (a pass found more than one waiting), a shard
+/// waits this many times its last pass's length, at most `MAX_WAIT`, before
+/// the next pass, so that each write carries every event that came meanwhile:
+/// a thousand events cost each stream tens of writes, not a thousand, and the
+/// shard spends a small share of the time writing. A lone event goes out at
+/// once. Arrivals and closes are served during the wait.
+const WAIT_PER_PASS: u32 = 20;
+const MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// A pass over a shard's streams lets other tasks (joins, leaves) run after
 /// this many streams, so a large shard does not hold a worker thread.
@@ -165,23 +164,34 @@ impl Shard {
         mut heartbeat: watch::Receiver<()>,
     ) {
         let ready = self.ready.clone();
-        let mut next_pass = Instant::now();
+        // Events have come since the last pass; and when the next may start.
+        let (mut due, mut next_pass) = (false, Instant::now());
         loop {
             tokio::select! {
                 arrival = inbox.recv() => match arrival {
                     Some(arrival) => self.admit(arrival),
                     None => break,
                 },
-                woke = events.recv() => {
-                    if let Err(RecvError::Closed) = woke {
-                        break;
-                    }
-                    tokio::time::sleep_until(next_pass).await;
+                woke = events.recv(), if !due => match woke {
+                    Err(RecvError::Closed) => break,
                     // Only the wake-up matters: each stream reads its own receiver.
-                    while events.try_recv().is_ok() {}
+                    _ => due = true,
+                },
+                () = tokio::time::sleep_until(next_pass), if due => {
+                    // One event since the last pass is a lone event; more mean
+                    // a flow, and then the next pass waits for more to gather.
+                    let mut gathered = 1;
+                    while events.try_recv().is_ok() {
+                        gathered += 1;
+                    }
                     let started = Instant::now();
                     self.deliver_all().await;
-                    next_pass = started + (started.elapsed() * WAIT_PER_PASS).min(MAX_WAIT);
+                    due = false;
+                    next_pass = if gathered > 1 {
+                        started + (started.elapsed() * WAIT_PER_PASS).min(MAX_WAIT)
+                    } else {
+                        Instant::now()
+                    };
                 }
                 beat = heartbeat.changed() => match beat {
                     Ok(()) => self.keep_alive(),
