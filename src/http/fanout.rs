@@ -31,8 +31,8 @@ use crate::presence::{Event, Subscription, Waiting};
 /// a thousand events cost each stream tens of writes, not a thousand, and the
 /// shard spends a small share of the time writing. A lone event goes out at
 /// once. Arrivals and closes are served during the wait.
-const WAIT_PER_PASS: u32 = 20;
-const MAX_WAIT: Duration = Duration::from_millis(200);
+const WAIT_PER_PASS: u32 = 40;
+const MAX_WAIT: Duration = Duration::from_millis(300);
 
 /// A pass over a shard's streams lets other tasks (joins, leaves) run after
 /// this many streams, so a large shard does not hold a worker thread.
