@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
@@ -29,10 +29,14 @@ use crate::presence::{Event, Subscription, Waiting};
 /// waits this many times its last pass's length, at most `MAX_WAIT`, before
 /// the next pass, so that each write carries every event that came meanwhile:
 /// a thousand events cost each stream tens of writes, not a thousand, and the
-/// shard spends a small share of the time writing. A lone event goes out at
-/// once. Arrivals and closes are served during the wait.
+/// shard spends a small share of the time writing. Arrivals and closes are
+/// served during the wait.
 const WAIT_PER_PASS: u32 = 40;
 const MAX_WAIT: Duration = Duration::from_millis(300);
+
+/// An event that comes after this long without any is a lone event: it goes
+/// out at once, whatever flow came before it.
+const QUIET: Duration = Duration::from_millis(50);
 
 /// A pass over a shard's streams lets other tasks (joins, leaves) run after
 /// this many streams, so a large shard does not hold a worker thread.
@@ -147,6 +151,43 @@ enum Flow {
     Close,
 }
 
+/// When a shard's next pass over its streams may start.
+#[derive(Debug)]
+struct Pace {
+    next_pass: Instant,
+    /// When the newest event the shard has heard of happened.
+    newest: Instant,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace {
+            next_pass: now,
+            newest: now,
+        }
+    }
+
+    /// An event that happened at `at` is waiting. After a quiet spell it is a
+    /// lone event, and goes out at once whatever flow came before.
+    fn heard(&mut self, at: Instant) {
+        if at.saturating_duration_since(self.newest) >= QUIET {
+            self.next_pass = self.next_pass.min(at);
+        }
+        self.newest = self.newest.max(at);
+    }
+
+    /// A pass that found `gathered` events started at `started` and ended at
+    /// `ended`. One event is a lone event; more mean a flow, and then the next
+    /// pass waits for more to gather.
+    fn passed(&mut self, gathered: usize, started: Instant, ended: Instant) {
+        self.next_pass = if gathered > 1 {
+            started + ((ended - started) * WAIT_PER_PASS).min(MAX_WAIT)
+        } else {
+            ended
+        };
+    }
+}
+
 impl Shard {
     fn new() -> Shard {
         Shard {
@@ -164,8 +205,9 @@ impl Shard {
         mut heartbeat: watch::Receiver<()>,
     ) {
         let ready = self.ready.clone();
-        // Events have come since the last pass; and when the next may start.
-        let (mut due, mut next_pass) = (false, Instant::now());
+        let mut pace = Pace::new(Instant::now());
+        // Events have come since the last pass.
+        let mut due = false;
         loop {
             tokio::select! {
                 arrival = inbox.recv() => match arrival {
@@ -174,24 +216,27 @@ impl Shard {
                 },
                 woke = events.recv(), if !due => match woke {
                     Err(RecvError::Closed) => break,
+                    Err(RecvError::Lagged(_)) => due = true,
                     // Only the wake-up matters: each stream reads its own receiver.
-                    _ => due = true,
+                    Ok(event) => {
+                        due = true;
+                        pace.heard(event.at);
+                    }
                 },
-                () = tokio::time::sleep_until(next_pass), if due => {
-                    // One event since the last pass is a lone event; more mean
-                    // a flow, and then the next pass waits for more to gather.
+                () = tokio::time::sleep_until(pace.next_pass), if due => {
                     let mut gathered = 1;
-                    while events.try_recv().is_ok() {
+                    loop {
+                        match events.try_recv() {
+                            Ok(event) => pace.heard(event.at),
+                            Err(TryRecvError::Lagged(_)) => {}
+                            Err(_) => break,
+                        }
                         gathered += 1;
                     }
                     let started = Instant::now();
                     self.deliver_all().await;
                     due = false;
-                    next_pass = if gathered > 1 {
-                        started + (started.elapsed() * WAIT_PER_PASS).min(MAX_WAIT)
-                    } else {
-                        Instant::now()
-                    };
+                    pace.passed(gathered, started, Instant::now());
                 }
                 beat = heartbeat.changed() => match beat {
                     Ok(()) => self.keep_alive(),
@@ -444,5 +489,41 @@ mod tests {
         ];
         assert_eq!(unwritten(&bufs, 1), Bytes::from_static(b"bcdef"));
         assert_eq!(unwritten(&bufs, 0), Bytes::from_static(b"abcdef"));
+    }
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn a_lone_event_goes_out_at_once() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.heard(t0 + ms(1000));
+        assert!(pace.next_pass <= t0 + ms(1000));
+        pace.passed(1, t0 + ms(1000), t0 + ms(1002));
+        assert_eq!(pace.next_pass, t0 + ms(1002));
+    }
+
+    #[test]
+    fn under_a_flow_the_next_pass_waits_in_proportion_to_the_last() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.passed(10, t0, t0 + ms(2));
+        assert_eq!(pace.next_pass, t0 + ms(2) * WAIT_PER_PASS);
+        pace.heard(t0 + ms(5)); // more of the flow: it waits
+        assert_eq!(pace.next_pass, t0 + ms(2) * WAIT_PER_PASS);
+        pace.passed(10, t0, t0 + ms(100));
+        assert_eq!(pace.next_pass, t0 + MAX_WAIT);
+    }
+
+    #[test]
+    fn an_event_after_a_quiet_spell_does_not_wait_for_the_flow_before_it() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.heard(t0);
+        pace.passed(50, t0, t0 + ms(7)); // a flow: the next pass would wait 280 ms
+        let lone = t0 + QUIET + ms(10);
+        pace.heard(lone);
+        assert_eq!(pace.next_pass, lone);
     }
 }

@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use super::name::{Name, UserId};
 
@@ -33,6 +34,8 @@ pub struct Event {
     pub user: UserId,
     /// `id: …\nevent: …\ndata: {"id":…,"name":…}\n\n`, shared by every stream.
     pub frame: Bytes,
+    /// When it happened, so that the fan-out can tell a lone event from a flow.
+    pub at: Instant,
 }
 
 impl Event {
@@ -43,6 +46,7 @@ impl Event {
             kind,
             user,
             frame: frame(id, kind.as_str(), &data),
+            at: Instant::now(),
         }
     }
 }
