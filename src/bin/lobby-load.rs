@@ -1115,12 +1115,24 @@ struct Shared {
     probe: AtomicU64,
     /// The event id whose arrival ends the burst (0: none).
     target_id: AtomicU64,
+    /// Why the first stream that could not go on was lost.
+    first_loss: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
     /// Now, as nanoseconds since `base` plus one (so 0 can mean "never").
     fn stamp(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Marks `slot` lost, keeping the reason if it is the first.
+    fn lose(&self, slot: &Slot, why: impl FnOnce() -> String) {
+        slot.lost.store(true, Relaxed);
+        let mut first = self
+            .first_loss
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        first.get_or_insert_with(why);
     }
 
     fn live(&self) -> impl Iterator<Item = &Slot> {
@@ -1208,14 +1220,14 @@ async fn follow(
     let slot = &shared.slots[index];
     loop {
         let ended = read_until_end(&shared, slot, &conn, &mut stream).await;
-        if let Err(Some(_)) = ended {
+        if let Err(Some(why)) = ended {
             // Garbled framing: reconnecting would not make it right.
-            slot.lost.store(true, Relaxed);
+            shared.lose(slot, || why.to_string());
             return;
         }
         let resumes = slot.resumes.fetch_add(1, Relaxed) + 1;
         if resumes > MAX_RESUMES {
-            slot.lost.store(true, Relaxed);
+            shared.lose(slot, || format!("ended more than {MAX_RESUMES} times"));
             return;
         }
         let mut buf = vec![0; 16 * 1024];
@@ -1223,8 +1235,8 @@ async fn follow(
         let parser = std::mem::take(&mut stream.parser).reconnected();
         match open_events(&shared.target, index, &token, last, &mut buf, parser).await {
             Ok((new_conn, new_stream, _)) => (conn, stream) = (new_conn, new_stream),
-            Err(_) => {
-                slot.lost.store(true, Relaxed);
+            Err(err) => {
+                shared.lose(slot, || format!("reopening failed: {err:#}"));
                 return;
             }
         }
@@ -1641,6 +1653,7 @@ async fn run(args: &Args) -> Result<Report> {
         slots: (0..n).map(|_| Slot::default()).collect(),
         probe: AtomicU64::new(0),
         target_id: AtomicU64::new(0),
+        first_loss: std::sync::Mutex::new(None),
     });
     let mut report = Report {
         rows: Vec::new(),
@@ -1971,7 +1984,13 @@ async fn run(args: &Args) -> Result<Report> {
     report.add("violations", "violations (streams)", violations, "");
     if violations > 0 {
         report.fail(format!(
-            "{violations} stream violations: {gaps} gaps, {repeats} repeats, {decreases} decreases, {unexpected} unexpected, {lost} lost"
+            "{violations} stream violations: {gaps} gaps, {repeats} repeats, {decreases} decreases, {unexpected} unexpected, {lost} lost{}",
+            shared
+                .first_loss
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .map_or_else(String::new, |why| format!(" (the first: {why})"))
         ));
     }
 

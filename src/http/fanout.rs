@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
@@ -37,6 +37,11 @@ const MAX_WAIT: Duration = Duration::from_millis(300);
 /// An event that comes after this long without any is a lone event: it goes
 /// out at once, whatever flow came before it.
 const QUIET: Duration = Duration::from_millis(50);
+
+/// Once this many events wait, a pass starts however soon: a stream that
+/// keeps up then stays far from the backlog (1024 events) past which it would
+/// be ended, however fast events come.
+const MAX_GATHER: usize = 512;
 
 /// A pass over a shard's streams lets other tasks (joins, leaves) run after
 /// this many streams, so a large shard does not hold a worker thread.
@@ -157,6 +162,8 @@ struct Pace {
     next_pass: Instant,
     /// When the newest event the shard has heard of happened.
     newest: Instant,
+    /// How many events have come since the last pass.
+    gathered: usize,
 }
 
 impl Pace {
@@ -164,27 +171,43 @@ impl Pace {
         Pace {
             next_pass: now,
             newest: now,
+            gathered: 0,
         }
+    }
+
+    fn due(&self) -> bool {
+        self.gathered > 0
     }
 
     /// An event that happened at `at` is waiting. After a quiet spell it is a
-    /// lone event, and goes out at once whatever flow came before.
+    /// lone event, and goes out at once whatever flow came before; and once
+    /// `MAX_GATHER` wait, the pass starts however soon.
     fn heard(&mut self, at: Instant) {
-        if at.saturating_duration_since(self.newest) >= QUIET {
+        let quiet = at.saturating_duration_since(self.newest) >= QUIET;
+        self.newest = self.newest.max(at);
+        self.gathered += 1;
+        if quiet || self.gathered >= MAX_GATHER {
             self.next_pass = self.next_pass.min(at);
         }
-        self.newest = self.newest.max(at);
     }
 
-    /// A pass that found `gathered` events started at `started` and ended at
-    /// `ended`. One event is a lone event; more mean a flow, and then the next
-    /// pass waits for more to gather.
-    fn passed(&mut self, gathered: usize, started: Instant, ended: Instant) {
-        self.next_pass = if gathered > 1 {
+    /// The shard missed `count` events (it was not polled for that long):
+    /// pass at once.
+    fn missed(&mut self, count: u64, now: Instant) {
+        self.gathered += usize::try_from(count).unwrap_or(usize::MAX).max(1);
+        self.next_pass = self.next_pass.min(now);
+    }
+
+    /// A pass started at `started` and ended at `ended`. One event since the
+    /// last pass is a lone event; more mean a flow, and then the next pass
+    /// waits for more to gather.
+    fn passed(&mut self, started: Instant, ended: Instant) {
+        self.next_pass = if self.gathered > 1 {
             started + ((ended - started) * WAIT_PER_PASS).min(MAX_WAIT)
         } else {
             ended
         };
+        self.gathered = 0;
     }
 }
 
@@ -206,37 +229,23 @@ impl Shard {
     ) {
         let ready = self.ready.clone();
         let mut pace = Pace::new(Instant::now());
-        // Events have come since the last pass.
-        let mut due = false;
         loop {
             tokio::select! {
                 arrival = inbox.recv() => match arrival {
                     Some(arrival) => self.admit(arrival),
                     None => break,
                 },
-                woke = events.recv(), if !due => match woke {
+                // Only the wake-up and its time matter: each stream reads its
+                // own receiver.
+                woke = events.recv() => match woke {
+                    Ok(event) => pace.heard(event.at),
+                    Err(RecvError::Lagged(count)) => pace.missed(count, Instant::now()),
                     Err(RecvError::Closed) => break,
-                    Err(RecvError::Lagged(_)) => due = true,
-                    // Only the wake-up matters: each stream reads its own receiver.
-                    Ok(event) => {
-                        due = true;
-                        pace.heard(event.at);
-                    }
                 },
-                () = tokio::time::sleep_until(pace.next_pass), if due => {
-                    let mut gathered = 1;
-                    loop {
-                        match events.try_recv() {
-                            Ok(event) => pace.heard(event.at),
-                            Err(TryRecvError::Lagged(_)) => {}
-                            Err(_) => break,
-                        }
-                        gathered += 1;
-                    }
+                () = tokio::time::sleep_until(pace.next_pass), if pace.due() => {
                     let started = Instant::now();
                     self.deliver_all().await;
-                    due = false;
-                    pace.passed(gathered, started, Instant::now());
+                    pace.passed(started, Instant::now());
                 }
                 beat = heartbeat.changed() => match beat {
                     Ok(()) => self.keep_alive(),
@@ -498,22 +507,28 @@ mod tests {
     fn a_lone_event_goes_out_at_once() {
         let t0 = Instant::now();
         let mut pace = Pace::new(t0);
+        assert!(!pace.due());
         pace.heard(t0 + ms(1000));
+        assert!(pace.due());
         assert!(pace.next_pass <= t0 + ms(1000));
-        pace.passed(1, t0 + ms(1000), t0 + ms(1002));
+        pace.passed(t0 + ms(1000), t0 + ms(1002));
         assert_eq!(pace.next_pass, t0 + ms(1002));
+        assert!(!pace.due());
     }
 
     #[test]
     fn under_a_flow_the_next_pass_waits_in_proportion_to_the_last() {
         let t0 = Instant::now();
         let mut pace = Pace::new(t0);
-        pace.passed(10, t0, t0 + ms(2));
-        assert_eq!(pace.next_pass, t0 + ms(2) * WAIT_PER_PASS);
+        pace.heard(t0);
+        pace.heard(t0 + ms(1));
+        pace.passed(t0 + ms(1), t0 + ms(3));
+        assert_eq!(pace.next_pass, t0 + ms(1) + ms(2) * WAIT_PER_PASS);
         pace.heard(t0 + ms(5)); // more of the flow: it waits
-        assert_eq!(pace.next_pass, t0 + ms(2) * WAIT_PER_PASS);
-        pace.passed(10, t0, t0 + ms(100));
-        assert_eq!(pace.next_pass, t0 + MAX_WAIT);
+        assert_eq!(pace.next_pass, t0 + ms(1) + ms(2) * WAIT_PER_PASS);
+        pace.heard(t0 + ms(6));
+        pace.passed(t0 + ms(90), t0 + ms(190));
+        assert_eq!(pace.next_pass, t0 + ms(90) + MAX_WAIT);
     }
 
     #[test]
@@ -521,9 +536,38 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = Pace::new(t0);
         pace.heard(t0);
-        pace.passed(50, t0, t0 + ms(7)); // a flow: the next pass would wait 280 ms
+        pace.heard(t0);
+        pace.passed(t0, t0 + ms(7)); // a flow: the next pass would wait 280 ms
         let lone = t0 + QUIET + ms(10);
         pace.heard(lone);
         assert_eq!(pace.next_pass, lone);
+    }
+
+    #[test]
+    fn a_pass_starts_at_once_when_enough_events_wait() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.heard(t0);
+        pace.heard(t0);
+        pace.passed(t0, t0 + ms(7));
+        let waits_until = pace.next_pass;
+        for _ in 1..MAX_GATHER {
+            pace.heard(t0 + ms(10));
+        }
+        assert_eq!(pace.next_pass, waits_until);
+        pace.heard(t0 + ms(11));
+        assert_eq!(pace.next_pass, t0 + ms(11));
+    }
+
+    #[test]
+    fn missed_events_start_a_pass_at_once() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.heard(t0);
+        pace.heard(t0);
+        pace.passed(t0, t0 + ms(7));
+        pace.missed(3000, t0 + ms(8));
+        assert!(pace.due());
+        assert_eq!(pace.next_pass, t0 + ms(8));
     }
 }
