@@ -478,4 +478,6 @@ async fn expire_users(shared: Weak<Shared>, wake: Arc<Notify>) {
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,1 @@
+//! A model test of the presence core (to be written).
