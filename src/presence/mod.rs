@@ -15,7 +15,7 @@ mod name;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
-pub use name::{MAX_NAME_CHARS, Name, NameError, Token, UserId};
+pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -184,7 +184,8 @@ struct Shared {
 struct State {
     /// Keyed by the id of the user's `new_user` event, so iteration is oldest first.
     users: BTreeMap<EventId, User>,
-    tokens: HashMap<Token, EventId>,
+    /// Found by the token's key, never by the token itself.
+    tokens: HashMap<TokenKey, EventId>,
     /// When each user with no open stream goes offline, soonest first.
     deadlines: BTreeSet<(Instant, EventId)>,
     /// The JSON list of everyone online, cached for the next reader.
@@ -200,7 +201,7 @@ struct State {
 struct User {
     id: UserId,
     name: Name,
-    token: Token,
+    token: TokenKey,
     streams: u8,
     /// Whether a stream was ever opened: tells a join timeout from a grace expiry.
     ever_streamed: bool,
@@ -247,12 +248,13 @@ impl Presence {
     /// Adds a user and announces them with `new_user`.
     pub fn join(&self, name: Name) -> Result<Joined, JoinError> {
         let config = &self.shared.config;
+        let (id, token) = (UserId::random(), Token::random());
+        let key = token.key();
         let mut state = self.shared.lock();
         if state.users.len() >= config.max_users {
             return Err(JoinError::Full(state.users.len()));
         }
         let users = state.users_json();
-        let (id, token) = (UserId::random(), Token::random());
         let seq = state.publish(EventKind::NewUser, id, &name);
         let deadline = Instant::now() + config.join_timeout;
         state.users.insert(
@@ -260,13 +262,13 @@ impl Presence {
             User {
                 id,
                 name: name.clone(),
-                token: token.clone(),
+                token: key,
                 streams: 0,
                 ever_streamed: false,
                 deadline: Some(deadline),
             },
         );
-        state.tokens.insert(token.clone(), seq);
+        state.tokens.insert(key, seq);
         state.roster.added(seq);
         state.deadlines.insert((deadline, seq));
         drop(state);
@@ -288,9 +290,10 @@ impl Presence {
         token: &Token,
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
+        let key = token.key();
         let mut state = self.shared.lock();
         let state = &mut *state;
-        let seq = *state.tokens.get(token).ok_or(TokenError::Unknown)?;
+        let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
         let user = state.users.get_mut(&seq).ok_or(TokenError::Unknown)?;
         if user.streams >= MAX_STREAMS_PER_USER {
             return Err(TokenError::TooManyStreams);
@@ -321,8 +324,9 @@ impl Presence {
     /// Takes the user off the lobby at once and announces `disconnect_user`.
     /// Their own streams receive it too, and end there.
     pub fn leave(&self, token: &Token) -> Result<UserId, TokenError> {
+        let key = token.key();
         let mut state = self.shared.lock();
-        let seq = *state.tokens.get(token).ok_or(TokenError::Unknown)?;
+        let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
         let user = state.remove(seq).ok_or(TokenError::Unknown)?;
         tracing::info!(id = %user.id, name = ?user.name, reason = "leave", "left");
         Ok(user.id)

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 /// The most characters (Unicode scalar values) a name may have after trimming.
 pub const MAX_NAME_CHARS: usize = 32;
 
@@ -112,6 +114,24 @@ impl Token {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// What the lobby keeps to find this token's user.
+    pub fn key(&self) -> TokenKey {
+        TokenKey(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+/// A token's SHA-256. The lobby keeps and looks up tokens by this alone, so
+/// neither the timing of a lookup (which compares keys byte by byte) nor the
+/// lobby's memory gives away a token: a guess that shares a key's first bytes
+/// says nothing about the token's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey([u8; 32]);
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
 }
 
 impl fmt::Debug for Token {
@@ -173,6 +193,16 @@ mod tests {
         assert_eq!(a.expose().len(), 64);
         assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_token_s_key_is_its_sha256_and_a_client_s_copy_finds_it() {
+        let token = Token::random();
+        let copy = Token::from_client(&format!(" {} ", token.expose()));
+        assert_eq!(token.key(), copy.key());
+        assert_ne!(token.key(), Token::random().key());
+        let expected: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        assert_eq!(token.key(), TokenKey(expected));
     }
 
     #[test]
