@@ -2,6 +2,7 @@
 //! Durations are written the way people write them: `5s`, `500ms`, `2m`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
@@ -41,6 +42,47 @@ pub struct Config {
         value_name = "N"
     )]
     pub max_users: usize,
+
+    /// Joins each client address may make per second, on average; past that
+    /// (and the burst) a join gets 429 with Retry-After.
+    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "10", value_name = "N")]
+    pub join_rate: NonZeroU32,
+
+    /// Joins a client address may make at once before the rate applies.
+    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "20", value_name = "N")]
+    pub join_burst: NonZeroU32,
+
+    /// Take each client's address from the last X-Forwarded-For entry, which
+    /// the proxy in front of lobby wrote. Only behind a proxy you run: anyone
+    /// else can write that header.
+    #[arg(long, env = "LOBBY_TRUST_PROXY")]
+    pub trust_proxy: bool,
+
+    /// Connections open at once (streams included); past this, new ones get 503
+    /// at once. Default: the open-file limit less 100.
+    #[arg(long, env = "LOBBY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// How long a client has to send its request head.
+    #[arg(long, env = "LOBBY_HEADER_TIMEOUT", default_value = "5s", value_name = "DUR", value_parser = parse_positive_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a stream's socket may take nothing before the stream is ended
+    /// (its reader has stopped reading; it resumes with Last-Event-ID if it comes back).
+    #[arg(long, env = "LOBBY_WRITE_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_positive_duration)]
+    pub write_timeout: Duration,
+
+    /// How long sent bytes may go unacknowledged before a connection counts as
+    /// dead (TCP_USER_TIMEOUT). A client that vanished is noticed within the
+    /// keep-alive period plus this.
+    #[arg(long, env = "LOBBY_TCP_USER_TIMEOUT", default_value = "10s", value_name = "DUR", value_parser = parse_positive_duration)]
+    pub tcp_user_timeout: Duration,
+
+    /// An origin whose pages may use /join, /events, /leave and /users, such as
+    /// https://app.example.com. Repeat it, or separate origins with commas.
+    /// Without it, other sites' pages are refused.
+    #[arg(long = "cors-origin", env = "LOBBY_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -63,6 +105,33 @@ impl Config {
     pub fn retry(&self) -> Duration {
         (self.grace / 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
+}
+
+impl Config {
+    /// `--max-connections`, or the open-file limit less some for the listener,
+    /// logs and whatever else the process opens.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(100)
+                .max(1)
+        })
+    }
+}
+
+/// An origin as browsers send it: scheme, host and maybe port, nothing else.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim().trim_end_matches('/');
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("an origin starts with http:// or https://, as in https://app.example.com")?;
+    if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+        return Err("an origin is a scheme and a host (and maybe a port), as in https://app.example.com, with no path".into());
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -104,6 +173,32 @@ mod tests {
     #[test]
     fn a_duration_without_a_unit_is_refused() {
         assert!(parse(&["--grace", "5"]).is_err());
+    }
+
+    #[test]
+    fn origins_are_repeatable_or_comma_separated_and_must_be_origins() -> Result<(), clap::Error> {
+        let config = parse(&[
+            "--cors-origin",
+            "https://a.example",
+            "--cors-origin",
+            "http://b.example:8080/,https://C.example",
+        ])?;
+        assert_eq!(
+            config.cors_origins,
+            [
+                "https://a.example",
+                "http://b.example:8080",
+                "https://c.example"
+            ]
+        );
+        assert!(parse(&["--cors-origin", "a.example"]).is_err());
+        assert!(parse(&["--cors-origin", "https://a.example/path"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_zero_join_rate_is_refused() {
+        assert!(parse(&["--join-rate", "0"]).is_err());
     }
 
     #[test]

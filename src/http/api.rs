@@ -1,5 +1,7 @@
 //! The JSON API: POST /join, POST /leave, GET /users, GET /healthz.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -8,6 +10,7 @@ use axum::response::IntoResponse;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
+use super::limits::Peer;
 use super::{ApiError, AppState};
 use crate::presence::{Joined, Name, Token};
 
@@ -33,6 +36,12 @@ pub async fn join(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Counted before anything else is done: a flood costs a lookup each.
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip());
+    state.joins.check(peer, request.headers())?;
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
     let parsed: JoinBody = match format {
         BodyFormat::Json => serde_json::from_slice(&body).map_err(json_error)?,

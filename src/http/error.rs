@@ -47,6 +47,17 @@ pub enum ApiError {
     )]
     TooManyStreams,
     #[error(
+        "Too many joins from your address. Wait {} s before joining again.",
+        retry_after_secs(*.0)
+    )]
+    TooManyJoins(std::time::Duration),
+    #[error("Too many connections are open. Try again in a few seconds.")]
+    TooManyConnections,
+    #[error(
+        "Pages from other sites may not use this lobby. Its operator can allow a site with --cors-origin."
+    )]
+    CrossOrigin,
+    #[error(
         "There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz."
     )]
     NotFound,
@@ -68,7 +79,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::LobbyFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken | ApiError::UnknownToken => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyStreams | ApiError::TooManyJoins(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CrossOrigin => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -108,12 +121,43 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if let ApiError::LobbyFull(_) = self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(FULL_RETRY_AFTER_SECS),
-            );
+        let retry_after = match self {
+            ApiError::LobbyFull(_) | ApiError::TooManyConnections => Some(FULL_RETRY_AFTER_SECS),
+            ApiError::TooManyJoins(wait) => Some(retry_after_secs(wait)),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// Whole seconds, rounded up: `Retry-After` has no fractions, and waiting a
+/// little too long is better than being refused again.
+fn retry_after_secs(wait: std::time::Duration) -> u32 {
+    u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+impl ApiError {
+    /// The whole HTTP/1.1 response, for a connection refused before hyper
+    /// sees it; the connection closes after it.
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = serde_json::to_string(&ErrorBody {
+            error: self.to_string(),
+        })
+        .unwrap_or_default();
+        let status = self.status();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {FULL_RETRY_AFTER_SECS}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
     }
 }

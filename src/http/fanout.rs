@@ -23,6 +23,7 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::events::MAX_BATCH;
+use super::limits::ConnectionSlot;
 use crate::presence::{Event, Subscription, Waiting};
 
 /// While events keep coming (a pass found more than one waiting), a shard
@@ -47,6 +48,10 @@ const MAX_GATHER: usize = 512;
 /// this many streams, so a large shard does not hold a worker thread.
 const STREAMS_PER_TURN: usize = 256;
 
+/// A stream's send buffer once its opening is written (the kernel doubles it):
+/// room for hundreds of events, and all a stalled reader can hold.
+const STREAM_SEND_BUFFER: usize = 32 * 1024;
+
 /// The comment every stream gets once per keep-alive period.
 const KEEPALIVE: &[u8] = b":\n\n";
 
@@ -62,6 +67,24 @@ struct Arrival {
     socket: TcpStream,
     subscription: Subscription,
     opening: [Bytes; 3],
+    slot: ConnectionSlot,
+}
+
+/// When a stream whose reader has stopped reading is ended.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// The socket has taken nothing for this long.
+    pub write_timeout: Duration,
+    /// The stream is this many events behind (presence's backlog).
+    pub backlog: usize,
+}
+
+impl StreamLimits {
+    /// How often a shard looks for streams past their limits: often enough
+    /// to end one within a quarter of the write timeout of it.
+    fn sweep_every(&self) -> Duration {
+        (self.write_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
 }
 
 impl Fanout {
@@ -72,13 +95,14 @@ impl Fanout {
         shards: usize,
         events: &broadcast::Receiver<Arc<Event>>,
         heartbeat: &watch::Receiver<()>,
+        limits: StreamLimits,
     ) -> Fanout {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (sender, inbox) = mpsc::unbounded_channel();
                 let mut heartbeat = heartbeat.clone();
                 heartbeat.mark_unchanged();
-                tokio::spawn(Shard::new().run(inbox, events.resubscribe(), heartbeat));
+                tokio::spawn(Shard::new(limits).run(inbox, events.resubscribe(), heartbeat));
                 sender
             })
             .collect();
@@ -89,13 +113,20 @@ impl Fanout {
     }
 
     /// Takes over `socket`: writes `opening`, then every event of `subscription`.
-    pub fn add(&self, socket: TcpStream, subscription: Subscription, opening: [Bytes; 3]) {
+    pub fn add(
+        &self,
+        socket: TcpStream,
+        subscription: Subscription,
+        opening: [Bytes; 3],
+        slot: ConnectionSlot,
+    ) {
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         // A send fails only while shutting down; the stream then just closes.
         let _ = self.shards[shard].send(Arrival {
             socket,
             subscription,
             opening,
+            slot,
         });
     }
 }
@@ -131,6 +162,7 @@ impl Wake for StreamWaker {
 
 struct Shard {
     streams: Slab<Stream>,
+    limits: StreamLimits,
     ready: Arc<Ready>,
     /// Reused for every batch, so delivering allocates nothing.
     batch: Vec<Bytes>,
@@ -147,6 +179,12 @@ struct Stream {
     /// Set when the stream's own user left or it lagged: close once `pending`
     /// is written.
     closing: bool,
+    /// Whether the opening (head and snapshot) has been written whole.
+    opened: bool,
+    /// Since when the socket has taken nothing of `pending`.
+    blocked_since: Option<Instant>,
+    /// Counts this connection among those open.
+    _slot: ConnectionSlot,
 }
 
 /// Whether a stream goes on after an operation.
@@ -212,9 +250,10 @@ impl Pace {
 }
 
 impl Shard {
-    fn new() -> Shard {
+    fn new(limits: StreamLimits) -> Shard {
         Shard {
             streams: Slab::new(),
+            limits,
             ready: Arc::default(),
             batch: Vec::with_capacity(MAX_BATCH),
             woken: Vec::new(),
@@ -229,6 +268,8 @@ impl Shard {
     ) {
         let ready = self.ready.clone();
         let mut pace = Pace::new(Instant::now());
+        let mut sweep = tokio::time::interval(self.limits.sweep_every());
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 arrival = inbox.recv() => match arrival {
@@ -252,6 +293,7 @@ impl Shard {
                     Err(_) => break, // shutting down
                 },
                 () = ready.notify.notified() => self.serve_ready(),
+                _ = sweep.tick() => self.end_stalled(Instant::now()),
             }
         }
     }
@@ -269,6 +311,9 @@ impl Shard {
             waker,
             pending: Bytes::new(),
             closing: false,
+            opened: false,
+            blocked_since: None,
+            _slot: arrival.slot,
         });
         let stream = &mut self.streams[key];
         let mut flow = stream.write(&arrival.opening);
@@ -308,6 +353,29 @@ impl Shard {
             }
         }
         self.remove_all(closed);
+    }
+
+    /// Ends the streams whose reader has stopped reading: the socket has taken
+    /// nothing for the write timeout, or the stream fell past the backlog. What
+    /// they hold (a kernel buffer, a pending batch) is freed; if the reader
+    /// comes back, it resumes with `Last-Event-ID`.
+    fn end_stalled(&mut self, now: Instant) {
+        let limits = self.limits;
+        let stalled: Vec<usize> = self
+            .streams
+            .iter()
+            .filter(|(_, stream)| {
+                let timed_out = stream.blocked_since.is_some_and(|since| {
+                    now.saturating_duration_since(since) >= limits.write_timeout
+                });
+                timed_out || stream.subscription.events.len() > limits.backlog
+            })
+            .map(|(key, _)| key)
+            .collect();
+        if !stalled.is_empty() {
+            tracing::debug!(count = stalled.len(), "ending streams that stopped reading");
+        }
+        self.remove_all(stalled);
     }
 
     fn serve_ready(&mut self) {
@@ -389,9 +457,25 @@ impl Stream {
         };
         self.pending = unwritten(&bufs[..count], written);
         if self.pending.is_empty() {
+            self.written_all();
             return self.close_if_done();
         }
+        if written > 0 || self.blocked_since.is_none() {
+            self.blocked_since = Some(Instant::now());
+        }
         self.watch_for_writable()
+    }
+
+    /// Everything handed to the socket so far is in it.
+    fn written_all(&mut self) {
+        self.blocked_since = None;
+        if !self.opened {
+            // The opening (a snapshot can be a megabyte) needed a large send
+            // buffer; events need little, and a reader that stops must not
+            // hold a megabyte of kernel memory.
+            self.opened = true;
+            let _ = socket2::SockRef::from(&self.socket).set_send_buffer_size(STREAM_SEND_BUFFER);
+        }
     }
 
     /// Writes what is pending, when the socket said it can take more.
@@ -403,8 +487,10 @@ impl Stream {
                     if self.pending.is_empty() {
                         // Release the buffer's memory now, not at the next write.
                         self.pending = Bytes::new();
+                        self.written_all();
                         return self.close_if_done();
                     }
+                    self.blocked_since = Some(Instant::now());
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     return self.watch_for_writable();

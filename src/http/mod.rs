@@ -5,18 +5,25 @@ mod api;
 mod error;
 mod events;
 mod fanout;
+mod limits;
 mod page;
 mod serve;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::Request;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -24,7 +31,8 @@ pub use serve::serve;
 
 use crate::config::Config;
 use crate::presence::Presence;
-use fanout::Fanout;
+use fanout::{Fanout, StreamLimits};
+use limits::{Connections, JoinLimiter, Origins};
 
 /// Bodies larger than this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -40,40 +48,119 @@ pub struct AppState {
     retry_line: Bytes,
     /// Writes events to the streams opened on the fast path.
     fanout: Arc<Fanout>,
+    /// Joins per client address.
+    joins: Arc<JoinLimiter>,
+    /// Which other sites' pages may use the API.
+    origins: Origins,
+    /// What `serve` needs to accept a connection.
+    accept: Accept,
+}
+
+/// How connections are accepted.
+#[derive(Clone)]
+struct Accept {
+    connections: Connections,
+    header_timeout: Duration,
+    tcp_user_timeout: Duration,
+    keepalive: Duration,
 }
 
 impl AppState {
     /// Starts the shared keep-alive ticker and the fan-out shards; both stop
     /// when `stop` is cancelled.
     pub fn new(presence: Presence, config: &Config, stop: CancellationToken) -> AppState {
-        let heartbeat = events::start_heartbeat(config.keepalive, stop);
+        let heartbeat = events::start_heartbeat(config.keepalive, stop.clone());
         // A few shards per core: each wake-up is short, and the cores share the work.
         let shards = std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4);
-        let fanout = Fanout::start(shards, &presence.events(), &heartbeat);
+        let limits = StreamLimits {
+            write_timeout: config.write_timeout,
+            backlog: presence.config().backlog,
+        };
+        let fanout = Fanout::start(shards, &presence.events(), &heartbeat, limits);
+        let joins = Arc::new(JoinLimiter::new(
+            config.join_rate,
+            config.join_burst,
+            config.trust_proxy,
+        ));
+        tokio::spawn(forget_idle_clients(Arc::downgrade(&joins), stop.clone()));
         AppState {
             presence,
             heartbeat,
             retry_line: events::retry_line(config.retry()),
             fanout: Arc::new(fanout),
+            joins,
+            origins: Origins::new(&config.cors_origins),
+            accept: Accept {
+                connections: Connections::new(config.max_connections()),
+                header_timeout: config.header_timeout,
+                tcp_user_timeout: config.tcp_user_timeout,
+                keepalive: config.keepalive,
+            },
+        }
+    }
+}
+
+/// Now and then, forgets the join buckets of clients that have been quiet.
+async fn forget_idle_clients(joins: Weak<JoinLimiter>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(limits::FORGET_EVERY);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => match joins.upgrade() {
+                Some(joins) => joins.forget_idle(),
+                None => break,
+            },
+            () = stop.cancelled() => break,
         }
     }
 }
 
 /// The whole service, for `run` and for tests that want it without a socket.
 pub fn app(state: AppState) -> Router {
+    // The API other sites' pages may use, when allowed to (CORS answers their
+    // preflights); everyone else's pages are refused.
+    let mut api = Router::new()
+        .route("/join", post(api::join))
+        .route("/leave", post(api::leave))
+        .route("/users", get(api::users))
+        .route("/events", get(events::events))
+        .route_layer(middleware::from_fn_with_state(
+            state.origins.clone(),
+            refuse_other_sites,
+        ));
+    if !state.origins.allowed().is_empty() {
+        api = api.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(state.origins.allowed().iter().cloned()))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("last-event-id"),
+                ])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
     Router::new()
         .route("/", get(page::index))
         .route("/static/app.js", get(page::script))
         .route("/static/style.css", get(page::style))
         .route("/static/favicon.svg", get(page::favicon))
-        .route("/join", post(api::join))
-        .route("/leave", post(api::leave))
-        .route("/users", get(api::users))
         .route("/healthz", get(api::healthz))
-        .route("/events", get(events::events))
+        .merge(api)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // No response is to be read as anything but what it says it is, and
+        // no page of the lobby tells another site where its visitors came from.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .layer(
             // The span names the path only: a query string may hold a token.
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -81,4 +168,14 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// Refuses a request from another site's page unless its origin is allowed.
+async fn refuse_other_sites(
+    State(origins): State<Origins>,
+    request: Request<Body>,
+    next: Next,
+) -> Result<Response, ApiError> {
+    origins.check(request.headers())?;
+    Ok(next.run(request).await)
 }

@@ -13,12 +13,21 @@ const APP_JS: &str = include_str!("../../static/app.js");
 const STYLE_CSS: &str = include_str!("../../static/style.css");
 const FAVICON_SVG: &str = include_str!("../../static/favicon.svg");
 
+/// The page runs the lobby's own script and style and nothing else: no inline
+/// script, no other site's, and no framing by another site.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
+base-uri 'none'; frame-ancestors 'none'";
+
 pub async fn index(State(state): State<AppState>) -> Response {
     let mut response = Html(render(&state.presence.users()).into_string()).into_response();
+    let headers = response.headers_mut();
     // The list of who is online is only true now: never serve it from a cache.
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
     response
 }
 

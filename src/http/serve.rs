@@ -6,29 +6,39 @@
 //! connection and takes the fast path.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use socket2::TcpKeepalive;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-use super::AppState;
 use super::events::{last_event_id, token_from};
+use super::limits::{ConnectionSlot, Peer};
+use super::{Accept, ApiError, AppState};
 use crate::presence::{EventId, Token};
 
 /// The head of a stream's response: the body is the stream itself, ended by
 /// closing the connection, so it needs neither a length nor chunking.
-const EVENTS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+const EVENTS_HEAD: &str = "HTTP/1.1 200 OK\r\n\
 content-type: text/event-stream\r\n\
 cache-control: no-cache\r\n\
 x-accel-buffering: no\r\n\
+x-content-type-options: nosniff\r\n\
+referrer-policy: no-referrer\r\n\
 connection: close\r\n\r\n";
 
 /// A request head larger than this is left to hyper, which refuses it.
@@ -37,8 +47,13 @@ const MAX_HEAD: usize = 8 * 1024;
 /// The send buffer of every connection (the kernel doubles it).
 const SEND_BUFFER: usize = 512 * 1024;
 
-/// How long a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection refused for being one too many may take to read
+/// its answer before it is dropped.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// At most this many refused connections are waited on at once; past that,
+/// one is closed without its answer.
+const MAX_REFUSALS: usize = 64;
 
 /// How long shutdown waits for unfinished requests once every stream has ended.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
@@ -52,10 +67,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let router = super::app(state.clone());
     let graceful = GracefulShutdown::new();
+    let accept = state.accept.clone();
+    let busy = Bytes::from(ApiError::TooManyConnections.raw_response());
+    let refusals = Arc::new(AtomicUsize::new(0));
     loop {
-        let socket = tokio::select! {
+        let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors, or a connection reset before it
                     // was accepted: wait a moment rather than spin.
@@ -66,14 +84,15 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        // Events are small and must not wait for the previous one's ACK.
-        let _ = socket.set_nodelay(true);
-        // A join reply or snapshot lists everyone (a megabyte at 18,000 users);
-        // a new connection's send buffer starts at 16 KiB and would take it in
-        // dozens of rounds. The kernel only uses the memory while bytes wait.
-        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
+        let Some(slot) = accept.connections.open() else {
+            refuse(socket, busy.clone(), &refusals);
+            continue;
+        };
+        configure(&socket, &accept);
         tokio::spawn(connection(
             socket,
+            peer,
+            slot,
             state.clone(),
             router.clone(),
             graceful.watcher(),
@@ -90,18 +109,64 @@ pub async fn serve(
     Ok(())
 }
 
+/// Socket options for every accepted connection.
+fn configure(socket: &TcpStream, accept: &Accept) {
+    // Events are small and must not wait for the previous one's ACK.
+    let _ = socket.set_nodelay(true);
+    let socket = socket2::SockRef::from(socket);
+    // A join reply or snapshot lists everyone (a megabyte at 18,000 users);
+    // a new connection's send buffer starts at 16 KiB and would take it in
+    // dozens of rounds. A stream shrinks it once its snapshot is written.
+    let _ = socket.set_send_buffer_size(SEND_BUFFER);
+    // A client that vanished (no FIN, no RST) leaves the next keep-alive
+    // unacknowledged: the kernel then gives up after this long, and the
+    // stream ends like any other.
+    let _ = socket.set_tcp_user_timeout(Some(accept.tcp_user_timeout));
+    let _ = socket.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(accept.keepalive)
+            .with_interval(accept.keepalive)
+            .with_retries(1),
+    );
+}
+
+/// Answers a connection past `--max-connections` with 503 at once, reading
+/// (and dropping) what it sent so that closing does not reset the answer away.
+fn refuse(socket: TcpStream, response: Bytes, refusals: &Arc<AtomicUsize>) {
+    if refusals.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS {
+        refusals.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let refusals = refusals.clone();
+    tokio::spawn(async move {
+        let mut socket = socket;
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+            socket.write_all(&response).await?;
+            socket.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while socket.read(&mut sink).await? > 0 {}
+            io::Result::Ok(())
+        })
+        .await;
+        refusals.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
 /// What the first request head asks for.
 enum Head {
     /// The client closed (or failed, or was too slow) before sending a request.
     Gone,
-    /// `GET /events` with this token and `Last-Event-ID`.
-    Events(Token, Option<EventId>),
+    /// `GET /events` with this token and `Last-Event-ID`, and the headers that
+    /// say which site's page asks.
+    Events(Token, Option<EventId>, HeaderMap),
     /// Anything else, for hyper.
     Other,
 }
 
 async fn connection(
     mut socket: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
     state: AppState,
     router: Router,
     watcher: Watcher,
@@ -109,23 +174,25 @@ async fn connection(
 ) {
     let mut buffer = BytesMut::with_capacity(1024);
     let head = tokio::select! {
-        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut buffer)) => {
+        head = tokio::time::timeout(state.accept.header_timeout, read_head(&mut socket, &mut buffer)) => {
             head.unwrap_or(Head::Gone)
         }
         () = stop.cancelled() => Head::Gone,
     };
     match head {
         Head::Gone => return,
-        Head::Events(token, last_event_id) => {
-            // A refusal (401, 429) is left to the router, which explains it.
-            if let Ok(mut subscription) = state.presence.subscribe(&token, last_event_id) {
+        Head::Events(token, last_event_id, site) => {
+            // A refusal (401, 403, 429) is left to the router, which explains it.
+            if let Ok(allow) = state.origins.check(&site)
+                && let Ok(mut subscription) = state.presence.subscribe(&token, last_event_id)
+            {
                 tracing::debug!(user = %subscription.user, "stream opened");
                 let opening = [
-                    Bytes::from_static(EVENTS_HEAD),
+                    events_head(allow.as_ref()),
                     state.retry_line.clone(),
                     subscription.take_start(),
                 ];
-                state.fanout.add(socket, subscription, opening);
+                state.fanout.add(socket, subscription, opening, slot);
                 return;
             }
         }
@@ -135,12 +202,31 @@ async fn connection(
         prefix: buffer.freeze(),
         io: socket,
     });
+    let service = router.map_request(move |mut request: axum::extract::Request<Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        request
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
-        .serve_connection(io, TowerToHyperService::new(router));
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.accept.header_timeout)
+        .serve_connection(io, TowerToHyperService::new(service));
     if let Err(err) = watcher.watch(connection).await {
         tracing::debug!("connection ended with an error: {err}");
     }
+    drop(slot);
+}
+
+/// A stream's response head; it names the origin of an allowed site's page.
+fn events_head(allow: Option<&HeaderValue>) -> Bytes {
+    let Some(origin) = allow else {
+        return Bytes::from_static(EVENTS_HEAD.as_bytes());
+    };
+    let mut head = BytesMut::from(EVENTS_HEAD.strip_suffix("\r\n").unwrap_or(EVENTS_HEAD));
+    head.extend_from_slice(b"access-control-allow-origin: ");
+    head.extend_from_slice(origin.as_bytes());
+    head.extend_from_slice(b"\r\nvary: origin\r\n\r\n");
+    head.freeze()
 }
 
 /// Reads until `buffer` holds a whole request head, and says what it asks.
@@ -181,10 +267,16 @@ fn events_request(request: &httparse::Request<'_, '_>) -> Head {
             .find(|header| header.name.eq_ignore_ascii_case(name))
             .and_then(|header| std::str::from_utf8(header.value).ok())
     };
-    match token_from(query, header("authorization")) {
-        Ok(token) => Head::Events(token, last_event_id(header("last-event-id"))),
-        Err(_) => Head::Other,
+    let Ok(token) = token_from(query, header("authorization")) else {
+        return Head::Other;
+    };
+    let mut site = HeaderMap::new();
+    for name in [header::ORIGIN, HeaderName::from_static("sec-fetch-site")] {
+        if let Some(value) = header(name.as_str()).and_then(|v| HeaderValue::from_str(v).ok()) {
+            site.insert(name, value);
+        }
     }
+    Head::Events(token, last_event_id(header("last-event-id")), site)
 }
 
 /// A socket whose first bytes were already read: hyper reads those again first.
@@ -258,13 +350,13 @@ mod tests {
     #[test]
     fn a_get_of_events_with_a_token_in_the_query_takes_the_fast_path() {
         let head = head_of("GET /events?token=abc HTTP/1.1\r\nLast-Event-ID: 7\r\n\r\n");
-        assert!(matches!(head, Head::Events(token, Some(7)) if token.expose() == "abc"));
+        assert!(matches!(head, Head::Events(token, Some(7), _) if token.expose() == "abc"));
     }
 
     #[test]
     fn a_bearer_token_takes_the_fast_path_too() {
         let head = head_of("GET /events HTTP/1.1\r\nAuthorization: Bearer xyz\r\n\r\n");
-        assert!(matches!(head, Head::Events(token, None) if token.expose() == "xyz"));
+        assert!(matches!(head, Head::Events(token, None, _) if token.expose() == "xyz"));
     }
 
     #[test]

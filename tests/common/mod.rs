@@ -70,8 +70,14 @@ impl TestServer {
     }
 
     /// Starts a server with these command-line flags, e.g. `["--grace", "300ms"]`.
+    /// Tests join many people from one address in a hurry, so the per-address
+    /// join limit is lifted unless the flags set it.
     pub async fn with_args(args: &[&str]) -> TestServer {
-        let config = Config::try_parse_from_args(args);
+        let mut args = args.to_vec();
+        if !args.contains(&"--join-rate") {
+            args.extend(["--join-rate", "1000000", "--join-burst", "1000000"]);
+        }
+        let config = Config::try_parse_from_args(&args);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");

@@ -1,0 +1,276 @@
+//! What one client may ask of the lobby, and who the client is: joins per
+//! address (a token bucket from governor), connections open at once, and which
+//! other sites' pages may use the API.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::ApiError;
+
+/// Joins per client address: `rate` a second on average, `burst` at once.
+pub struct JoinLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    trust_proxy: bool,
+}
+
+impl JoinLimiter {
+    pub fn new(rate: NonZeroU32, burst: NonZeroU32, trust_proxy: bool) -> JoinLimiter {
+        JoinLimiter {
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            clock: DefaultClock::default(),
+            trust_proxy,
+        }
+    }
+
+    /// Takes one join from the bucket of the client at `peer` (or, behind a
+    /// trusted proxy, the one the proxy names), or says how long to wait.
+    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+        let client = client_ip(peer, headers, self.trust_proxy);
+        self.limiter
+            .check_key(&bucket_of(client))
+            .map_err(|not_until| ApiError::TooManyJoins(not_until.wait_time_from(self.clock.now())))
+    }
+
+    /// Forgets the clients whose buckets are full again, so a flood from many
+    /// addresses does not stay in memory.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// The client's address: the socket's peer, or behind a trusted proxy the
+/// last `X-Forwarded-For` entry, the one that proxy wrote (entries before it
+/// come from the client and prove nothing).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trust_proxy: bool) -> IpAddr {
+    if !trust_proxy {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .next_back()
+        .and_then(|entry| entry.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// The bucket an address draws on: an IPv6 client usually has a whole /64 to
+/// itself, so one bucket serves the /64 rather than each of its addresses.
+fn bucket_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// How often the join limiter forgets idle clients.
+pub const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// Counts the connections open at once.
+#[derive(Clone)]
+pub struct Connections {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One open connection; it stops counting when dropped.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Connections {
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// A slot for one more connection, unless `max` are already open.
+    pub fn open(&self) -> Option<ConnectionSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Which other sites' pages may use the API (CORS). Browsers say where a
+/// request comes from in `Sec-Fetch-Site`, which proxies leave alone; requests
+/// without it (curl, servers) are not a browser's and are let through.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    allowed: Vec<HeaderValue>,
+}
+
+impl Origins {
+    pub fn new(origins: &[String]) -> Origins {
+        Origins {
+            allowed: origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok())
+                .collect(),
+        }
+    }
+
+    pub fn allowed(&self) -> &[HeaderValue] {
+        &self.allowed
+    }
+
+    /// `Ok(Some(origin))` for an allowed origin's page (the response names it
+    /// in `Access-Control-Allow-Origin`), `Ok(None)` for the lobby's own page
+    /// or a client that is not a browser, and an error for any other site.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
+        let origin = headers.get(header::ORIGIN);
+        if let Some(origin) = origin.filter(|origin| self.is_allowed(origin)) {
+            return Ok(Some(origin.clone()));
+        }
+        let site = headers
+            .get("sec-fetch-site")
+            .and_then(|value| value.to_str().ok());
+        match site {
+            Some("cross-site" | "same-site") => Err(ApiError::CrossOrigin),
+            _ => Ok(None),
+        }
+    }
+
+    fn is_allowed(&self, origin: &HeaderValue) -> bool {
+        self.allowed
+            .iter()
+            .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+    }
+}
+
+/// The socket's peer, for handlers: every connection's requests carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
+    #[test]
+    fn without_a_trusted_proxy_x_forwarded_for_is_ignored() {
+        let forwarded = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(client_ip(PEER, &forwarded, false), PEER);
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_last_entry_is_the_client() {
+        let forwarded = headers(&[
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(
+            client_ip(PEER, &forwarded, true),
+            "203.0.113.9".parse::<IpAddr>().expect("an address")
+        );
+        let garbage = headers(&[("x-forwarded-for", "not an address")]);
+        assert_eq!(client_ip(PEER, &garbage, true), PEER);
+        assert_eq!(client_ip(PEER, &HeaderMap::new(), true), PEER);
+    }
+
+    #[test]
+    fn an_ipv6_client_draws_on_the_bucket_of_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("an address");
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("an address");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("an address");
+        assert_eq!(bucket_of(a), bucket_of(b));
+        assert_ne!(bucket_of(a), bucket_of(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("an address");
+        assert_eq!(bucket_of(mapped), PEER);
+    }
+
+    #[test]
+    fn a_client_past_its_burst_is_told_how_long_to_wait_and_others_are_not() {
+        let limiter = JoinLimiter::new(
+            NonZeroU32::new(1).expect("one"),
+            NonZeroU32::new(3).expect("three"),
+            false,
+        );
+        let none = HeaderMap::new();
+        for _ in 0..3 {
+            assert!(limiter.check(PEER, &none).is_ok());
+        }
+        match limiter.check(PEER, &none) {
+            Err(ApiError::TooManyJoins(wait)) => {
+                assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+            }
+            other => panic!("expected TooManyJoins, got {other:?}"),
+        }
+        let other: IpAddr = "10.0.0.2".parse().expect("an address");
+        assert!(limiter.check(other, &none).is_ok());
+        assert_eq!(limiter.clients(), 2);
+    }
+
+    #[test]
+    fn connections_past_the_maximum_get_no_slot_until_one_closes() {
+        let connections = Connections::new(2);
+        let first = connections.open().expect("a slot");
+        let _second = connections.open().expect("a slot");
+        assert!(connections.open().is_none());
+        drop(first);
+        assert!(connections.open().is_some());
+    }
+
+    #[test]
+    fn another_site_s_page_is_refused_unless_its_origin_is_allowed() {
+        let origins = Origins::new(&["https://app.example".to_owned()]);
+        let allowed = headers(&[
+            ("origin", "https://app.example"),
+            ("sec-fetch-site", "cross-site"),
+        ]);
+        assert_eq!(
+            origins.check(&allowed).expect("allowed"),
+            Some(HeaderValue::from_static("https://app.example"))
+        );
+        let other = headers(&[
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ]);
+        assert!(matches!(origins.check(&other), Err(ApiError::CrossOrigin)));
+        let own = headers(&[
+            ("origin", "http://127.0.0.1:3000"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert_eq!(origins.check(&own).expect("own page"), None);
+        assert_eq!(origins.check(&HeaderMap::new()).expect("curl"), None);
+    }
+}
