@@ -199,6 +199,16 @@ async fn read_body(
     let format = format
         .filter(|format| accepted.contains(format))
         .ok_or_else(|| unsupported(media_type.as_deref(), accepted))?;
+    // A body declared too large is refused before any of it is read: the
+    // limit below would otherwise wait for its first 4 KiB.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > super::MAX_BODY_BYTES as u64) {
+        return Err(ApiError::BodyTooLarge);
+    }
     let body = Bytes::from_request(request, &())
         .await
         .map_err(|rejection| {

@@ -117,9 +117,8 @@ async fn forget_idle_clients(joins: Weak<JoinLimiter>, stop: CancellationToken) 
 
 /// The whole service, for `run` and for tests that want it without a socket.
 pub fn app(state: AppState) -> Router {
-    // The API other sites' pages may use, when allowed to (CORS answers their
-    // preflights); everyone else's pages are refused.
-    let mut api = Router::new()
+    // Other sites' pages are refused on the API, unless allowed.
+    let api = Router::new()
         .route("/join", post(api::join))
         .route("/leave", post(api::leave))
         .route("/users", get(api::users))
@@ -128,8 +127,19 @@ pub fn app(state: AppState) -> Router {
             state.origins.clone(),
             refuse_other_sites,
         ));
+    let mut router = Router::new()
+        .route("/", get(page::index))
+        .route("/static/app.js", get(page::script))
+        .route("/static/style.css", get(page::style))
+        .route("/static/favicon.svg", get(page::favicon))
+        .route("/healthz", get(api::healthz))
+        .merge(api)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed);
     if !state.origins.allowed().is_empty() {
-        api = api.layer(
+        // Outside the routes, so that it answers preflights (OPTIONS), which
+        // no route takes.
+        router = router.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(state.origins.allowed().iter().cloned()))
                 .allow_methods([Method::GET, Method::POST])
@@ -141,15 +151,7 @@ pub fn app(state: AppState) -> Router {
                 .max_age(Duration::from_secs(600)),
         );
     }
-    Router::new()
-        .route("/", get(page::index))
-        .route("/static/app.js", get(page::script))
-        .route("/static/style.css", get(page::style))
-        .route("/static/favicon.svg", get(page::favicon))
-        .route("/healthz", get(api::healthz))
-        .merge(api)
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // No response is to be read as anything but what it says it is, and
         // no page of the lobby tells another site where its visitors came from.
