@@ -77,6 +77,58 @@ async fn two_people_who_join_through_the_form_each_see_both_boxes_with_their_own
 }
 
 #[tokio::test]
+async fn the_page_s_own_script_and_style_run_under_its_policy_and_injected_script_does_not() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = driver.person().await;
+    alice.open(&server).await;
+    // The page's own script runs: joining through the form works.
+    alice.join("alice").await;
+    // Its own style sheet applied.
+    let styled = alice
+        .execute(
+            "return [...document.styleSheets].some(sheet => \
+             sheet.href && sheet.href.endsWith('/static/style.css') && sheet.cssRules.length > 0);",
+        )
+        .await;
+    assert_eq!(styled, Value::Bool(true), "style.css is applied");
+
+    // A script injected into the page (as a successful injection would) is
+    // refused by the browser, which reports the policy it broke.
+    alice
+        .execute(
+            "window.__violations = []; \
+             document.addEventListener('securitypolicyviolation', \
+               event => window.__violations.push(event.effectiveDirective)); \
+             const script = document.createElement('script'); \
+             script.textContent = 'window.__injected = true'; \
+             document.body.appendChild(script); \
+             return null;",
+        )
+        .await;
+    let violations = eventually(WAIT, "a reported violation", async || {
+        match alice.execute("return window.__violations;").await {
+            Value::Array(list) if !list.is_empty() => Ok(list),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    assert!(
+        violations.iter().any(|directive| directive
+            .as_str()
+            .is_some_and(|d| d.starts_with("script-src"))),
+        "{violations:?}"
+    );
+    assert_eq!(
+        alice.execute("return window.__injected === true;").await,
+        Value::Bool(false),
+        "the injected script did not run"
+    );
+}
+
+#[tokio::test]
 async fn a_name_that_looks_like_markup_shows_as_text_and_runs_nothing() {
     let Some(driver) = Chromedriver::start_or_skip().await else {
         return;
