@@ -31,7 +31,7 @@ bench:
 	cargo build --release --bin lobby --bin lobby-load
 	@set -e; out=$$(mktemp -d); \
 	for n in $(BENCH_SIZES); do \
-	  ./target/release/lobby --bind $(BENCH_ADDR) --join-timeout 5m 2>$$out/lobby-$$n.log & pid=$$!; \
+	  ./target/release/lobby --bind $(BENCH_ADDR) --join-timeout 5m --join-rate 1000000 --join-burst 1000000 2>$$out/lobby-$$n.log & pid=$$!; \
 	  trap 'kill $$pid 2>/dev/null || true' EXIT; \
 	  until curl -sf http://$(BENCH_ADDR)/healthz >/dev/null; do sleep 0.1; done; \
 	  echo "== N = $$n"; \

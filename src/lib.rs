@@ -10,6 +10,8 @@
 //!   connection: a stream that subscribes goes, as a bare socket, to the fan-out
 //!   shards (`fanout`); everything else to hyper and the router (the JSON API,
 //!   the page, and the same SSE stream for whatever the fast path leaves).
+//!   `limits` holds what one client may ask: joins per address, connections
+//!   at once, and which other sites' pages may use the API.
 //! - [`config`]: the command line and its environment variables.
 //! - `main.rs`: flags, logging, bind, then [`run`].
 //! - `bin/lobby-load.rs`: the load generator behind `make bench`.
