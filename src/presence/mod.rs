@@ -43,8 +43,9 @@ pub struct PresenceConfig {
     pub history: usize,
     /// How many events a stream may fall behind before it is ended (it then
     /// reconnects and resumes from the history). Rounded up to a power of two;
-    /// the history is kept at least this long, so a stream ended for lagging can
-    /// always resume without a snapshot.
+    /// the history is kept at least twice this long, so a stream ended for
+    /// lagging (just past the backlog) resumes without a snapshot unless as
+    /// many events again came before it reconnected.
     pub backlog: usize,
 }
 
@@ -214,7 +215,8 @@ impl Presence {
     /// handle (and the last open stream) is dropped. Needs a tokio runtime.
     pub fn new(config: PresenceConfig) -> Presence {
         // tokio's broadcast channel rounds its capacity up to a power of two; the
-        // history is kept at least that long, so a lagged stream can always resume.
+        // history is kept at least twice that long, so a lagged stream, just past
+        // the backlog, can resume.
         let backlog = config.backlog.max(1).next_power_of_two();
         let (sender, _) = broadcast::channel(backlog);
         let expiry = Arc::new(Notify::new());
@@ -224,7 +226,7 @@ impl Presence {
                 tokens: HashMap::new(),
                 deadlines: BTreeSet::new(),
                 roster: Roster::default(),
-                history: History::new(config.history.max(backlog)),
+                history: History::new(config.history.max(2 * backlog)),
                 latest: 0,
                 sender,
             }),
@@ -481,6 +483,8 @@ async fn expire_users(shared: Weak<Shared>, wake: Arc<Notify>) {
     }
 }
 
+#[cfg(test)]
+mod frames;
 #[cfg(test)]
 mod model;
 #[cfg(test)]

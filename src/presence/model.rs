@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use tokio::time::Instant;
 
+use super::frames::{Frame, Person, parse_frames, people, people_in_json, person};
 use super::*;
 
 // ---------------------------------------------------------------------------
@@ -126,58 +127,6 @@ fn op() -> impl Strategy<Value = Op> {
 // ---------------------------------------------------------------------------
 // Frames, as a client reads them
 // ---------------------------------------------------------------------------
-
-/// A user as the wire shows them: (id, name).
-type Person = (String, String);
-
-#[derive(Debug, Clone, PartialEq)]
-struct Frame {
-    id: EventId,
-    event: String,
-    data: serde_json::Value,
-}
-
-/// Splits SSE bytes into frames of `id:`, `event:` and `data:` lines.
-fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
-    let text = std::str::from_utf8(bytes).expect("frames are UTF-8");
-    text.split("\n\n")
-        .filter(|block| !block.is_empty())
-        .map(|block| {
-            let (mut id, mut event, mut data) = (None, None, None);
-            for line in block.lines() {
-                let (field, value) = line.split_once(": ").expect("a `field: value` line");
-                match field {
-                    "id" => id = Some(value.parse().expect("a decimal id")),
-                    "event" => event = Some(value.to_string()),
-                    "data" => data = Some(serde_json::from_str(value).expect("JSON data")),
-                    other => panic!("unexpected field {other:?} in {block:?}"),
-                }
-            }
-            Frame {
-                id: id.expect("an id line"),
-                event: event.expect("an event line"),
-                data: data.expect("a data line"),
-            }
-        })
-        .collect()
-}
-
-fn person(value: &serde_json::Value) -> Person {
-    let field = |key: &str| value[key].as_str().expect("a string field").to_string();
-    (field("id"), field("name"))
-}
-
-fn people(users: &[UserView]) -> Vec<Person> {
-    users
-        .iter()
-        .map(|u| (u.id.to_string(), u.name.to_string()))
-        .collect()
-}
-
-fn people_in_json(users: &[u8]) -> Vec<Person> {
-    let list: Vec<serde_json::Value> = serde_json::from_slice(users).expect("a JSON array");
-    list.iter().map(person).collect()
-}
 
 // ---------------------------------------------------------------------------
 // The model: who should be online, and every event so far

@@ -7,47 +7,12 @@ use std::collections::VecDeque;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, sleep};
 
+use super::frames::{Frame, Person, parse_frames, people, people_in_json, person};
 use super::*;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A user as the wire shows them: (id, name).
-type Person = (String, String);
-
-/// One parsed Server-Sent Events frame.
-#[derive(Debug, Clone, PartialEq)]
-struct Frame {
-    id: EventId,
-    event: String,
-    data: serde_json::Value,
-}
-
-/// Splits SSE bytes into frames of `id:`, `event:` and `data:` lines.
-fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
-    let text = std::str::from_utf8(bytes).expect("frames are UTF-8");
-    text.split("\n\n")
-        .filter(|block| !block.is_empty())
-        .map(|block| {
-            let (mut id, mut event, mut data) = (None, None, None);
-            for line in block.lines() {
-                let (field, value) = line.split_once(": ").expect("a `field: value` line");
-                match field {
-                    "id" => id = Some(value.parse().expect("a decimal id")),
-                    "event" => event = Some(value.to_string()),
-                    "data" => data = Some(serde_json::from_str(value).expect("JSON data")),
-                    other => panic!("unexpected field {other:?} in {block:?}"),
-                }
-            }
-            Frame {
-                id: id.expect("an id line"),
-                event: event.expect("an event line"),
-                data: data.expect("a data line"),
-            }
-        })
-        .collect()
-}
 
 fn frame_of(event: &Event) -> Frame {
     let mut frames = parse_frames(&event.frame);
@@ -55,24 +20,6 @@ fn frame_of(event: &Event) -> Frame {
     let frame = frames.remove(0);
     assert_eq!(frame.id, event.id, "the frame carries the event's id");
     frame
-}
-
-fn person(value: &serde_json::Value) -> Person {
-    let field = |key: &str| value[key].as_str().expect("a string field").to_string();
-    (field("id"), field("name"))
-}
-
-fn people(users: &[UserView]) -> Vec<Person> {
-    users
-        .iter()
-        .map(|u| (u.id.to_string(), u.name.to_string()))
-        .collect()
-}
-
-/// The people in a JSON array of users, as a join reply carries them.
-fn people_in_json(users: &[u8]) -> Vec<Person> {
-    let list: Vec<serde_json::Value> = serde_json::from_slice(users).expect("a JSON array");
-    list.iter().map(person).collect()
 }
 
 fn person_of(joined: &Joined) -> Person {
@@ -811,7 +758,7 @@ async fn resuming_from_an_event_newer_than_the_latest_gives_a_snapshot() {
 /// A lagged stream must always be able to resume, so the history is never
 /// shorter than the backlog, whatever it is configured to.
 #[tokio::test]
-async fn the_history_is_kept_at_least_as_long_as_the_backlog() {
+async fn the_history_is_kept_at_least_twice_as_long_as_the_backlog() {
     let presence = Presence::new(PresenceConfig {
         history: 0,
         backlog: 4,
@@ -822,7 +769,7 @@ async fn the_history_is_kept_at_least_as_long_as_the_backlog() {
         join(&presence, &format!("user {i}"));
     }
 
-    assert_eq!(presence.stats().history, 4);
+    assert_eq!(presence.stats().history, 8);
 }
 
 // ---------------------------------------------------------------------------
