@@ -55,7 +55,7 @@ pub struct Config {
     /// Take each client's address from the last X-Forwarded-For entry, which
     /// the proxy in front of lobby wrote. Only behind a proxy you run: anyone
     /// else can write that header.
-    #[arg(long, env = "LOBBY_TRUST_PROXY")]
+    #[arg(long, env = "LOBBY_TRUST_PROXY", value_parser = clap::builder::BoolishValueParser::new())]
     pub trust_proxy: bool,
 
     /// Connections open at once (streams included); past this, new ones get 503

@@ -222,6 +222,36 @@ async fn lobby_max_users_refuses_joins_beyond_it() {
 }
 
 #[tokio::test]
+async fn lobby_trust_proxy_reads_yes_and_no_as_people_write_them() {
+    for (value, trusted) in [("yes", true), ("1", true), ("no", false), ("false", false)] {
+        let env = [
+            ("LOBBY_TRUST_PROXY", value),
+            ("LOBBY_JOIN_RATE", "1"),
+            ("LOBBY_JOIN_BURST", "1"),
+        ];
+        let lobby = Lobby::start(&[], &env).await;
+        let join_from = async |ip: &str| {
+            lobby
+                .client
+                .post(lobby.url("/join"))
+                .header("X-Forwarded-For", ip)
+                .form(&[("name", "someone")])
+                .send()
+                .await
+                .expect("POST /join")
+                .status()
+        };
+        assert_eq!(join_from("203.0.113.1").await, 201);
+        let second = join_from("203.0.113.2").await;
+        assert_eq!(
+            second == 201,
+            trusted,
+            "LOBBY_TRUST_PROXY={value}: a second address's join got {second}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_flag_wins_over_its_environment_variable() {
     let lobby = Lobby::start(&["--max-users", "2"], &[("LOBBY_MAX_USERS", "1")]).await;
     lobby.join("alice").await;
