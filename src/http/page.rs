@@ -74,7 +74,9 @@ fn render(users: &[UserView]) -> Markup {
                         label for="name" { "What is your name?" }
                         div.row {
                             input #name name="name" type="text" required autocomplete="nickname"
-                                maxlength=(MAX_NAME_CHARS) placeholder="Your name";
+                                // maxlength counts UTF-16 units, and an emoji is two:
+                                // room for 32 of them; the server counts characters.
+                                maxlength=(2 * MAX_NAME_CHARS) placeholder="Your name";
                             button type="submit" { "Join" }
                         }
                         p #error role="alert" {}
