@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test lint fmt build bench
+.PHONY: run test lint fmt build bench soak
 
 # Serves the lobby on http://127.0.0.1:3000 (flags: make run ARGS="--grace 10s").
 run:
@@ -44,3 +44,11 @@ bench:
 	  for n in $(BENCH_SIZES); do echo; echo "## N = $$n"; echo; echo '```'; grep -v '^lobby-load:' $$out/load-$$n.txt; echo '```'; done; \
 	} > BENCHMARKS.md; \
 	echo "wrote BENCHMARKS.md"
+
+# A churn soak against a release build: a thousand clients join, subscribe,
+# drop, reconnect and leave at random for SOAK_SECS, then every view must equal
+# GET /users and the server's memory must be back. Prints its figures.
+# (make test runs the same test for 10 s on a debug build.)
+SOAK_SECS ?= 120
+soak:
+	LOBBY_SOAK_SECS=$(SOAK_SECS) cargo test --release --test soak -- --nocapture
