@@ -36,10 +36,23 @@ const WARM_UP: Duration = Duration::from_secs(3);
 
 /// The server's flags. A short grace and join timeout so that leaves by grace
 /// and by timeout happen many times within the run; a short keep-alive so that
-/// comment lines are interleaved with the events being checked.
+/// comment lines are interleaved with the events being checked. A thousand
+/// clients join from one address, far past the per-address join limit, which
+/// is lifted.
 const GRACE: Duration = Duration::from_secs(1);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
-const FLAGS: [&str; 6] = ["--grace", "1s", "--join-timeout", "2s", "--keepalive", "1s"];
+const FLAGS: [&str; 10] = [
+    "--grace",
+    "1s",
+    "--join-timeout",
+    "2s",
+    "--keepalive",
+    "1s",
+    "--join-rate",
+    "1000000",
+    "--join-burst",
+    "1000000",
+];
 /// One client in this many keeps a bookmark (a copy of its view).
 const BOOKMARKERS: usize = 10;
 /// How many recent events the server keeps for `Last-Event-ID` (README).
