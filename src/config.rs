@@ -63,7 +63,7 @@ pub struct Config {
     #[arg(long, env = "LOBBY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// How long a client has to send its request head.
+    /// How long a client has to send its request head, and then its body.
     #[arg(long, env = "LOBBY_HEADER_TIMEOUT", default_value = "5s", value_name = "DUR", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
 

@@ -295,6 +295,35 @@ async fn a_request_head_that_does_not_arrive_in_time_is_dropped() {
 }
 
 #[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_refused_and_its_connection_closed() {
+    let server = TestServer::with_args(&["--header-timeout", "500ms"]).await;
+    let addr = addr_of(&server);
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /join HTTP/1.1\r\nHost: lobby\r\nContent-Type: application/json\r\n\
+              Content-Length: 20\r\n\r\n{\"name\":",
+        )
+        .await
+        .expect("send the head and part of the body");
+    let sent = Instant::now();
+    // The rest never comes.
+    let reply = read_response(&mut stream).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(400),
+        "not before the timeout: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.error().contains("could not be read"),
+        "{}",
+        reply.body
+    );
+    assert!(server.users().await.is_empty());
+}
+
+#[tokio::test]
 async fn a_body_declared_over_4_kib_is_refused_with_413_before_it_is_sent() {
     let server = TestServer::start().await;
     let addr = addr_of(&server);

@@ -14,9 +14,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
@@ -24,7 +23,8 @@ use socket2::TcpKeepalive;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::ServiceBuilder;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use super::events::{last_event_id, token_from};
 use super::limits::{ConnectionSlot, Peer};
@@ -202,10 +202,15 @@ async fn connection(
         prefix: buffer.freeze(),
         io: socket,
     });
-    let service = router.map_request(move |mut request: axum::extract::Request<Incoming>| {
-        request.extensions_mut().insert(Peer(peer));
-        request
-    });
+    // The body (4 KiB at most) gets as long again as the head had: a client
+    // that trickles it does not hold the connection for ever.
+    let service = ServiceBuilder::new()
+        .layer(RequestBodyDeadlineLayer::new(state.accept.header_timeout))
+        .map_request(move |mut request: Request<_>| {
+            request.extensions_mut().insert(Peer(peer));
+            request
+        })
+        .service(router);
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
