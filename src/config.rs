@@ -2,7 +2,7 @@
 //! Durations are written the way people write them: `5s`, `500ms`, `2m`.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use clap::Parser;
@@ -45,11 +45,11 @@ pub struct Config {
 
     /// Joins each client address may make per second, on average; past that
     /// (and the burst) a join gets 429 with Retry-After.
-    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "10", value_name = "N")]
+    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "10", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_rate: NonZeroU32,
 
     /// Joins a client address may make at once before the rate applies.
-    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "20", value_name = "N")]
+    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "20", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_burst: NonZeroU32,
 
     /// Take each client's address from the last X-Forwarded-For entry, which
@@ -60,8 +60,8 @@ pub struct Config {
 
     /// Connections open at once (streams included); past this, new ones get 503
     /// at once. Default: the open-file limit less 100.
-    #[arg(long, env = "LOBBY_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<usize>,
+    #[arg(long, env = "LOBBY_MAX_CONNECTIONS", value_name = "N", value_parser = parse_at_least_one::<NonZeroUsize>)]
+    pub max_connections: Option<NonZeroUsize>,
 
     /// How long a client has to send its request head, and then its body.
     #[arg(long, env = "LOBBY_HEADER_TIMEOUT", default_value = "5s", value_name = "DUR", value_parser = parse_positive_duration)]
@@ -111,27 +111,44 @@ impl Config {
     /// `--max-connections`, or the open-file limit less some for the listener,
     /// logs and whatever else the process opens.
     pub fn max_connections(&self) -> usize {
-        self.max_connections.unwrap_or_else(|| {
-            let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-            usize::try_from(limit)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(100)
-                .max(1)
-        })
+        self.max_connections.map_or_else(
+            || {
+                let limit =
+                    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+                usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(100)
+                    .max(1)
+            },
+            NonZeroUsize::get,
+        )
     }
+}
+
+/// A whole number of at least 1.
+fn parse_at_least_one<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "write a whole number of at least 1".to_owned())
 }
 
 /// An origin as browsers send it: scheme, host and maybe port, nothing else.
 fn parse_origin(text: &str) -> Result<String, String> {
-    let text = text.trim().trim_end_matches('/');
-    let host = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))
+    let text = text.trim();
+    let (scheme, host) = ["https://", "http://"]
+        .into_iter()
+        .find_map(|scheme| Some((scheme, text.strip_prefix(scheme)?)))
         .ok_or("an origin starts with http:// or https://, as in https://app.example.com")?;
-    if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+    let host = host.trim_end_matches('/');
+    if host.is_empty() {
+        return Err(
+            "an origin names a host after its scheme, as in https://app.example.com".into(),
+        );
+    }
+    if host.contains(['/', '?', '#', ' ']) {
         return Err("an origin is a scheme and a host (and maybe a port), as in https://app.example.com, with no path".into());
     }
-    Ok(text.to_ascii_lowercase())
+    Ok(format!("{scheme}{host}").to_ascii_lowercase())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -197,8 +214,13 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_join_rate_is_refused() {
-        assert!(parse(&["--join-rate", "0"]).is_err());
+    fn a_zero_rate_burst_or_connection_limit_is_refused_with_a_sentence() {
+        for flag in ["--join-rate", "--join-burst", "--max-connections"] {
+            let err = parse(&[flag, "0"])
+                .expect_err("zero is refused")
+                .to_string();
+            assert!(err.contains("at least 1"), "{flag}: {err}");
+        }
     }
 
     #[test]

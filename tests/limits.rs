@@ -349,12 +349,17 @@ async fn a_body_declared_over_4_kib_is_refused_with_413_before_it_is_sent() {
 /// Opens a stream for `token` from a socket with a tiny receive buffer, reads
 /// its response head and snapshot, and then never reads again.
 async fn stalled_stream(addr: SocketAddr, token: &str) -> TcpStream {
+    stalled_stream_with(addr, token, "").await
+}
+
+/// The same, with `extra` header lines in the request.
+async fn stalled_stream_with(addr: SocketAddr, token: &str, extra: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("a socket");
     socket
         .set_recv_buffer_size(2048)
         .expect("a small receive buffer");
     let mut stream = socket.connect(addr).await.expect("connect");
-    let request = format!("GET /events?token={token} HTTP/1.1\r\nHost: lobby\r\n\r\n");
+    let request = format!("GET /events?token={token} HTTP/1.1\r\nHost: lobby\r\n{extra}\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -417,6 +422,41 @@ async fn a_reader_that_stops_reading_is_ended_after_the_write_timeout_and_slows_
         gone >= Duration::from_secs(1),
         "not before the write timeout"
     );
+    drop(stalled_socket);
+}
+
+#[tokio::test]
+async fn a_stalled_reader_of_a_stream_served_through_hyper_is_cut_by_the_kernel() {
+    // Over 32 headers: the fast path leaves the stream to hyper and the router,
+    // where no sweep looks at it; the kernel's user timeout, which also bounds
+    // how long it probes a shut receive window, ends it.
+    let server = TestServer::with_args(&[
+        "--write-timeout",
+        "10m",
+        "--grace",
+        "300ms",
+        "--tcp-user-timeout",
+        "2s",
+    ])
+    .await;
+    let addr = addr_of(&server);
+    let (_watcher, mut watching, _) = server.join_and_subscribe("watcher").await;
+    let stalled = server.join("stalled").await;
+    let extra: String = (0..40).map(|n| format!("X-Extra-{n}: {n}\r\n")).collect();
+    let stalled_socket = stalled_stream_with(addr, &stalled.token, &extra).await;
+    assert_eq!(watching.next_event().await.event, "new_user");
+
+    churn(&server, 300).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = watching
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the stalled reader's user leaves within 10 s");
+        if event.event == "disconnect_user" && user_in(&event).id == stalled.id {
+            break;
+        }
+    }
     drop(stalled_socket);
 }
 

@@ -356,9 +356,10 @@ impl Shard {
     }
 
     /// Ends the streams whose reader has stopped reading: the socket has taken
-    /// nothing for the write timeout, or the stream fell past the backlog. What
-    /// they hold (a kernel buffer, a pending batch) is freed; if the reader
-    /// comes back, it resumes with `Last-Event-ID`.
+    /// nothing for the write timeout, or the stream fell past the backlog. Its
+    /// pending batch is freed at once, its kernel buffer when the kernel gives
+    /// up on the closed socket (`--tcp-user-timeout`); if the reader comes
+    /// back, it resumes with `Last-Event-ID`.
     fn end_stalled(&mut self, now: Instant) {
         let limits = self.limits;
         let stalled: Vec<usize> = self

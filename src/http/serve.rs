@@ -172,6 +172,7 @@ async fn connection(
     watcher: Watcher,
     stop: CancellationToken,
 ) {
+    let accepted = tokio::time::Instant::now();
     let mut buffer = BytesMut::with_capacity(1024);
     let head = tokio::select! {
         head = tokio::time::timeout(state.accept.header_timeout, read_head(&mut socket, &mut buffer)) => {
@@ -214,7 +215,14 @@ async fn connection(
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
-        .header_read_timeout(state.accept.header_timeout)
+        // What is left of the head's time, not a fresh period.
+        .header_read_timeout(
+            state
+                .accept
+                .header_timeout
+                .saturating_sub(accepted.elapsed())
+                .max(Duration::from_millis(1)),
+        )
         .serve_connection(io, TowerToHyperService::new(service));
     if let Err(err) = watcher.watch(connection).await {
         tracing::debug!("connection ended with an error: {err}");
