@@ -52,7 +52,7 @@ async fn the_page_is_html_with_the_users_online_already_in_it() {
 async fn the_page_with_nobody_online_has_an_empty_users_list() {
     let server = TestServer::start().await;
 
-    let page = get_text(&server, "/").await;
+    let page = server.get_text("/").await;
 
     assert!(page.contains("id=\"users\""), "the page has #users: {page}");
     assert!(users_on_page(&page).is_empty());
@@ -62,7 +62,7 @@ async fn the_page_with_nobody_online_has_an_empty_users_list() {
 async fn the_page_has_a_join_form_asking_for_a_name() {
     let server = TestServer::start().await;
 
-    let page = get_text(&server, "/").await;
+    let page = server.get_text("/").await;
 
     let form = element(&page, "join").expect("the page has an element with id=join");
     assert!(form.starts_with("<form"), "#join is a form: {form}");
@@ -81,7 +81,7 @@ async fn the_page_has_a_join_form_asking_for_a_name() {
 async fn the_page_loads_its_script_and_stylesheet() {
     let server = TestServer::start().await;
 
-    let page = get_text(&server, "/").await;
+    let page = server.get_text("/").await;
 
     assert!(page.contains("src=\"/static/app.js\""), "{page}");
     assert!(page.contains("href=\"/static/style.css\""), "{page}");
@@ -889,7 +889,7 @@ async fn users_lists_everyone_online_oldest_first() {
 async fn users_is_an_empty_list_when_nobody_is_online() {
     let server = TestServer::start().await;
 
-    let body: Value = get_text(&server, "/users").await.parse().expect("JSON");
+    let body: Value = server.get_text("/users").await.parse().expect("JSON");
 
     assert_eq!(body, json!({ "users": [] }));
 }
@@ -965,7 +965,7 @@ async fn unusual_names_are_shown_on_the_page_as_escaped_text() {
         joined.push(server.join(name).await);
     }
 
-    let page = get_text(&server, "/").await;
+    let page = server.get_text("/").await;
 
     let expected: Vec<(String, String)> = joined
         .iter()
@@ -987,7 +987,7 @@ async fn a_token_never_appears_in_users() {
     let alice = server.join("alice").await;
     let _alice_stream = server.subscribe(&alice.token, None).await;
 
-    let users = get_text(&server, "/users").await;
+    let users = server.get_text("/users").await;
 
     assert!(!users.contains(&alice.token), "{users}");
 }
@@ -998,7 +998,7 @@ async fn a_token_never_appears_in_the_page() {
     let alice = server.join("alice").await;
     let _alice_stream = server.subscribe(&alice.token, None).await;
 
-    let page = get_text(&server, "/").await;
+    let page = server.get_text("/").await;
 
     assert!(!page.contains(&alice.token));
 }
@@ -1140,17 +1140,6 @@ async fn assert_disconnect(stream: &mut Sse, who: &common::Joined) {
     let event = stream.next_event().await;
     assert_eq!(event.event, "disconnect_user");
     assert_eq!(user_in(&event), who.user());
-}
-
-async fn get_text(server: &TestServer, path: &str) -> String {
-    let response = server
-        .client
-        .get(server.url(path))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.text().await.expect("body")
 }
 
 fn content_type(headers: &HeaderMap) -> &str {

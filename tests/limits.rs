@@ -8,7 +8,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestServer, user_in};
+use common::{LobbyProcess, PATIENCE, TestServer, rss_kib, user_in};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -377,6 +377,20 @@ async fn stalled_stream_with(addr: SocketAddr, token: &str, extra: &str) -> TcpS
     stream
 }
 
+/// Reads `watching` until `id`'s `disconnect_user`, which must come `within`.
+async fn gone_within(watching: &mut common::Sse, id: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let event = watching
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .unwrap_or_else(|| panic!("{id} was still online {within:?} later"));
+        if event.event == "disconnect_user" && user_in(&event).id == id {
+            return;
+        }
+    }
+}
+
 /// Joins and leaves `count` people with long names: 2 × `count` events.
 async fn churn(server: &TestServer, count: usize) {
     for n in 0..count {
@@ -407,16 +421,8 @@ async fn a_reader_that_stops_reading_is_ended_after_the_write_timeout_and_slows_
     );
 
     // The stalled stream is ended, and after the grace its user is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let gone = loop {
-        let event = watching
-            .next_within(deadline.saturating_duration_since(Instant::now()))
-            .await
-            .expect("the stalled reader's user leaves within 10 s");
-        if event.event == "disconnect_user" && user_in(&event).id == stalled.id {
-            break started.elapsed();
-        }
-    };
+    gone_within(&mut watching, &stalled.id, Duration::from_secs(10)).await;
+    let gone = started.elapsed();
     eprintln!("a stalled reader's user was gone {gone:?} after the events began");
     assert!(
         gone >= Duration::from_secs(1),
@@ -447,16 +453,7 @@ async fn a_stalled_reader_of_a_stream_served_through_hyper_is_cut_by_the_kernel(
     assert_eq!(watching.next_event().await.event, "new_user");
 
     churn(&server, 300).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = watching
-            .next_within(deadline.saturating_duration_since(Instant::now()))
-            .await
-            .expect("the stalled reader's user leaves within 10 s");
-        if event.event == "disconnect_user" && user_in(&event).id == stalled.id {
-            break;
-        }
-    }
+    gone_within(&mut watching, &stalled.id, Duration::from_secs(10)).await;
     drop(stalled_socket);
 }
 
@@ -472,16 +469,7 @@ async fn a_reader_that_falls_past_the_backlog_is_ended_before_the_write_timeout(
     // 1,200 events: past the backlog of 1,024 a stream may fall behind.
     let started = Instant::now();
     churn(&server, 600).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let event = watching
-            .next_within(deadline.saturating_duration_since(Instant::now()))
-            .await
-            .expect("the stalled reader's user leaves long before the write timeout");
-        if event.event == "disconnect_user" && user_in(&event).id == stalled.id {
-            break;
-        }
-    }
+    gone_within(&mut watching, &stalled.id, Duration::from_secs(15)).await;
     eprintln!(
         "a reader past the backlog was gone {:?} after the events began",
         started.elapsed()
@@ -668,54 +656,6 @@ async fn an_allowed_origin_gets_cors_on_every_api_route_and_its_preflight() {
 // A thousand stalled readers, against the real binary (to read its memory)
 // ---------------------------------------------------------------------------
 
-/// The `lobby` binary on a free port, killed when dropped.
-struct Spawned {
-    child: std::process::Child,
-    api: common::Client,
-    addr: SocketAddr,
-}
-
-impl Spawned {
-    async fn start(args: &[&str]) -> Spawned {
-        let addr = common::free_addr();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lobby"))
-            .arg("--bind")
-            .arg(addr.to_string())
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start lobby");
-        let api = common::Client::new(addr);
-        let started = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "lobby listens within PATIENCE"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Spawned { child, api, addr }
-    }
-
-    /// Resident memory, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc/PID/status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmRSS line")
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The kernel's memory for TCP buffers, all sockets, in KiB (pages of 4 KiB).
 fn tcp_kernel_kib() -> u64 {
     std::fs::read_to_string("/proc/net/sockstat")
@@ -732,7 +672,7 @@ fn tcp_kernel_kib() -> u64 {
 #[tokio::test]
 async fn a_thousand_stalled_readers_hold_little_memory_and_slow_no_one() {
     const STALLED: usize = 1000;
-    let lobby = Spawned::start(&[
+    let lobby = LobbyProcess::start(&[
         "--join-rate",
         "1000000",
         "--join-burst",
@@ -741,11 +681,11 @@ async fn a_thousand_stalled_readers_hold_little_memory_and_slow_no_one() {
         "10m",
     ])
     .await;
-    let (_watcher, mut watching, _) = lobby.api.join_and_subscribe("watcher").await;
-    let (rss_before, kernel_before) = (lobby.rss_kib(), tcp_kernel_kib());
+    let (_watcher, mut watching, _) = lobby.join_and_subscribe("watcher").await;
+    let (rss_before, kernel_before) = (rss_kib(lobby.pid(), "VmRSS"), tcp_kernel_kib());
     let mut stalled = Vec::with_capacity(STALLED);
     for n in 0..STALLED {
-        let joined = lobby.api.join(&format!("stalled-{n}")).await;
+        let joined = lobby.join(&format!("stalled-{n}")).await;
         stalled.push(stalled_stream(lobby.addr, &joined.token).await);
     }
     for _ in 0..STALLED {
@@ -756,15 +696,15 @@ async fn a_thousand_stalled_readers_hold_little_memory_and_slow_no_one() {
     // more than a stalled socket holds, less than the backlog.
     let started = Instant::now();
     for n in 0..400 {
-        let joined = lobby.api.join(&format!("{n:0>32}")).await;
-        assert_eq!(lobby.api.leave(&joined.token).await, 204);
+        let joined = lobby.join(&format!("{n:0>32}")).await;
+        assert_eq!(lobby.leave(&joined.token).await, 204);
     }
     for _ in 0..800 {
         let event = watching.next_event().await;
         assert!(event.event == "new_user" || event.event == "disconnect_user");
     }
     let took = started.elapsed();
-    let (rss_after, kernel_after) = (lobby.rss_kib(), tcp_kernel_kib());
+    let (rss_after, kernel_after) = (rss_kib(lobby.pid(), "VmRSS"), tcp_kernel_kib());
     eprintln!(
         "{STALLED} stalled readers (users and streams included), 1,800 events: lobby RSS \
          {rss_before} -> {rss_after} KiB ({:+} KiB, {:.2} KiB per stalled reader); kernel TCP \

@@ -11,15 +11,13 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, user_in};
-use lobby::Config;
+use common::{TestServer, user_in};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::Child;
 
 const SKIPPED: &str =
@@ -134,22 +132,6 @@ impl Drop for Netns {
     }
 }
 
-/// A lobby listening on the host's end of the pair, with these flags.
-async fn lobby_on(host_ip: Ipv4Addr, args: &[&str]) -> (Client, tokio::sync::oneshot::Sender<()>) {
-    use clap::Parser;
-    let config = Config::try_parse_from(std::iter::once("lobby").chain(args.iter().copied()))
-        .expect("valid flags");
-    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(host_ip), 0))
-        .await
-        .expect("bind the host's end of the pair");
-    let addr = listener.local_addr().expect("local addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(lobby::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    (Client::new(addr), stop)
-}
-
 /// Opens a stream from inside the namespace with curl and waits until its
 /// snapshot has arrived; then cuts the network and returns how long it took
 /// until a watcher on the host saw the user leave.
@@ -158,7 +140,7 @@ async fn time_to_notice_a_vanished_client(
     args: &[&str],
     bound: Duration,
 ) -> Duration {
-    let (lobby, _stop) = lobby_on(netns.host_ip, args).await;
+    let lobby = TestServer::with_args_on(IpAddr::V4(netns.host_ip), args).await;
     let (_watcher, mut watching, _) = lobby.join_and_subscribe("watcher").await;
     let vanishing = lobby.join("vanishing").await;
     assert_eq!(watching.next_event().await.event, "new_user");

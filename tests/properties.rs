@@ -43,7 +43,7 @@ const STEADY: [&str; 4] = ["--join-timeout", "10m", "--grace", "10m"];
 #[test]
 fn any_name_the_rules_accept_comes_back_byte_for_byte_everywhere_and_any_other_is_refused() {
     let lab = Lab::start("names");
-    let nobody = lab.block_on(get_text(&lab.server, "/"));
+    let nobody = lab.block_on(lab.server.get_text("/"));
     let skeleton = read_page(&nobody).expect("the empty page reads").skeleton;
 
     lab.check(
@@ -99,7 +99,7 @@ async fn names_come_back_everywhere(
         assert_eq!(server.users().await, online, "GET /users after {raw:?}");
     }
 
-    let page = read_page(&get_text(server, "/").await).unwrap_or_else(|err| panic!("{err}"));
+    let page = read_page(&server.get_text("/").await).unwrap_or_else(|err| panic!("{err}"));
     assert_eq!(page.users, online, "the users on the page");
     assert_eq!(page.count, online.len().to_string(), "#count");
     assert_eq!(page.skeleton, skeleton, "the page around the list");
@@ -449,7 +449,7 @@ async fn no_request_fails_or_changes_anything(server: &TestServer, requests: Vec
         "only joins went out"
     );
     assert_eq!(server.users().await, before);
-    assert_eq!(get_text(server, "/healthz").await, r#"{"status":"ok"}"#);
+    assert_eq!(server.get_text("/healthz").await, r#"{"status":"ok"}"#);
 }
 
 /// Whether an answer is one the README allows: never a 5xx; 404 off the
@@ -882,7 +882,7 @@ fn no_raw_request_head_gets_a_5xx_or_stops_the_server_answering() {
                 Ok(None) if then == Then::Wait => panic!("no answer to the whole head {head:?}"),
                 Ok(_) => {}
             }
-            assert_eq!(get_text(server, "/healthz").await, r#"{"status":"ok"}"#);
+            assert_eq!(server.get_text("/healthz").await, r#"{"status":"ok"}"#);
             assert_eq!(server.users().await, before);
         },
     );
@@ -987,7 +987,7 @@ fn hand_made_malformed_heads_get_an_answer_or_a_close_and_never_stop_the_server(
                     }
                 }
             }
-            assert_eq!(get_text(server, "/healthz").await, r#"{"status":"ok"}"#);
+            assert_eq!(server.get_text("/healthz").await, r#"{"status":"ok"}"#);
         }
         assert_eq!(server.users().await, before);
     });
@@ -1319,12 +1319,12 @@ data: {"id":"x","name":"a\nb"}"#;
 #[tokio::test]
 async fn the_page_check_refuses_a_name_left_unescaped_or_markup_added() {
     let server = TestServer::start().await;
-    let skeleton = read_page(&get_text(&server, "/").await)
+    let skeleton = read_page(&server.get_text("/").await)
         .expect("the empty page reads")
         .skeleton;
     let alice = server.join("a&b<i>\"c").await;
 
-    let page = get_text(&server, "/").await;
+    let page = server.get_text("/").await;
 
     let read = read_page(&page).expect("the page reads");
     assert_eq!(read.users, [alice.user()]);
@@ -1845,17 +1845,6 @@ fn error_body(content_type: &str, body: &[u8]) -> Result<(), String> {
         return Err(format!("not {{\"error\": \"<a sentence>\"}}: {value}"));
     }
     Ok(())
-}
-
-async fn get_text(server: &TestServer, path: &str) -> String {
-    let response = server
-        .client
-        .get(server.url(path))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.text().await.expect("body")
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {

@@ -8,14 +8,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Client, free_addr};
+use common::{Client, LobbyProcess as Lobby, rss_kib};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
@@ -1498,112 +1496,6 @@ impl Report {
             );
         }
     }
-}
-
-// ---- the lobby process ----
-
-/// The `lobby` binary, serving on a free port of 127.0.0.1. Killed if dropped.
-struct Lobby {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Lobby {
-    /// Starts the binary with `flags` and waits until it answers. It logs at
-    /// `warn`: a line per join and leave would only cost a debug build time.
-    async fn start(flags: &[&str]) -> Lobby {
-        let addr = free_addr();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
-        command
-            .arg("--bind")
-            .arg(addr.to_string())
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LOBBY_") {
-                command.env_remove(name);
-            }
-        }
-        command.env("RUST_LOG", "warn");
-        let mut child = command.spawn().expect("spawn lobby");
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        });
-        let mut lobby = Lobby {
-            child,
-            addr,
-            stderr: Some(stderr),
-        };
-        let api = Client::new(addr);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(response) = api.client.get(api.url("/healthz")).send().await {
-                if response.status() == 200 {
-                    return lobby;
-                }
-            }
-            if let Ok(Some(status)) = lobby.child.try_wait() {
-                panic!("lobby exited with {status} before answering");
-            }
-            assert!(Instant::now() < deadline, "lobby did not answer on {addr}");
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops it with SIGTERM; returns what it wrote on stderr.
-    async fn stop(mut self) -> String {
-        let killed = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(killed.success(), "kill -TERM {}", self.pid());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("check on lobby") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "lobby did not exit on SIGTERM");
-            sleep(Duration::from_millis(20)).await;
-        };
-        let stderr = self
-            .stderr
-            .take()
-            .expect("read once")
-            .join()
-            .expect("the stderr reader does not panic");
-        assert!(status.success(), "lobby exited with {status}: {stderr}");
-        stderr
-    }
-}
-
-impl Drop for Lobby {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A `kB` line of /proc/PID/status: `VmRSS` (resident now) or `VmHWM` (its peak).
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().strip_suffix(" kB")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// The resident memory once it stops moving, while a trickle of requests

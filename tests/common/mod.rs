@@ -3,7 +3,9 @@
 //! every wait has a deadline, so a missing event fails a test instead of hanging it.
 #![allow(dead_code)] // each test file uses a different part of this module
 
-use std::net::SocketAddr;
+use std::io::Read as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -73,14 +75,19 @@ impl TestServer {
     /// Tests join many people from one address in a hurry, so the per-address
     /// join limit is lifted unless the flags set it.
     pub async fn with_args(args: &[&str]) -> TestServer {
+        TestServer::with_args_on(IpAddr::V4(Ipv4Addr::LOCALHOST), args).await
+    }
+
+    /// The same, listening on a free port of `ip` (one of this machine's).
+    pub async fn with_args_on(ip: IpAddr, args: &[&str]) -> TestServer {
         let mut args = args.to_vec();
         if !args.contains(&"--join-rate") {
             args.extend(["--join-rate", "1000000", "--join-burst", "1000000"]);
         }
         let config = Config::try_parse_from_args(&args);
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0))
             .await
-            .expect("bind 127.0.0.1:0");
+            .expect("bind a free port");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(lobby::run(listener, config, async {
@@ -158,6 +165,13 @@ impl Client {
             .expect("POST /leave")
             .status()
             .as_u16()
+    }
+
+    /// GET `path`, which must answer 200; its body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.text().await.expect("body")
     }
 
     /// GET /users.
@@ -315,4 +329,123 @@ pub async fn read_raw_until(
         }
     }
     text
+}
+
+/// The `lobby` binary, serving on a free port of 127.0.0.1. Killed if dropped.
+pub struct LobbyProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    api: Client,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl LobbyProcess {
+    /// Starts the binary with `flags` and waits until it answers. It logs at
+    /// `warn`: a line per join and leave would only cost a debug build time.
+    pub async fn start(flags: &[&str]) -> LobbyProcess {
+        let addr = free_addr();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
+        command
+            .arg("--bind")
+            .arg(addr.to_string())
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LOBBY_") {
+                command.env_remove(name);
+            }
+        }
+        command.env("RUST_LOG", "warn");
+        let mut child = command.spawn().expect("spawn lobby");
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
+        let mut lobby = LobbyProcess {
+            child,
+            addr,
+            api: Client::new(addr),
+            stderr: Some(stderr),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(response) = lobby.client.get(lobby.url("/healthz")).send().await {
+                if response.status() == 200 {
+                    return lobby;
+                }
+            }
+            if let Ok(Some(status)) = lobby.child.try_wait() {
+                panic!("lobby exited with {status} before answering");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lobby did not answer on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it with SIGTERM; returns what it wrote on stderr.
+    pub async fn stop(mut self) -> String {
+        let killed = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -TERM {}", self.pid());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("check on lobby") {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lobby did not exit on SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let stderr = self
+            .stderr
+            .take()
+            .expect("read once")
+            .join()
+            .expect("the stderr reader does not panic");
+        assert!(status.success(), "lobby exited with {status}: {stderr}");
+        stderr
+    }
+}
+
+impl std::ops::Deref for LobbyProcess {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.api
+    }
+}
+
+impl Drop for LobbyProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `kB` line of /proc/PID/status: `VmRSS` (resident now) or `VmHWM` (its peak).
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix(" kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
