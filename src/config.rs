@@ -83,6 +83,17 @@ pub struct Config {
     /// Without it, other sites' pages are refused.
     #[arg(long = "cors-origin", env = "LOBBY_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+
+    /// Run as one node of a lobby shared through this Redis, such as
+    /// redis://127.0.0.1:6379/. Every node then shows the same people and
+    /// sends every stream the same events. Without it, lobby is one process.
+    #[arg(long, env = "LOBBY_REDIS", value_name = "URL", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
+
+    /// With --redis: a node whose heartbeat is older than this is taken for
+    /// dead, and its users start their grace period (from its last heartbeat).
+    #[arg(long, env = "LOBBY_NODE_TIMEOUT", default_value = "3s", value_name = "DUR", value_parser = parse_positive_duration)]
+    pub node_timeout: Duration,
 }
 
 impl Config {
@@ -123,6 +134,14 @@ impl Config {
             NonZeroUsize::get,
         )
     }
+}
+
+/// A URL the Redis client can open (redis://, rediss:// or redis+unix://).
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    redis::Client::open(text)
+        .map(|_| text.to_owned())
+        .map_err(|err| format!("not a Redis URL ({err}); write it as redis://HOST:PORT/"))
 }
 
 /// A whole number of at least 1.

@@ -12,11 +12,17 @@
 //!   the page, and the same SSE stream for whatever the fast path leaves).
 //!   `limits` holds what one client may ask: joins per address, connections
 //!   at once, and which other sites' pages may use the API.
+//! - [`cluster`]: with `--redis`, the lobby is shared by several nodes: each
+//!   follows one log in Redis into a local replica (a [`presence`] fed the
+//!   log's events), and deadlines and dead nodes are handled in Redis scripts.
+//! - [`backend`]: what HTTP talks to, one process's presence or a cluster node.
 //! - [`config`]: the command line and its environment variables.
 //! - `main.rs`: flags, logging, bind, then [`run`].
 //! - `bin/lobby-load.rs`: the load generator behind `make bench`.
 //! - `static/`: the page's script, style and icon, compiled into the binary.
 
+pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod presence;
@@ -26,6 +32,8 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use backend::Backend;
+use cluster::{Cluster, ClusterConfig};
 pub use config::Config;
 use presence::Presence;
 
@@ -37,8 +45,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
-    let presence = Presence::new(config.presence());
-    let state = http::AppState::new(presence, &config, stop.clone());
+    // The cluster's tasks outlive the server by the time it takes to retire.
+    let cluster_stop = CancellationToken::new();
+    let backend = match &config.redis {
+        None => Backend::Local(Presence::new(config.presence())),
+        Some(url) => {
+            let config = ClusterConfig {
+                presence: config.presence(),
+                node_timeout: config.node_timeout,
+            };
+            let cluster = Cluster::start(url, config, cluster_stop.clone())
+                .await
+                .map_err(std::io::Error::other)?;
+            Backend::Cluster(cluster)
+        }
+    };
+    let state = http::AppState::new(backend.clone(), &config, stop.clone());
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -46,5 +68,8 @@ pub async fn run(
             stop.cancel();
         }
     });
-    http::serve(listener, state, stop).await
+    let served = http::serve(listener, state, stop).await;
+    backend.stopped().await;
+    cluster_stop.cancel();
+    served
 }

@@ -53,7 +53,7 @@ pub async fn join(
         }
     };
     let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
-    let joined = state.presence.join(name)?;
+    let joined = state.presence.join(name).await?;
     Ok((StatusCode::CREATED, json_body(join_reply(&joined))))
 }
 
@@ -130,12 +130,12 @@ pub async fn leave(
             Token::from_client(&text)
         }
     };
-    state.presence.leave(&token)?;
+    state.presence.leave(&token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn users(State(state): State<AppState>) -> impl IntoResponse {
-    let users = state.presence.users_json();
+    let users = state.presence.users_json().await;
     let mut body = BytesMut::with_capacity(users.len() + 10);
     body.extend_from_slice(b"{\"users\":");
     body.extend_from_slice(&users);
@@ -147,8 +147,20 @@ fn json_body(body: Bytes) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `{"status":"ok"}`; a cluster node adds whether Redis is up and its node
+/// id, and answers 503 while Redis is down.
+pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.presence.health() {
+        None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        Some(health) if health.redis_up => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ok", "redis": "up", "node": health.node })),
+        ),
+        Some(health) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "degraded", "redis": "down", "node": health.node })),
+        ),
+    }
 }
 
 pub async fn not_found() -> ApiError {

@@ -54,6 +54,10 @@ pub enum ApiError {
     #[error("Too many connections are open. Try again in a few seconds.")]
     TooManyConnections,
     #[error(
+        "This lobby node cannot reach its Redis right now, so it cannot record a join or a leave. Try again in a few seconds."
+    )]
+    StoreUnavailable,
+    #[error(
         "Pages from other sites may not use this lobby. Its operator can allow a site with --cors-origin."
     )]
     CrossOrigin,
@@ -80,7 +84,9 @@ impl ApiError {
             ApiError::LobbyFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken | ApiError::UnknownToken => StatusCode::UNAUTHORIZED,
             ApiError::TooManyStreams | ApiError::TooManyJoins(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyConnections | ApiError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::CrossOrigin => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -92,6 +98,7 @@ impl From<JoinError> for ApiError {
     fn from(err: JoinError) -> Self {
         match err {
             JoinError::Full(online) => ApiError::LobbyFull(online),
+            JoinError::Unavailable => ApiError::StoreUnavailable,
         }
     }
 }
@@ -101,6 +108,7 @@ impl From<TokenError> for ApiError {
         match err {
             TokenError::Unknown => ApiError::UnknownToken,
             TokenError::TooManyStreams => ApiError::TooManyStreams,
+            TokenError::Unavailable => ApiError::StoreUnavailable,
         }
     }
 }
@@ -124,6 +132,7 @@ impl IntoResponse for ApiError {
         let retry_after = match self {
             ApiError::LobbyFull(_) | ApiError::TooManyConnections => Some(FULL_RETRY_AFTER_SECS),
             ApiError::TooManyJoins(wait) => Some(retry_after_secs(wait)),
+            ApiError::StoreUnavailable => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

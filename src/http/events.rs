@@ -37,7 +37,7 @@ pub async fn events(
     let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
     let token = token_from(query.as_deref(), header(header::AUTHORIZATION.as_str()))?;
     let last_event_id = last_event_id(header("last-event-id"));
-    let subscription = state.presence.subscribe(&token, last_event_id)?;
+    let subscription = state.presence.subscribe(&token, last_event_id).await?;
     let body = Body::from_stream(stream(
         subscription,
         state.heartbeat.clone(),

@@ -29,8 +29,8 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 pub use serve::serve;
 
+use crate::backend::Backend;
 use crate::config::Config;
-use crate::presence::Presence;
 use fanout::{Fanout, StreamLimits};
 use limits::{Connections, JoinLimiter, Origins};
 
@@ -40,7 +40,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    presence: Presence,
+    presence: Backend,
     /// Ticks once per keep-alive period for every stream at once; its sender is
     /// dropped at shutdown, which is how open streams learn to end.
     heartbeat: watch::Receiver<()>,
@@ -68,7 +68,7 @@ struct Accept {
 impl AppState {
     /// Starts the shared keep-alive ticker and the fan-out shards; both stop
     /// when `stop` is cancelled.
-    pub fn new(presence: Presence, config: &Config, stop: CancellationToken) -> AppState {
+    pub fn new(presence: Backend, config: &Config, stop: CancellationToken) -> AppState {
         let heartbeat = events::start_heartbeat(config.keepalive, stop.clone());
         // A few shards per core: each wake-up is short, and the cores share the work.
         let shards = std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4);

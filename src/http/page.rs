@@ -20,7 +20,7 @@ style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
 base-uri 'none'; frame-ancestors 'none'";
 
 pub async fn index(State(state): State<AppState>) -> Response {
-    let mut response = Html(render(&state.presence.users()).into_string()).into_response();
+    let mut response = Html(render(&state.presence.users().await).into_string()).into_response();
     let headers = response.headers_mut();
     // The list of who is online is only true now: never serve it from a cache.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

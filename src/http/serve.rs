@@ -185,7 +185,7 @@ async fn connection(
         Head::Events(token, last_event_id, site) => {
             // A refusal (401, 403, 429) is left to the router, which explains it.
             if let Ok(allow) = state.origins.check(&site)
-                && let Ok(mut subscription) = state.presence.subscribe(&token, last_event_id)
+                && let Ok(mut subscription) = state.presence.subscribe(&token, last_event_id).await
             {
                 tracing::debug!(user = %subscription.user, "stream opened");
                 let opening = [

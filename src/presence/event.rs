@@ -15,6 +15,10 @@ pub type EventId = u64;
 pub enum EventKind {
     NewUser,
     DisconnectUser,
+    /// The lobby's state was reloaded (a cluster node lost its place in the
+    /// shared log): every open stream gets a fresh `existing_users`, or ends
+    /// if its own user is no longer online.
+    Reset,
 }
 
 impl EventKind {
@@ -22,6 +26,7 @@ impl EventKind {
         match self {
             EventKind::NewUser => "new_user",
             EventKind::DisconnectUser => "disconnect_user",
+            EventKind::Reset => "reset",
         }
     }
 }
@@ -46,6 +51,19 @@ impl Event {
             kind,
             user,
             frame: frame(id, kind.as_str(), &data),
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Event {
+    /// Everyone online as of event `latest`, for every open stream at once.
+    pub(crate) fn reset(latest: EventId, users: &[u8]) -> Event {
+        Event {
+            id: latest,
+            kind: EventKind::Reset,
+            user: UserId::nil(),
+            frame: snapshot_frame(latest, users),
             at: Instant::now(),
         }
     }

@@ -8,6 +8,12 @@
 //!   `join_timeout` of joining;
 //! - a stream reopened within `grace` changes nothing anyone can see;
 //! - `new_user` and `disconnect_user` go out exactly once per user.
+//!
+//! A lobby is either *local* (this process decides, keeps the deadlines and
+//! numbers the events) or a *replica* of a log that a cluster keeps elsewhere:
+//! then [`Presence::apply`] feeds it each event in order, and it reports when a
+//! user's first stream on this node opens and their last one closes
+//! ([`Holding`]), so that the cluster can keep the deadlines.
 
 mod event;
 mod history;
@@ -22,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use history::History;
@@ -49,6 +55,15 @@ pub struct PresenceConfig {
     pub backlog: usize,
 }
 
+impl PresenceConfig {
+    /// How many events the history keeps: at least twice the backlog, so a
+    /// stream ended for lagging, just past it, can resume.
+    pub fn history_len(&self) -> usize {
+        self.history
+            .max(2 * self.backlog.max(1).next_power_of_two())
+    }
+}
+
 impl Default for PresenceConfig {
     fn default() -> Self {
         PresenceConfig {
@@ -65,6 +80,9 @@ impl Default for PresenceConfig {
 pub enum JoinError {
     #[error("the lobby is full ({0} users online)")]
     Full(usize),
+    /// A cluster node cannot reach the shared store, so it cannot number the join.
+    #[error("the lobby's store cannot be reached")]
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +91,60 @@ pub enum TokenError {
     Unknown,
     #[error("this token already has {MAX_STREAMS_PER_USER} open streams")]
     TooManyStreams,
+    /// A cluster node cannot reach the shared store, so it cannot record a leave.
+    #[error("the lobby's store cannot be reached")]
+    Unavailable,
+}
+
+/// What a replica reports about the streams open on this node, in the order
+/// it happened: the cluster keeps the deadlines of users no node streams to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// The user's first stream on this node opened.
+    Opened(UserId),
+    /// The user's last stream on this node closed.
+    Closed(UserId),
+}
+
+/// One change in a replica's log, as the cluster numbered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Joined {
+        user: UserId,
+        name: Name,
+        token: TokenKey,
+    },
+    Left {
+        user: UserId,
+        name: Name,
+        /// The id of the user's `new_user` event.
+        joined: EventId,
+    },
+}
+
+/// An event that does not follow the last one applied: the replica missed some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event {got} does not follow event {latest}")]
+pub struct OutOfOrder {
+    pub latest: EventId,
+    pub got: EventId,
+}
+
+/// A replica's whole state, as the cluster has it: everyone online (with the id
+/// of their `new_user` event), the newest event id, and the recent events.
+#[derive(Debug, Default)]
+pub struct Reload {
+    pub latest: EventId,
+    pub users: Vec<(EventId, UserId, Name, TokenKey)>,
+    pub history: Vec<(EventId, Change)>,
+}
+
+/// A user as a replica knows them, for a cluster that must put them back.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub user: UserId,
+    pub name: Name,
+    pub token: TokenKey,
 }
 
 /// What a joiner gets back.
@@ -112,7 +184,7 @@ pub struct Subscription {
     /// Every event after `start`, in order. A `Lagged` error means the stream
     /// fell more than `backlog` events behind and should end.
     pub events: broadcast::Receiver<Arc<Event>>,
-    _open: OpenStream,
+    open: OpenStream,
 }
 
 /// What a stream found when it read its waiting events.
@@ -135,6 +207,13 @@ impl Subscription {
 
     /// Adds `event`, which the stream has received, to `batch`.
     pub fn accept(&self, event: &Event, batch: &mut Vec<Bytes>) -> Waiting {
+        if event.kind == EventKind::Reset {
+            if !self.open.online() {
+                return Waiting::Left;
+            }
+            batch.push(event.frame.clone());
+            return Waiting::Open;
+        }
         batch.push(event.frame.clone());
         if event.kind == EventKind::DisconnectUser && event.user == self.user {
             Waiting::Left
@@ -179,6 +258,10 @@ struct Shared {
     /// Wakes the expiry task when a deadline is added or the lobby is dropped.
     expiry: Arc<Notify>,
     config: PresenceConfig,
+    /// Where a replica reports its streams; `None` in a local lobby.
+    holding: Option<mpsc::UnboundedSender<Holding>>,
+    /// The newest event applied, for those waiting until an event is.
+    applied: watch::Sender<EventId>,
 }
 
 #[derive(Debug)]
@@ -196,6 +279,9 @@ struct State {
     /// Sent to while the lock is held, so that a snapshot taken under the lock and
     /// the events received after it meet exactly: nothing missed, nothing twice.
     sender: broadcast::Sender<Arc<Event>>,
+    /// A replica's joins waiting for their `new_user`: each gets the users list
+    /// as it was just before.
+    joining: HashMap<UserId, oneshot::Sender<Bytes>>,
 }
 
 #[derive(Debug)]
@@ -214,26 +300,41 @@ impl Presence {
     /// Creates an empty lobby and its expiry task, which ends when the last
     /// handle (and the last open stream) is dropped. Needs a tokio runtime.
     pub fn new(config: PresenceConfig) -> Presence {
+        let presence = Presence::with(config, None);
+        let shared = &presence.shared;
+        tokio::spawn(expire_users(Arc::downgrade(shared), shared.expiry.clone()));
+        presence
+    }
+
+    /// Creates an empty replica: it keeps no deadlines and numbers nothing
+    /// itself. It reports its streams on the receiver it returns.
+    pub fn replica(config: PresenceConfig) -> (Presence, mpsc::UnboundedReceiver<Holding>) {
+        let (holding, reports) = mpsc::unbounded_channel();
+        (Presence::with(config, Some(holding)), reports)
+    }
+
+    fn with(config: PresenceConfig, holding: Option<mpsc::UnboundedSender<Holding>>) -> Presence {
         // tokio's broadcast channel rounds its capacity up to a power of two; the
         // history is kept at least twice that long, so a lagged stream, just past
         // the backlog, can resume.
         let backlog = config.backlog.max(1).next_power_of_two();
         let (sender, _) = broadcast::channel(backlog);
-        let expiry = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 users: BTreeMap::new(),
                 tokens: HashMap::new(),
                 deadlines: BTreeSet::new(),
                 roster: Roster::default(),
-                history: History::new(config.history.max(2 * backlog)),
+                history: History::new(config.history_len()),
                 latest: 0,
                 sender,
+                joining: HashMap::new(),
             }),
-            expiry: expiry.clone(),
+            expiry: Arc::new(Notify::new()),
             config,
+            holding,
+            applied: watch::Sender::new(0),
         });
-        tokio::spawn(expire_users(Arc::downgrade(&shared), expiry));
         Presence { shared }
     }
 
@@ -258,20 +359,11 @@ impl Presence {
         }
         let users = state.users_json();
         let seq = state.publish(EventKind::NewUser, id, &name);
+        state.add(seq, id, name.clone(), key);
         let deadline = Instant::now() + config.join_timeout;
-        state.users.insert(
-            seq,
-            User {
-                id,
-                name: name.clone(),
-                token: key,
-                streams: 0,
-                ever_streamed: false,
-                deadline: Some(deadline),
-            },
-        );
-        state.tokens.insert(key, seq);
-        state.roster.added(seq);
+        if let Some(user) = state.users.get_mut(&seq) {
+            user.deadline = Some(deadline);
+        }
         state.deadlines.insert((deadline, seq));
         drop(state);
         self.shared.expiry.notify_one();
@@ -306,6 +398,9 @@ impl Presence {
             state.deadlines.remove(&(deadline, seq));
         }
         let id = user.id;
+        if user.streams == 1 {
+            self.shared.report(Holding::Opened(id));
+        }
         let replay =
             last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
         let start = match replay {
@@ -316,9 +411,9 @@ impl Presence {
             user: id,
             start,
             events: state.sender.subscribe(),
-            _open: OpenStream {
+            open: OpenStream {
                 shared: self.shared.clone(),
-                seq,
+                token: key,
             },
         })
     }
@@ -357,6 +452,147 @@ impl Presence {
     }
 }
 
+/// A replica: the cluster feeds it the shared log and asks what it holds.
+impl Presence {
+    /// Applies the next event of the shared log: `id` must follow the newest
+    /// one applied, or nothing changes and the cluster must [`reload`](Self::reload).
+    pub fn apply(&self, id: EventId, change: Change) -> Result<(), OutOfOrder> {
+        let mut state = self.shared.lock();
+        if id != state.latest + 1 {
+            return Err(OutOfOrder {
+                latest: state.latest,
+                got: id,
+            });
+        }
+        match change {
+            Change::Joined { user, name, token } => {
+                if let Some(waiting) = state.joining.remove(&user) {
+                    let _ = waiting.send(state.users_json());
+                }
+                state.publish(EventKind::NewUser, user, &name);
+                state.add(id, user, name, token);
+            }
+            Change::Left { user, name, joined } => {
+                if state
+                    .users
+                    .get(&joined)
+                    .is_some_and(|known| known.id == user)
+                {
+                    state.remove(joined);
+                } else {
+                    // Not known here (it cannot happen in order), but the
+                    // event is still the log's: every stream gets it.
+                    state.publish(EventKind::DisconnectUser, user, &name);
+                }
+            }
+        }
+        drop(state);
+        self.shared.applied.send_replace(id);
+        Ok(())
+    }
+
+    /// Replaces everything with the cluster's state. Every open stream gets
+    /// a fresh `existing_users` and goes on (or ends, if its user is gone);
+    /// users who are still online keep their streams here. Joins waiting for
+    /// their event are let go.
+    pub fn reload(&self, reload: Reload) {
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        let streams: HashMap<TokenKey, (u8, bool)> = state
+            .users
+            .values()
+            .filter(|user| user.streams > 0)
+            .map(|user| (user.token, (user.streams, user.ever_streamed)))
+            .collect();
+        state.users.clear();
+        state.tokens.clear();
+        state.deadlines.clear();
+        state.joining.clear();
+        state.roster = Roster::default();
+        state.history = History::new(self.shared.config.history_len());
+        for (id, change) in reload.history {
+            let (kind, user, name) = match change {
+                Change::Joined { user, name, .. } => (EventKind::NewUser, user, name),
+                Change::Left { user, name, .. } => (EventKind::DisconnectUser, user, name),
+            };
+            state
+                .history
+                .push(Arc::new(Event::new(id, kind, user, &name)));
+        }
+        state.latest = reload.latest;
+        for (seq, user, name, token) in reload.users {
+            state.add(seq, user, name, token);
+            if let (Some(&(count, ever)), Some(user)) =
+                (streams.get(&token), state.users.get_mut(&seq))
+            {
+                user.streams = count;
+                user.ever_streamed = ever;
+            }
+        }
+        let users = state.users_json();
+        let _ = state
+            .sender
+            .send(Arc::new(Event::reset(state.latest, &users)));
+        self.shared.applied.send_replace(state.latest);
+    }
+
+    /// The users list as it is just before `user`'s `new_user` is applied.
+    /// Ask before the join is sent to the cluster; the receiver fails if the
+    /// replica is reloaded first.
+    pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Bytes> {
+        let (sender, receiver) = oneshot::channel();
+        self.shared.lock().joining.insert(user, sender);
+        receiver
+    }
+
+    /// Forgets a join that [`expect_join`](Self::expect_join) waited for.
+    pub fn forget_join(&self, user: UserId) {
+        self.shared.lock().joining.remove(&user);
+    }
+
+    /// The user holding `token`, as far as this lobby knows.
+    pub fn user_of(&self, token: &Token) -> Option<UserId> {
+        let key = token.key();
+        let state = self.shared.lock();
+        let seq = state.tokens.get(&key)?;
+        state.users.get(seq).map(|user| user.id)
+    }
+
+    /// Everyone with a stream open on this node.
+    pub fn holding(&self) -> Vec<UserId> {
+        let state = self.shared.lock();
+        state
+            .users
+            .values()
+            .filter(|user| user.streams > 0)
+            .map(|user| user.id)
+            .collect()
+    }
+
+    /// Everyone this lobby knows to be online, oldest first.
+    pub fn known(&self) -> Vec<Known> {
+        let state = self.shared.lock();
+        state
+            .users
+            .values()
+            .map(|user| Known {
+                user: user.id,
+                name: user.name.clone(),
+                token: user.token,
+            })
+            .collect()
+    }
+
+    /// Waits (at most `patience`) until event `id` has been applied; says
+    /// whether it was.
+    pub async fn applied(&self, id: EventId, patience: Duration) -> bool {
+        let mut applied = self.shared.applied.subscribe();
+        tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= id))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub users: usize,
@@ -366,6 +602,14 @@ pub struct Stats {
 }
 
 impl Shared {
+    /// Tells the cluster, if there is one, about a user's streams on this node.
+    fn report(&self, holding: Holding) {
+        if let Some(reports) = &self.holding {
+            // An error only means the cluster is gone (the lobby is stopping).
+            let _ = reports.send(holding);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a
         // way later calls would misread, so a poisoned lock is still usable.
@@ -416,6 +660,23 @@ impl State {
             .json(|range| users.range(range).map(|(_, user)| (&user.id, &user.name)))
     }
 
+    /// Adds a user whose `new_user` event is `seq`, with no stream and no deadline.
+    fn add(&mut self, seq: EventId, id: UserId, name: Name, token: TokenKey) {
+        self.users.insert(
+            seq,
+            User {
+                id,
+                name,
+                token,
+                streams: 0,
+                ever_streamed: false,
+                deadline: None,
+            },
+        );
+        self.tokens.insert(token, seq);
+        self.roster.added(seq);
+    }
+
     fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
         self.latest += 1;
         let event = Arc::new(Event::new(self.latest, kind, user, name));
@@ -438,10 +699,18 @@ impl State {
 }
 
 /// Counts one open stream; dropping it is how presence learns the stream closed.
+/// Found by the token's key, which (unlike the id of the user's `new_user`)
+/// stays the same when a cluster node reloads.
 #[derive(Debug)]
 struct OpenStream {
     shared: Arc<Shared>,
-    seq: EventId,
+    token: TokenKey,
+}
+
+impl OpenStream {
+    fn online(&self) -> bool {
+        self.shared.lock().tokens.contains_key(&self.token)
+    }
 }
 
 impl Drop for OpenStream {
@@ -450,13 +719,20 @@ impl Drop for OpenStream {
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         // The user may be gone already (they left); then there is nothing to do.
-        let Some(user) = state.users.get_mut(&self.seq) else {
+        let Some(&seq) = state.tokens.get(&self.token) else {
+            return;
+        };
+        // A reload may have found the user gone and a later one put them
+        // back, with no streams counted here: then this one is not counted.
+        let Some(user) = state.users.get_mut(&seq).filter(|user| user.streams > 0) else {
             return;
         };
         user.streams -= 1;
-        if user.streams == 0 {
+        if user.streams == 0 && self.shared.holding.is_some() {
+            self.shared.report(Holding::Closed(user.id));
+        } else if user.streams == 0 {
             user.deadline = Some(deadline);
-            state.deadlines.insert((deadline, self.seq));
+            state.deadlines.insert((deadline, seq));
             drop(guard);
             self.shared.expiry.notify_one();
         }

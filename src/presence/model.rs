@@ -276,6 +276,9 @@ impl Client {
                 prop_assert!(self.view.contains(&who), "{:?} removed while absent", who);
                 self.view.retain(|p| p != &who);
             }
+            EventKind::Reset => {
+                return Err(TestCaseError::fail("a local lobby never reloads"));
+            }
         }
         self.last = frame.id;
         Ok(())
@@ -455,6 +458,7 @@ impl Run {
                 prop_assert_eq!(online, MAX_USERS);
                 Ok(None)
             }
+            Err(JoinError::Unavailable) => Err(TestCaseError::fail("a local lobby has no store")),
         }
     }
 

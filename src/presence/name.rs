@@ -73,6 +73,16 @@ impl UserId {
     pub(crate) fn random() -> UserId {
         UserId(uuid::Uuid::new_v4())
     }
+
+    /// No one's id: the user of an event that is about no one.
+    pub(crate) fn nil() -> UserId {
+        UserId(uuid::Uuid::nil())
+    }
+
+    /// Reads an id as [`fmt::Display`] writes it (from another node, through Redis).
+    pub fn parse(text: &str) -> Option<UserId> {
+        uuid::Uuid::try_parse(text).ok().map(UserId)
+    }
 }
 
 impl fmt::Debug for UserId {
@@ -97,12 +107,7 @@ pub struct Token(Box<str>);
 impl Token {
     pub(crate) fn random() -> Token {
         let bytes: [u8; 32] = rand::random();
-        let mut hex = String::with_capacity(64);
-        for byte in bytes {
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
-        }
-        Token(hex.into_boxed_str())
+        Token(hex(&bytes).into_boxed_str())
     }
 
     /// Wraps a token a client sent; whether it is known is for presence to say.
@@ -127,6 +132,35 @@ impl Token {
 /// says nothing about the token's.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    /// 64 hex digits: how the key is stored in Redis. It is not the token.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<TokenKey> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut key = [0; 32];
+        for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(TokenKey(key))
+    }
+}
+
+/// Lower-case hex, two digits a byte.
+fn hex(bytes: &[u8]) -> String {
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
 
 impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -209,5 +243,16 @@ mod tests {
     fn a_token_never_shows_in_debug_output() {
         let token = Token::random();
         assert!(!format!("{token:?}").contains(token.expose()));
+    }
+
+    #[test]
+    fn a_token_key_and_a_user_id_survive_their_text_form() {
+        let key = Token::random().key();
+        assert_eq!(TokenKey::from_hex(&key.to_hex()), Some(key));
+        assert_eq!(TokenKey::from_hex("zz"), None);
+        assert_eq!(TokenKey::from_hex(&"g".repeat(64)), None);
+        let id = UserId::random();
+        assert_eq!(UserId::parse(&id.to_string()), Some(id));
+        assert_eq!(UserId::parse("not an id"), None);
     }
 }

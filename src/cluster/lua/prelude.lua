@@ -1,0 +1,95 @@
+-- Shared by every lobby script: each script is this text followed by its own.
+-- A script runs whole, with nothing in between, so every rule below holds at
+-- once for every node. The keys:
+--   lobby:epoch        the log's identity; a new one means the log began again
+--   lobby:seq          the newest event id
+--   lobby:log          the events, a stream whose entry ids are <event id>-0
+--   lobby:users        user id -> "<id of their new_user> <token key> <name>"
+--   lobby:deadlines    user id -> when they go offline (ms, Redis's clock);
+--                      only users no node streams to have one
+--   lobby:why          user id -> why that deadline: "join timeout",
+--                      "grace expired" or "node lost"
+--   lobby:nodes        node id -> its last heartbeat (ms)
+--   lobby:held:<node>  the users with a stream open on that node
+--   lobby:on:<user>    the nodes with a stream of that user open
+
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- Appends an event; its id is the next event id, so ids mean the same on
+-- every node and the stream's order is the lobby's.
+local function publish(history, fields)
+  local seq = redis.call('INCR', 'lobby:seq')
+  redis.call('XADD', 'lobby:log', 'MAXLEN', '~', history, seq .. '-0', unpack(fields))
+  return seq
+end
+
+local function user_of(user)
+  local entry = redis.call('HGET', 'lobby:users', user)
+  if not entry then
+    return nil
+  end
+  return string.match(entry, '^(%d+) (%x+) (.*)$')
+end
+
+local function add_user(history, user, token, name, deadline, why)
+  local seq = publish(history, {'k', 'new_user', 'u', user, 'n', name, 't', token})
+  redis.call('HSET', 'lobby:users', user, seq .. ' ' .. token .. ' ' .. name)
+  redis.call('ZADD', 'lobby:deadlines', deadline, user)
+  redis.call('HSET', 'lobby:why', user, why)
+  return seq
+end
+
+-- Takes a user offline and announces it; 0 if they were not online.
+local function remove_user(history, user, reason)
+  local joined, _, name = user_of(user)
+  if not joined then
+    return 0
+  end
+  redis.call('HDEL', 'lobby:users', user)
+  redis.call('ZREM', 'lobby:deadlines', user)
+  redis.call('HDEL', 'lobby:why', user)
+  for _, node in ipairs(redis.call('SMEMBERS', 'lobby:on:' .. user)) do
+    redis.call('SREM', 'lobby:held:' .. node, user)
+  end
+  redis.call('DEL', 'lobby:on:' .. user)
+  return publish(history, {'k', 'disconnect_user', 'u', user, 'n', name, 's', joined, 'r', reason})
+end
+
+-- A node opened the user's first stream there: no deadline while it is open.
+local function hold(node, user)
+  if redis.call('HEXISTS', 'lobby:users', user) == 0 then
+    return
+  end
+  redis.call('SADD', 'lobby:held:' .. node, user)
+  redis.call('SADD', 'lobby:on:' .. user, node)
+  redis.call('ZREM', 'lobby:deadlines', user)
+  redis.call('HDEL', 'lobby:why', user)
+end
+
+-- A node closed the user's last stream there; once no node has one, the user
+-- goes offline at `deadline` unless a stream opens again.
+local function release(node, user, deadline, why)
+  if redis.call('SREM', 'lobby:held:' .. node, user) == 0 then
+    return
+  end
+  redis.call('SREM', 'lobby:on:' .. user, node)
+  if redis.call('SCARD', 'lobby:on:' .. user) == 0
+      and redis.call('HEXISTS', 'lobby:users', user) == 1
+      and redis.call('ZADD', 'lobby:deadlines', 'NX', deadline, user) == 1 then
+    redis.call('HSET', 'lobby:why', user, why)
+  end
+end
+
+-- Records that `node` is alive; says whether it was known (1) or had been
+-- taken for dead or never seen (0), in which case it must report all it holds.
+local function heartbeat(node)
+  local known = redis.call('ZSCORE', 'lobby:nodes', node)
+  redis.call('ZADD', 'lobby:nodes', now_ms(), node)
+  if known then
+    return 1
+  end
+  return 0
+end

@@ -1,0 +1,513 @@
+//! Cluster mode (`--redis`): several lobby nodes, one lobby. Redis holds the
+//! truth; each node keeps a replica of it in a local [`Presence`] and serves
+//! its streams from there, exactly as a single process does.
+//!
+//! - **One log.** Every join and leave is a Lua script that numbers the event
+//!   (`INCR lobby:seq`) and appends it to a Redis stream whose entry id is that
+//!   number (`XADD lobby:log <id>-0`, trimmed to the history). So an event id is
+//!   the same integer on every node, every node applies events in one order,
+//!   and a stream that resumes on another node with `Last-Event-ID` gets a
+//!   replay from that node's copy of the same history.
+//! - **Each node follows it** (`XREAD BLOCK`) and applies each event to its
+//!   replica, which fans it out. A gap (the node fell behind the trimmed log, or
+//!   the log began again) reloads the replica, ending its streams; their
+//!   clients reconnect and get a snapshot.
+//! - **Deadlines live in Redis.** A node reports when a user's first stream on
+//!   it opens and their last one closes; a user no node streams to gets a
+//!   deadline. Every node reaps due deadlines with one script, so each
+//!   `disconnect_user` is written exactly once, whichever node gets there first.
+//! - **Nodes heartbeat.** A node whose heartbeat is older than `--node-timeout`
+//!   is taken for dead: its users start grace from its last heartbeat, and its
+//!   keys are deleted.
+//! - **Redis away.** Streams stay open and are served from the replica; joins
+//!   and leaves get 503. When Redis is back, the node reports everything it
+//!   holds again; if the log is gone, it puts back the users it knew (they start
+//!   grace) and begins following the new log.
+
+mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::presence::{
+    Event, EventId, Holding, JoinError, Joined, Name, Presence, PresenceConfig, Subscription,
+    Token, TokenError, UserId, UserView,
+};
+use store::{Joining, Store};
+
+/// How long a request waits for this node to apply an event it knows exists.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How long a read first asks Redis for the newest event id, so that it sees
+/// every write another node finished; past this it answers from the replica.
+const SYNC_READ: Duration = Duration::from_millis(250);
+
+/// How long the log reader blocks on Redis for new events at a time.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+
+/// Waits between attempts to reach Redis: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// How long a node waits for Redis at start before serving anyway.
+const START_PATIENCE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub presence: PresenceConfig,
+    pub node_timeout: Duration,
+}
+
+/// One node of a lobby shared through Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    presence: Presence,
+    store: Store,
+    config: ClusterConfig,
+    node: String,
+    /// Since when this node has been in step with Redis; `None` while it is not.
+    in_step: Mutex<Option<Instant>>,
+    /// Wakes the reaper when this node made a deadline.
+    reap: Notify,
+    /// Asks the reporter to report everything this node holds.
+    resync: Notify,
+}
+
+/// Whether a node is in step with Redis, for /healthz.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Whether the node follows the log in Redis now.
+    pub redis_up: bool,
+    pub node: String,
+}
+
+impl Cluster {
+    /// Starts following the lobby in `url`'s Redis and waits (a few seconds at
+    /// most) until this node is in step with it. The node's tasks end with `stop`.
+    pub async fn start(
+        url: &str,
+        config: ClusterConfig,
+        stop: CancellationToken,
+    ) -> redis::RedisResult<Cluster> {
+        let store = Store::new(url, config.presence.history_len())?;
+        let (presence, reports) = Presence::replica(config.presence.clone());
+        let node = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let cluster = Cluster {
+            shared: Arc::new(Shared {
+                presence,
+                store,
+                config,
+                node,
+                in_step: Mutex::new(None),
+                reap: Notify::new(),
+                resync: Notify::new(),
+            }),
+        };
+        tracing::info!(node = %cluster.shared.node, "cluster node starting");
+        tokio::spawn(follow(cluster.clone(), stop.clone()));
+        tokio::spawn(report(cluster.clone(), reports, stop.clone()));
+        tokio::spawn(reap(cluster.clone(), stop));
+        let started = Instant::now();
+        while cluster.in_step_since().is_none() && started.elapsed() < START_PATIENCE {
+            tokio::time::sleep(BACKOFF.0).await;
+        }
+        if cluster.in_step_since().is_none() {
+            tracing::warn!("cannot reach Redis yet; serving the streams this node has, and trying");
+        }
+        Ok(cluster)
+    }
+
+    pub fn config(&self) -> &PresenceConfig {
+        self.shared.presence.config()
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.presence.events()
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            redis_up: self.in_step_since().is_some(),
+            node: self.shared.node.clone(),
+        }
+    }
+
+    pub async fn join(&self, name: Name) -> Result<Joined, JoinError> {
+        let shared = &self.shared;
+        let (id, token) = (UserId::random(), Token::random());
+        let before = shared.presence.expect_join(id);
+        let config = &shared.config.presence;
+        let joining = shared
+            .store
+            .join(
+                config.max_users,
+                config.join_timeout,
+                id,
+                token.key(),
+                &name,
+            )
+            .await;
+        let failed = match joining {
+            Ok(Joining::Joined) => None,
+            Ok(Joining::Full(online)) => Some(JoinError::Full(online)),
+            Err(err) => {
+                tracing::warn!("join not recorded: {err}");
+                Some(JoinError::Unavailable)
+            }
+        };
+        if let Some(err) = failed {
+            shared.presence.forget_join(id);
+            return Err(err);
+        }
+        shared.reap.notify_one();
+        // The users list just before the join, once the join comes back
+        // through the log; if it is slow to, the list as this node has it.
+        let users = match tokio::time::timeout(CATCH_UP, before).await {
+            Ok(Ok(users)) => users,
+            _ => shared.presence.users_json(),
+        };
+        tracing::info!(%id, name = ?name, "joined");
+        Ok(Joined {
+            id,
+            name,
+            token,
+            users,
+        })
+    }
+
+    pub async fn leave(&self, token: &Token) -> Result<UserId, TokenError> {
+        self.sync().await;
+        let user = self
+            .shared
+            .presence
+            .user_of(token)
+            .ok_or(TokenError::Unknown)?;
+        match self.shared.store.leave(user, token.key()).await {
+            Ok(Some(seq)) => {
+                self.shared.presence.applied(seq, CATCH_UP).await;
+                tracing::info!(id = %user, reason = "leave", "left");
+                Ok(user)
+            }
+            Ok(None) => Err(TokenError::Unknown),
+            Err(err) => {
+                tracing::warn!("leave not recorded: {err}");
+                Err(TokenError::Unavailable)
+            }
+        }
+    }
+
+    pub async fn subscribe(
+        &self,
+        token: &Token,
+        last_event_id: Option<EventId>,
+    ) -> Result<Subscription, TokenError> {
+        self.sync().await;
+        self.shared.presence.subscribe(token, last_event_id)
+    }
+
+    pub async fn users(&self) -> Vec<UserView> {
+        self.sync().await;
+        self.shared.presence.users()
+    }
+
+    pub async fn users_json(&self) -> Bytes {
+        self.sync().await;
+        self.shared.presence.users_json()
+    }
+
+    /// This node stops: the users it streams to start grace (their clients
+    /// reconnect to another node) and it is forgotten at once.
+    pub async fn retire(&self) {
+        let shared = &self.shared;
+        match tokio::time::timeout(
+            CATCH_UP,
+            shared
+                .store
+                .retire(&shared.node, shared.config.presence.grace),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(node = %shared.node, "left the cluster"),
+            _ => {
+                tracing::warn!("could not tell Redis this node stopped; it will be taken for dead")
+            }
+        }
+    }
+
+    /// Waits until this node has applied every event Redis had when asked, so
+    /// a read here sees what any node finished writing before it.
+    async fn sync(&self) {
+        if let Ok(Ok(latest)) = tokio::time::timeout(SYNC_READ, self.shared.store.latest()).await {
+            self.shared.presence.applied(latest, CATCH_UP).await;
+        }
+    }
+
+    fn in_step_since(&self) -> Option<Instant> {
+        *self
+            .shared
+            .in_step
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_in_step(&self, in_step: bool) {
+        let mut since = self
+            .shared
+            .in_step
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match (in_step, since.is_some()) {
+            (true, false) => {
+                *since = Some(Instant::now());
+                tracing::info!("in step with Redis");
+            }
+            (false, true) => {
+                *since = None;
+                tracing::warn!("lost Redis; streams stay open, joins and leaves wait");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Doubling waits between attempts, from `BACKOFF.0` to `BACKOFF.1`.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(BACKOFF.0)
+    }
+
+    async fn wait(&mut self, stop: &CancellationToken) {
+        tokio::select! {
+            () = tokio::time::sleep(self.0) => {}
+            () = stop.cancelled() => {}
+        }
+        self.0 = (self.0 * 2).min(BACKOFF.1);
+    }
+
+    fn reset(&mut self) {
+        self.0 = BACKOFF.0;
+    }
+}
+
+/// Follows the log into the replica, reconnecting with backoff.
+async fn follow(cluster: Cluster, stop: CancellationToken) {
+    let shared = &cluster.shared;
+    let mut epoch: Option<String> = None;
+    let mut backoff = Backoff::new();
+    while !stop.is_cancelled() {
+        let mut connection = match shared.store.reader().await {
+            Ok(connection) => connection,
+            Err(err) => {
+                tracing::debug!("cannot reach Redis: {err}");
+                cluster.set_in_step(false);
+                backoff.wait(&stop).await;
+                continue;
+            }
+        };
+        if let Err(err) = catch_up(&cluster, &mut epoch).await {
+            tracing::debug!("cannot load the lobby from Redis: {err}");
+            cluster.set_in_step(false);
+            backoff.wait(&stop).await;
+            continue;
+        }
+        cluster.set_in_step(true);
+        backoff.reset();
+        loop {
+            let after = shared.presence.stats().latest_event;
+            let read = tokio::select! {
+                read = tokio::time::timeout(
+                    READ_BLOCK + store::RESPONSE_SLACK,
+                    store::read_log(&mut connection, after, READ_BLOCK),
+                ) => read,
+                () = stop.cancelled() => return,
+            };
+            let entries = match read {
+                Ok(Ok(entries)) => entries,
+                Ok(Err(err)) => {
+                    tracing::debug!("lost the log: {err}");
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!("the log did not answer in time");
+                    break;
+                }
+            };
+            let mut in_order = true;
+            for (id, change) in entries {
+                if let Err(gap) = shared.presence.apply(id, change) {
+                    tracing::info!("{gap}: reloading from Redis");
+                    in_order = false;
+                    break;
+                }
+            }
+            if !in_order {
+                if let Err(err) = catch_up(&cluster, &mut epoch).await {
+                    tracing::debug!("cannot reload the lobby: {err}");
+                    break;
+                }
+            }
+        }
+        cluster.set_in_step(false);
+        backoff.wait(&stop).await;
+    }
+}
+
+/// Brings the replica in step with Redis after a start, a gap or a reconnect:
+/// if the log is the one it followed and still holds what came next, nothing
+/// is to be done (the next read continues it); otherwise the replica reloads.
+/// If the log began again, the users this node knew are put back first.
+async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::RedisResult<()> {
+    let shared = &cluster.shared;
+    let latest = shared.presence.stats().latest_event;
+    let fresh = uuid::Uuid::new_v4().simple().to_string();
+    let current = shared.store.epoch(&fresh, latest).await?;
+    let same_log = epoch.as_deref() == Some(current.as_str());
+    if same_log && continues(shared, latest).await? {
+        return Ok(());
+    }
+    if epoch.is_some() && !same_log {
+        let known = shared.presence.known();
+        let added = shared
+            .store
+            .restore(shared.config.presence.grace, &known)
+            .await?;
+        tracing::warn!(
+            known = known.len(),
+            added,
+            "the lobby's log in Redis began again; put back the users this node knew"
+        );
+    }
+    let (epoch_now, reload) = shared.store.state().await?;
+    tracing::info!(
+        users = reload.users.len(),
+        latest = reload.latest,
+        "loaded the lobby from Redis"
+    );
+    shared.presence.reload(reload);
+    *epoch = Some(epoch_now);
+    shared.resync.notify_one();
+    Ok(())
+}
+
+/// Whether the log still holds every event after `latest`.
+async fn continues(shared: &Shared, latest: EventId) -> redis::RedisResult<bool> {
+    let newest = shared.store.latest().await?;
+    if newest <= latest {
+        return Ok(newest == latest);
+    }
+    Ok(shared
+        .store
+        .oldest()
+        .await?
+        .is_some_and(|oldest| oldest <= latest + 1))
+}
+
+/// Tells Redis, in order, when users' first streams on this node open and
+/// their last ones close, and beats the node's heart. After any failure (and
+/// whenever Redis did not know the node) it reports everything it holds.
+async fn report(
+    cluster: Cluster,
+    mut reports: mpsc::UnboundedReceiver<Holding>,
+    stop: CancellationToken,
+) {
+    let shared = &cluster.shared;
+    let grace = shared.config.presence.grace;
+    let mut beat = tokio::time::interval(shared.config.node_timeout / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut whole = true;
+    let mut backoff = Backoff::new();
+    let mut batch = Vec::new();
+    loop {
+        if whole {
+            let holding = shared.presence.holding();
+            match shared.store.sync(&shared.node, grace, &holding).await {
+                Ok(()) => {
+                    whole = false;
+                    backoff.reset();
+                    shared.reap.notify_one();
+                }
+                Err(err) => {
+                    tracing::debug!("cannot report to Redis: {err}");
+                    backoff.wait(&stop).await;
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        batch.clear();
+        tokio::select! {
+            received = reports.recv_many(&mut batch, 1024) => if received == 0 { return },
+            _ = beat.tick() => {}
+            () = shared.resync.notified() => {
+                whole = true;
+                continue;
+            }
+            () = stop.cancelled() => return,
+        }
+        match shared.store.report(&shared.node, grace, &batch).await {
+            Ok(known) => whole |= !known,
+            Err(err) => {
+                tracing::debug!("cannot report to Redis: {err}");
+                whole = true;
+            }
+        }
+        if batch
+            .iter()
+            .any(|holding| matches!(holding, Holding::Closed(_)))
+        {
+            shared.reap.notify_one();
+        }
+    }
+}
+
+/// Takes offline the users whose deadline passed, and notices dead nodes.
+/// It runs at the next deadline it knows of, when woken by a new one, and at
+/// least three times per node timeout. A node that has just come back to Redis
+/// waits a whole node timeout before taking anyone else for dead, so that the
+/// other nodes have had time to come back too.
+async fn reap(cluster: Cluster, stop: CancellationToken) {
+    let shared = &cluster.shared;
+    let config = &shared.config;
+    let period = config.node_timeout / 3;
+    loop {
+        let look_for_lost = cluster
+            .in_step_since()
+            .is_some_and(|since| since.elapsed() >= config.node_timeout);
+        let wait = match shared
+            .store
+            .reap(config.node_timeout, config.presence.grace, look_for_lost)
+            .await
+        {
+            Ok(reaped) => {
+                if reaped.lost_nodes > 0 {
+                    tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
+                }
+                for (id, name, reason) in &reaped.gone {
+                    tracing::info!(%id, name = ?name, reason = %reason, "left");
+                }
+                reaped.next.map_or(period, |next| next.min(period))
+            }
+            Err(err) => {
+                tracing::debug!("cannot reap: {err}");
+                period
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.reap.notified() => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}

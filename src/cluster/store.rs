@@ -1,0 +1,378 @@
+//! What the cluster keeps in Redis, and the only code that talks to it. Every
+//! change is one Lua script (in `lua/`), so each rule holds atomically for all
+//! nodes; this file calls them and reads their answers into presence's types.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncConnectionConfig, AsyncTypedCommands, Client, RedisResult, Script, Value};
+
+use crate::presence::{Change, EventId, Holding, Known, Name, Reload, TokenKey, UserId};
+
+/// The stream that holds the log.
+const LOG: &str = "lobby:log";
+
+/// How long a command may take before Redis counts as unreachable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much longer than its block time a read of the log may take.
+pub(super) const RESPONSE_SLACK: Duration = RESPONSE_TIMEOUT;
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!($file)
+        ))
+    };
+}
+
+struct Scripts {
+    join: Script,
+    leave: Script,
+    report: Script,
+    sync: Script,
+    retire: Script,
+    reap: Script,
+    epoch: Script,
+    state: Script,
+    restore: Script,
+}
+
+/// A handle to the shared store. Cheap to clone; commands share one
+/// connection, which reconnects by itself.
+#[derive(Clone)]
+pub(super) struct Store {
+    client: Client,
+    commands: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    /// How many events the log keeps (MAXLEN ~).
+    history: usize,
+}
+
+/// What `join` found.
+pub(super) enum Joining {
+    Joined,
+    Full(usize),
+}
+
+/// What a reap did.
+pub(super) struct Reaped {
+    pub lost_nodes: u64,
+    /// Each user taken offline: id, name and why.
+    pub gone: Vec<(String, String, String)>,
+    /// How long until the next deadline, if there is one.
+    pub next: Option<Duration>,
+}
+
+impl Store {
+    pub(super) fn new(url: &str, history: usize) -> RedisResult<Store> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let scripts = Scripts {
+            join: script!("lua/join.lua"),
+            leave: script!("lua/leave.lua"),
+            report: script!("lua/report.lua"),
+            sync: script!("lua/sync.lua"),
+            retire: script!("lua/retire.lua"),
+            reap: script!("lua/reap.lua"),
+            epoch: script!("lua/epoch.lua"),
+            state: script!("lua/state.lua"),
+            restore: script!("lua/restore.lua"),
+        };
+        Ok(Store {
+            client,
+            commands,
+            scripts: std::sync::Arc::new(scripts),
+            history,
+        })
+    }
+
+    /// A connection of its own for reading the log, whose reads block: it has
+    /// no response timeout of its own (the reader puts one around each read).
+    pub(super) async fn reader(&self) -> RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    pub(super) async fn join(
+        &self,
+        max_users: usize,
+        join_timeout: Duration,
+        user: UserId,
+        token: TokenKey,
+        name: &Name,
+    ) -> RedisResult<Joining> {
+        let (seq, online): (EventId, usize) = self
+            .scripts
+            .join
+            .arg(self.history)
+            .arg(max_users)
+            .arg(millis(join_timeout))
+            .arg(user.to_string())
+            .arg(token.to_hex())
+            .arg(name.as_str())
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(if seq == 0 {
+            Joining::Full(online)
+        } else {
+            Joining::Joined
+        })
+    }
+
+    /// The id of the `disconnect_user` event, or `None` if the user was not online.
+    pub(super) async fn leave(
+        &self,
+        user: UserId,
+        token: TokenKey,
+    ) -> RedisResult<Option<EventId>> {
+        let seq: EventId = self
+            .scripts
+            .leave
+            .arg(self.history)
+            .arg(user.to_string())
+            .arg(token.to_hex())
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    /// Reports streams opened and closed on `node` (none: a heartbeat). Says
+    /// whether the node was known; if not, it must [`sync`](Self::sync).
+    pub(super) async fn report(
+        &self,
+        node: &str,
+        grace: Duration,
+        holdings: &[Holding],
+    ) -> RedisResult<bool> {
+        let mut call = self.scripts.report.arg(node);
+        call.arg(millis(grace));
+        for holding in holdings {
+            match holding {
+                Holding::Opened(user) => call.arg("o").arg(user.to_string()),
+                Holding::Closed(user) => call.arg("c").arg(user.to_string()),
+            };
+        }
+        let known: u8 = call.invoke_async(&mut self.commands.clone()).await?;
+        Ok(known == 1)
+    }
+
+    /// Makes `node`'s holds exactly `users`.
+    pub(super) async fn sync(
+        &self,
+        node: &str,
+        grace: Duration,
+        users: &[UserId],
+    ) -> RedisResult<()> {
+        let mut call = self.scripts.sync.arg(node);
+        call.arg(millis(grace));
+        for user in users {
+            call.arg(user.to_string());
+        }
+        call.invoke_async::<()>(&mut self.commands.clone()).await
+    }
+
+    /// The node is stopping: its users start grace and it is forgotten.
+    pub(super) async fn retire(&self, node: &str, grace: Duration) -> RedisResult<()> {
+        self.scripts
+            .retire
+            .arg(node)
+            .arg(millis(grace))
+            .invoke_async::<()>(&mut self.commands.clone())
+            .await
+    }
+
+    pub(super) async fn reap(
+        &self,
+        node_timeout: Duration,
+        grace: Duration,
+        look_for_lost_nodes: bool,
+    ) -> RedisResult<Reaped> {
+        let values: Vec<Value> = self
+            .scripts
+            .reap
+            .arg(self.history)
+            .arg(millis(node_timeout))
+            .arg(millis(grace))
+            .arg(u8::from(look_for_lost_nodes))
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        let number = |value: &Value| redis::from_redis_value_ref::<i64>(value).unwrap_or(-1);
+        let (Some(first), Some(last)) = (values.first(), values.last()) else {
+            return Err(malformed("reap"));
+        };
+        let gone = values[1..values.len() - 1]
+            .chunks(3)
+            .filter_map(|triple| {
+                let text = |i: usize| redis::from_redis_value_ref::<String>(triple.get(i)?).ok();
+                Some((text(0)?, text(1)?, text(2)?))
+            })
+            .collect();
+        Ok(Reaped {
+            lost_nodes: u64::try_from(number(first)).unwrap_or(0),
+            gone,
+            next: u64::try_from(number(last)).ok().map(Duration::from_millis),
+        })
+    }
+
+    /// The newest event id in the log.
+    pub(super) async fn latest(&self) -> RedisResult<EventId> {
+        let seq: Option<EventId> = self
+            .commands
+            .clone()
+            .get("lobby:seq")
+            .await?
+            .map_or(Ok(None), |text| {
+                text.parse().map(Some).map_err(|_| malformed("lobby:seq"))
+            })?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// The oldest event id the log still holds.
+    pub(super) async fn oldest(&self) -> RedisResult<Option<EventId>> {
+        let first: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(LOG)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        Ok(first
+            .ids
+            .first()
+            .and_then(|entry| entry.id.strip_suffix("-0")?.parse().ok()))
+    }
+
+    /// The epoch of the log, which is begun again (under `fresh`) if Redis
+    /// lost it or holds an older one than the node has seen (`latest`).
+    pub(super) async fn epoch(&self, fresh: &str, latest: EventId) -> RedisResult<String> {
+        self.scripts
+            .epoch
+            .arg(fresh)
+            .arg(latest)
+            .invoke_async(&mut self.commands.clone())
+            .await
+    }
+
+    /// Puts back users the log lost; returns how many were missing.
+    pub(super) async fn restore(&self, grace: Duration, users: &[Known]) -> RedisResult<usize> {
+        let mut call = self.scripts.restore.arg(self.history);
+        call.arg(millis(grace));
+        for known in users {
+            call.arg(known.user.to_string())
+                .arg(known.token.to_hex())
+                .arg(known.name.as_str());
+        }
+        call.invoke_async(&mut self.commands.clone()).await
+    }
+
+    /// The epoch, and everything a replica needs to follow the log from now.
+    pub(super) async fn state(&self) -> RedisResult<(String, Reload)> {
+        type Users = Vec<(String, String)>;
+        type Entries = StreamRangeReply;
+        let (epoch, latest, users, entries): (String, EventId, Users, Entries) = self
+            .scripts
+            .state
+            .arg(self.history)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        let users = users
+            .iter()
+            .map(|(user, entry)| parse_user(user, entry).ok_or_else(|| malformed("lobby:users")))
+            .collect::<RedisResult<_>>()?;
+        let mut history = entries
+            .ids
+            .iter()
+            .map(|entry| parse_entry(entry).ok_or_else(|| malformed(LOG)))
+            .collect::<RedisResult<Vec<_>>>()?;
+        history.reverse();
+        Ok((
+            epoch,
+            Reload {
+                latest,
+                users,
+                history,
+            },
+        ))
+    }
+}
+
+/// Waits up to `block` for events after `after`; returns them in order.
+pub(super) async fn read_log(
+    connection: &mut MultiplexedConnection,
+    after: EventId,
+    block: Duration,
+) -> RedisResult<Vec<(EventId, Change)>> {
+    let options = StreamReadOptions::default()
+        .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX))
+        .count(1024);
+    let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        .arg(&options)
+        .arg("STREAMS")
+        .arg(LOG)
+        .arg(format!("{after}-0"))
+        .query_async(connection)
+        .await?;
+    reply
+        .into_iter()
+        .flat_map(|reply| reply.keys)
+        .flat_map(|key| key.ids)
+        .map(|entry| parse_entry(&entry).ok_or_else(|| malformed(LOG)))
+        .collect()
+}
+
+/// `<id of new_user> <token key> <name>`, as lobby:users holds each user.
+fn parse_user(user: &str, entry: &str) -> Option<(EventId, UserId, Name, TokenKey)> {
+    let mut parts = entry.splitn(3, ' ');
+    let seq = parts.next()?.parse().ok()?;
+    let token = TokenKey::from_hex(parts.next()?)?;
+    let name = Name::parse(parts.next()?).ok()?;
+    Some((seq, UserId::parse(user)?, name, token))
+}
+
+/// A log entry: id `<event id>-0`; fields `k` (kind), `u` (user), `n` (name),
+/// and `t` (token key) for a join or `s` (id of the user's new_user) for a leave.
+fn parse_entry(entry: &StreamId) -> Option<(EventId, Change)> {
+    let id = entry.id.strip_suffix("-0")?.parse().ok()?;
+    let field = |name: &str| entry.get::<String>(name);
+    let user = UserId::parse(&field("u")?)?;
+    let name = Name::parse(&field("n")?).ok()?;
+    let change = match field("k")?.as_str() {
+        "new_user" => Change::Joined {
+            user,
+            name,
+            token: TokenKey::from_hex(&field("t")?)?,
+        },
+        "disconnect_user" => Change::Left {
+            user,
+            name,
+            joined: field("s")?.parse().ok()?,
+        },
+        _ => return None,
+    };
+    Some((id, change))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn malformed(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "lobby found something it did not write",
+        what.to_owned(),
+    ))
+}
