@@ -3,6 +3,8 @@
 //! every wait has a deadline, so a missing event fails a test instead of hanging it.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod redis;
+
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -22,15 +24,25 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A lobby serving on a free port of 127.0.0.1, stopped when dropped. It
 /// derefs to a [`Client`] for that server.
+///
+/// With `LOBBY_TEST_CLUSTER=1` in the environment it is a cluster instead: a
+/// redis-server and three nodes with the same flags plus `--redis`, and its
+/// client sends each request to a node picked at random, so that every test
+/// written for one process also checks that a cluster behaves as one.
 pub struct TestServer {
     api: Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Under `LOBBY_TEST_CLUSTER`, the nodes (and their Redis) that `api` spreads requests over.
+    cluster: Option<redis::Cluster>,
 }
 
 /// A typed client of one lobby's HTTP API, wherever that lobby runs.
 pub struct Client {
+    /// The lobby's address, or the first node's when the client has several.
     pub base: String,
+    /// Every node a request may go to; each request picks one at random.
+    bases: Vec<String>,
     pub client: reqwest::Client,
 }
 
@@ -80,6 +92,20 @@ impl TestServer {
 
     /// The same, listening on a free port of `ip` (one of this machine's).
     pub async fn with_args_on(ip: IpAddr, args: &[&str]) -> TestServer {
+        if redis::cluster_under_test() {
+            let cluster = redis::Cluster::start_on(ip, 3, args).await;
+            return TestServer {
+                api: cluster.any_node(),
+                stop: None,
+                task: None,
+                cluster: Some(cluster),
+            };
+        }
+        TestServer::one_node_on(ip, args).await
+    }
+
+    /// One in-process lobby on a free port of `ip`, whatever the environment says.
+    async fn one_node_on(ip: IpAddr, args: &[&str]) -> TestServer {
         let mut args = args.to_vec();
         if !args.contains(&"--join-rate") {
             args.extend(["--join-rate", "1000000", "--join-burst", "1000000"]);
@@ -97,11 +123,21 @@ impl TestServer {
             api: Client::new(addr),
             stop: Some(stop),
             task: Some(task),
+            cluster: None,
         }
     }
 
-    /// Stops the server the way SIGTERM does and waits until it has stopped.
+    /// Stops the server the way SIGTERM does and waits until it has stopped
+    /// (every node of it, under `LOBBY_TEST_CLUSTER`).
     pub async fn shutdown(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.shutdown().await;
+        }
+        self.stop_this_node().await;
+    }
+
+    /// Stops the in-process lobby of this server (none for a cluster's front).
+    async fn stop_this_node(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -125,8 +161,16 @@ impl std::ops::Deref for TestServer {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
+        Client::any_of(&[addr])
+    }
+
+    /// A client of several nodes of one cluster: each request goes to one of
+    /// them, picked at random, as a load balancer without sticky sessions would.
+    pub fn any_of(addrs: &[SocketAddr]) -> Client {
+        let bases: Vec<String> = addrs.iter().map(|addr| format!("http://{addr}")).collect();
         Client {
-            base: format!("http://{addr}"),
+            base: bases.first().expect("at least one address").clone(),
+            bases,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -134,8 +178,13 @@ impl Client {
         }
     }
 
+    /// The URL of `path` on this lobby, or on one of its nodes picked at random.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        let base = match self.bases.as_slice() {
+            [only] => only,
+            bases => &bases[rand::random_range(0..bases.len())],
+        };
+        format!("{base}{path}")
     }
 
     /// POST /join with a JSON body, whatever the reply.
