@@ -18,10 +18,12 @@
 mod event;
 mod history;
 mod name;
+mod replica;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
+pub use replica::{Change, Holding, Known, OutOfOrder, Reload};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -94,57 +96,6 @@ pub enum TokenError {
     /// A cluster node cannot reach the shared store, so it cannot record a leave.
     #[error("the lobby's store cannot be reached")]
     Unavailable,
-}
-
-/// What a replica reports about the streams open on this node, in the order
-/// it happened: the cluster keeps the deadlines of users no node streams to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holding {
-    /// The user's first stream on this node opened.
-    Opened(UserId),
-    /// The user's last stream on this node closed.
-    Closed(UserId),
-}
-
-/// One change in a replica's log, as the cluster numbered it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Joined {
-        user: UserId,
-        name: Name,
-        token: TokenKey,
-    },
-    Left {
-        user: UserId,
-        name: Name,
-        /// The id of the user's `new_user` event.
-        joined: EventId,
-    },
-}
-
-/// An event that does not follow the last one applied: the replica missed some.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("event {got} does not follow event {latest}")]
-pub struct OutOfOrder {
-    pub latest: EventId,
-    pub got: EventId,
-}
-
-/// A replica's whole state, as the cluster has it: everyone online (with the id
-/// of their `new_user` event), the newest event id, and the recent events.
-#[derive(Debug, Default)]
-pub struct Reload {
-    pub latest: EventId,
-    pub users: Vec<(EventId, UserId, Name, TokenKey)>,
-    pub history: Vec<(EventId, Change)>,
-}
-
-/// A user as a replica knows them, for a cluster that must put them back.
-#[derive(Debug, Clone)]
-pub struct Known {
-    pub user: UserId,
-    pub name: Name,
-    pub token: TokenKey,
 }
 
 /// What a joiner gets back.
@@ -449,147 +400,6 @@ impl Presence {
             history: state.history.len(),
             latest_event: state.latest,
         }
-    }
-}
-
-/// A replica: the cluster feeds it the shared log and asks what it holds.
-impl Presence {
-    /// Applies the next event of the shared log: `id` must follow the newest
-    /// one applied, or nothing changes and the cluster must [`reload`](Self::reload).
-    pub fn apply(&self, id: EventId, change: Change) -> Result<(), OutOfOrder> {
-        let mut state = self.shared.lock();
-        if id != state.latest + 1 {
-            return Err(OutOfOrder {
-                latest: state.latest,
-                got: id,
-            });
-        }
-        match change {
-            Change::Joined { user, name, token } => {
-                if let Some(waiting) = state.joining.remove(&user) {
-                    let _ = waiting.send(state.users_json());
-                }
-                state.publish(EventKind::NewUser, user, &name);
-                state.add(id, user, name, token);
-            }
-            Change::Left { user, name, joined } => {
-                if state
-                    .users
-                    .get(&joined)
-                    .is_some_and(|known| known.id == user)
-                {
-                    state.remove(joined);
-                } else {
-                    // Not known here (it cannot happen in order), but the
-                    // event is still the log's: every stream gets it.
-                    state.publish(EventKind::DisconnectUser, user, &name);
-                }
-            }
-        }
-        drop(state);
-        self.shared.applied.send_replace(id);
-        Ok(())
-    }
-
-    /// Replaces everything with the cluster's state. Every open stream gets
-    /// a fresh `existing_users` and goes on (or ends, if its user is gone);
-    /// users who are still online keep their streams here. Joins waiting for
-    /// their event are let go.
-    pub fn reload(&self, reload: Reload) {
-        let mut state = self.shared.lock();
-        let state = &mut *state;
-        let streams: HashMap<TokenKey, (u8, bool)> = state
-            .users
-            .values()
-            .filter(|user| user.streams > 0)
-            .map(|user| (user.token, (user.streams, user.ever_streamed)))
-            .collect();
-        state.users.clear();
-        state.tokens.clear();
-        state.deadlines.clear();
-        state.joining.clear();
-        state.roster = Roster::default();
-        state.history = History::new(self.shared.config.history_len());
-        for (id, change) in reload.history {
-            let (kind, user, name) = match change {
-                Change::Joined { user, name, .. } => (EventKind::NewUser, user, name),
-                Change::Left { user, name, .. } => (EventKind::DisconnectUser, user, name),
-            };
-            state
-                .history
-                .push(Arc::new(Event::new(id, kind, user, &name)));
-        }
-        state.latest = reload.latest;
-        for (seq, user, name, token) in reload.users {
-            state.add(seq, user, name, token);
-            if let (Some(&(count, ever)), Some(user)) =
-                (streams.get(&token), state.users.get_mut(&seq))
-            {
-                user.streams = count;
-                user.ever_streamed = ever;
-            }
-        }
-        let users = state.users_json();
-        let _ = state
-            .sender
-            .send(Arc::new(Event::reset(state.latest, &users)));
-        self.shared.applied.send_replace(state.latest);
-    }
-
-    /// The users list as it is just before `user`'s `new_user` is applied.
-    /// Ask before the join is sent to the cluster; the receiver fails if the
-    /// replica is reloaded first.
-    pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Bytes> {
-        let (sender, receiver) = oneshot::channel();
-        self.shared.lock().joining.insert(user, sender);
-        receiver
-    }
-
-    /// Forgets a join that [`expect_join`](Self::expect_join) waited for.
-    pub fn forget_join(&self, user: UserId) {
-        self.shared.lock().joining.remove(&user);
-    }
-
-    /// The user holding `token`, as far as this lobby knows.
-    pub fn user_of(&self, token: &Token) -> Option<UserId> {
-        let key = token.key();
-        let state = self.shared.lock();
-        let seq = state.tokens.get(&key)?;
-        state.users.get(seq).map(|user| user.id)
-    }
-
-    /// Everyone with a stream open on this node.
-    pub fn holding(&self) -> Vec<UserId> {
-        let state = self.shared.lock();
-        state
-            .users
-            .values()
-            .filter(|user| user.streams > 0)
-            .map(|user| user.id)
-            .collect()
-    }
-
-    /// Everyone this lobby knows to be online, oldest first.
-    pub fn known(&self) -> Vec<Known> {
-        let state = self.shared.lock();
-        state
-            .users
-            .values()
-            .map(|user| Known {
-                user: user.id,
-                name: user.name.clone(),
-                token: user.token,
-            })
-            .collect()
-    }
-
-    /// Waits (at most `patience`) until event `id` has been applied; says
-    /// whether it was.
-    pub async fn applied(&self, id: EventId, patience: Duration) -> bool {
-        let mut applied = self.shared.applied.subscribe();
-        tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= id))
-            .await
-            .is_ok_and(|result| result.is_ok())
     }
 }
 
