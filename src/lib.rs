@@ -45,8 +45,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
-    // The cluster's tasks outlive the server by the time it takes to retire.
-    let cluster_stop = CancellationToken::new();
     let backend = match &config.redis {
         None => Backend::Local(Presence::new(config.presence())),
         Some(url) => {
@@ -54,7 +52,7 @@ pub async fn run(
                 presence: config.presence(),
                 node_timeout: config.node_timeout,
             };
-            let cluster = Cluster::start(url, config, cluster_stop.clone())
+            let cluster = Cluster::start(url, config)
                 .await
                 .map_err(std::io::Error::other)?;
             Backend::Cluster(cluster)
@@ -70,6 +68,5 @@ pub async fn run(
     });
     let served = http::serve(listener, state, stop).await;
     backend.stopped().await;
-    cluster_stop.cancel();
     served
 }

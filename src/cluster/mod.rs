@@ -79,6 +79,10 @@ struct Shared {
     reap: Notify,
     /// Asks the reporter to report everything this node holds.
     resync: Notify,
+    /// Ends the node's tasks.
+    stop: CancellationToken,
+    /// The reporter, which tells Redis the node stopped as it ends.
+    reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Whether a node is in step with Redis, for /healthz.
@@ -91,12 +95,8 @@ pub struct Health {
 
 impl Cluster {
     /// Starts following the lobby in `url`'s Redis and waits (a few seconds at
-    /// most) until this node is in step with it. The node's tasks end with `stop`.
-    pub async fn start(
-        url: &str,
-        config: ClusterConfig,
-        stop: CancellationToken,
-    ) -> redis::RedisResult<Cluster> {
+    /// most) until this node is in step with it. Its tasks run until [`retire`](Self::retire).
+    pub async fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
         let (presence, reports) = Presence::replica(config.presence.clone());
         let node = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -109,12 +109,16 @@ impl Cluster {
                 in_step: Mutex::new(None),
                 reap: Notify::new(),
                 resync: Notify::new(),
+                stop: CancellationToken::new(),
+                reporter: Mutex::new(None),
             }),
         };
         tracing::info!(node = %cluster.shared.node, "cluster node starting");
+        let stop = &cluster.shared.stop;
         tokio::spawn(follow(cluster.clone(), stop.clone()));
-        tokio::spawn(report(cluster.clone(), reports, stop.clone()));
-        tokio::spawn(reap(cluster.clone(), stop));
+        tokio::spawn(reap(cluster.clone(), stop.clone()));
+        let reporter = tokio::spawn(report(cluster.clone(), reports, stop.clone()));
+        *lock(&cluster.shared.reporter) = Some(reporter);
         let started = Instant::now();
         while cluster.in_step_since().is_none() && started.elapsed() < START_PATIENCE {
             tokio::time::sleep(BACKOFF.0).await;
@@ -223,22 +227,13 @@ impl Cluster {
         self.shared.presence.users_json()
     }
 
-    /// This node stops: the users it streams to start grace (their clients
-    /// reconnect to another node) and it is forgotten at once.
+    /// Stops the node's tasks. The users it streamed to start grace (their
+    /// clients reconnect to another node) and the node is forgotten at once.
     pub async fn retire(&self) {
-        let shared = &self.shared;
-        match tokio::time::timeout(
-            CATCH_UP,
-            shared
-                .store
-                .retire(&shared.node, shared.config.presence.grace),
-        )
-        .await
-        {
-            Ok(Ok(())) => tracing::info!(node = %shared.node, "left the cluster"),
-            _ => {
-                tracing::warn!("could not tell Redis this node stopped; it will be taken for dead")
-            }
+        self.shared.stop.cancel();
+        let reporter = lock(&self.shared.reporter).take();
+        if let Some(reporter) = reporter {
+            let _ = tokio::time::timeout(CATCH_UP * 2, reporter).await;
         }
     }
 
@@ -251,19 +246,11 @@ impl Cluster {
     }
 
     fn in_step_since(&self) -> Option<Instant> {
-        *self
-            .shared
-            .in_step
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *lock(&self.shared.in_step)
     }
 
     fn set_in_step(&self, in_step: bool) {
-        let mut since = self
-            .shared
-            .in_step
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut since = lock(&self.shared.in_step);
         match (in_step, since.is_some()) {
             (true, false) => {
                 *since = Some(Instant::now());
@@ -276,6 +263,13 @@ impl Cluster {
             _ => {}
         }
     }
+}
+
+/// Each of these locks guards one value, which a panic cannot leave half-written.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Doubling waits between attempts, from `BACKOFF.0` to `BACKOFF.1`.
@@ -415,10 +409,27 @@ async fn continues(shared: &Shared, latest: EventId) -> redis::RedisResult<bool>
 /// Tells Redis, in order, when users' first streams on this node open and
 /// their last ones close, and beats the node's heart. After any failure (and
 /// whenever Redis did not know the node) it reports everything it holds.
+/// When the node stops, it tells Redis so, after its last report.
 async fn report(
     cluster: Cluster,
-    mut reports: mpsc::UnboundedReceiver<Holding>,
+    reports: mpsc::UnboundedReceiver<Holding>,
     stop: CancellationToken,
+) {
+    report_until(&cluster, reports, &stop).await;
+    let shared = &cluster.shared;
+    let retired = shared
+        .store
+        .retire(&shared.node, shared.config.presence.grace);
+    match tokio::time::timeout(CATCH_UP, retired).await {
+        Ok(Ok(())) => tracing::info!(node = %shared.node, "left the cluster"),
+        _ => tracing::warn!("could not tell Redis this node stopped; it will be taken for dead"),
+    }
+}
+
+async fn report_until(
+    cluster: &Cluster,
+    mut reports: mpsc::UnboundedReceiver<Holding>,
+    stop: &CancellationToken,
 ) {
     let shared = &cluster.shared;
     let grace = shared.config.presence.grace;
@@ -438,7 +449,7 @@ async fn report(
                 }
                 Err(err) => {
                     tracing::debug!("cannot report to Redis: {err}");
-                    backoff.wait(&stop).await;
+                    backoff.wait(stop).await;
                     if stop.is_cancelled() {
                         return;
                     }
