@@ -1,0 +1,943 @@
+//! Several lobby nodes sharing one Redis (`--redis`), over real HTTP and SSE:
+//! a join, a leave and GET /users on any node are seen on every node; every
+//! stream on every node gets the same events in the same order with the same
+//! ids; a stream resumes on another node; grace and the join timeout hold
+//! across nodes; a SIGKILLed node's users are announced gone within the bound,
+//! exactly once, and nothing of it lingers in Redis; and when Redis is stopped
+//! and started again empty, streams stay open, joins are refused meanwhile, and
+//! afterwards every view equals the truth.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{Cluster, Next, ProcessCluster, health, wait_for_health};
+use common::{Client, Joined, PATIENCE, Sse, User, user_in, users_in};
+use eventsource_stream::Event;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Short timings, so that grace, the join timeout and a lost node all come
+/// within a fraction of a test's time, yet far above a local round trip.
+const GRACE: Duration = Duration::from_millis(500);
+const NODE_TIMEOUT: Duration = Duration::from_secs(1);
+const FLAGS: [&str; 4] = ["--grace", "500ms", "--node-timeout", "1s"];
+
+/// Nothing expires while a test that is not about expiry runs.
+const STEADY: [&str; 6] = [
+    "--grace",
+    "60s",
+    "--join-timeout",
+    "60s",
+    "--node-timeout",
+    "1s",
+];
+
+/// The promised bound for a killed node's users to be announced gone:
+/// node timeout + grace + at most 1 s.
+const LOST_BOUND: Duration = NODE_TIMEOUT
+    .saturating_add(GRACE)
+    .saturating_add(Duration::from_secs(1));
+
+/// Twice the grace: a leave that was going to be announced would have been by now.
+const PAST_GRACE: Duration = Duration::from_millis(1000);
+
+/// How long a check that nothing (more) comes waits.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// How long nodes may take to notice Redis going away or coming back, and to reconcile.
+const RECONCILE: Duration = Duration::from_secs(10);
+
+/// How many events the history keeps for Last-Event-ID (README).
+const HISTORY: usize = 4096;
+
+// ---- /healthz ----
+
+#[tokio::test]
+async fn healthz_on_every_node_says_redis_is_up_and_names_a_node_redis_lists_as_live() {
+    let cluster = Cluster::start(3, &FLAGS).await;
+
+    let mut ids = Vec::new();
+    for node in cluster.nodes() {
+        let (status, body) = health(node).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "ok", "{body}");
+        assert_eq!(body["redis"], "up", "{body}");
+        ids.push(node_id(&body));
+    }
+
+    ids.sort_unstable();
+    let mut live = cluster.redis.sorted_set("lobby:nodes").await;
+    live.sort_unstable();
+    assert_eq!(live, ids, "lobby:nodes lists exactly the three nodes");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 3, "{ids:?}");
+}
+
+// ---- joins, leaves, /users and event order across nodes ----
+
+#[tokio::test]
+async fn a_join_on_one_node_is_announced_to_the_streams_on_every_node_under_one_id() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+
+    let alice = cluster.node(1).join("alice").await;
+
+    let mut ids = HashSet::new();
+    for watcher in &mut watchers {
+        let event = watcher.stream.next_event().await;
+        assert_announces("new_user", &alice, &event);
+        ids.insert(event.id);
+    }
+    assert_eq!(ids.len(), 1, "one event, one id on every node: {ids:?}");
+}
+
+#[tokio::test]
+async fn get_users_on_every_node_lists_everyone_joined_on_any_node_oldest_first() {
+    let cluster = Cluster::start(3, &STEADY).await;
+
+    let alice = cluster.node(0).join("alice").await;
+    let bob = cluster.node(1).join("bob").await;
+    let carol = cluster.node(2).join("carol").await;
+
+    assert_eq!(
+        carol.users,
+        [alice.user(), bob.user()],
+        "carol's join reply"
+    );
+    for node in cluster.nodes() {
+        assert_eq!(
+            node.users().await,
+            [alice.user(), bob.user(), carol.user()],
+            "GET /users on {}",
+            node.base
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_leave_on_one_node_is_announced_everywhere_and_ends_the_leaver_s_streams_on_other_nodes()
+{
+    let cluster = Cluster::start(3, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let mut alice_streams = Vec::new();
+    for node in [1, 2] {
+        let mut stream = cluster.node(node).subscribe(&alice.token, None).await;
+        assert_eq!(stream.next_event().await.event, "existing_users");
+        alice_streams.push(stream);
+    }
+
+    assert_eq!(cluster.node(0).leave(&alice.token).await, 204);
+
+    let mut ids = HashSet::new();
+    for watcher in &mut watchers {
+        let event = watcher.stream.next_event().await;
+        assert_announces("disconnect_user", &alice, &event);
+        ids.insert(event.id);
+        expect_quiet(&mut watcher.stream).await;
+    }
+    assert_eq!(ids.len(), 1, "one event, one id on every node: {ids:?}");
+    for stream in &mut alice_streams {
+        assert_announces("disconnect_user", &alice, &stream.next_event().await);
+        stream.expect_end().await;
+    }
+    for node in cluster.nodes() {
+        assert!(!node.users().await.contains(&alice.user()), "{}", node.base);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_on_every_node_gets_the_same_events_in_the_same_order_with_the_same_ids() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let watchers = watch_from_every_node(&cluster, 2).await;
+    for watcher in &watchers[1..] {
+        assert_eq!(
+            (watcher.stream.last_id, &watcher.view),
+            (watchers[0].stream.last_id, &watchers[0].view),
+            "{}'s snapshot differs from {}'s",
+            watcher.name,
+            watchers[0].name
+        );
+    }
+
+    let any_node = Arc::new(cluster.any_node());
+    let mut churn = JoinSet::new();
+    for worker in 0..4 {
+        let any_node = any_node.clone();
+        churn.spawn(async move {
+            for round in 0..25 {
+                let joined = any_node.join(&format!("churn {worker}.{round}")).await;
+                // Every third one stays, so the events are not just pairs.
+                if round % 3 != 0 {
+                    assert_eq!(any_node.leave(&joined.token).await, 204);
+                }
+            }
+        });
+    }
+    churn.join_all().await;
+    let sentinel = cluster.node(0).join("sentinel").await;
+
+    let reads = watchers.into_iter().map(|mut watcher| {
+        let sentinel = sentinel.id.clone();
+        async move {
+            let mut seen = Vec::new();
+            loop {
+                let event = watcher.stream.next_event().await;
+                let who = user_in(&event);
+                seen.push((event.id, event.event, who.id.clone()));
+                if who.id == sentinel {
+                    return (watcher.name, seen);
+                }
+            }
+        }
+    });
+    let sequences = futures_util::future::join_all(reads).await;
+
+    let (first_name, first) = &sequences[0];
+    let joins = first
+        .iter()
+        .filter(|(_, kind, _)| kind == "new_user")
+        .count();
+    assert_eq!(joins, 4 * 25 + 1, "every churn join and the sentinel's");
+    assert_eq!(first.len() - joins, 4 * 16, "every churn leave");
+    for (name, sequence) in &sequences[1..] {
+        assert_eq!(
+            sequence, first,
+            "{name}'s events differ from {first_name}'s"
+        );
+    }
+}
+
+// ---- resuming on another node ----
+
+#[tokio::test]
+async fn a_stream_resumed_on_another_node_with_last_event_id_gets_exactly_the_events_it_missed() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let (alice, stream, _) = cluster.node(0).join_and_subscribe("alice").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+    let bob = cluster.node(1).join("bob").await;
+    let carol = cluster.node(2).join("carol").await;
+    assert_eq!(cluster.node(0).leave(&bob.token).await, 204);
+
+    let mut resumed = cluster
+        .node(1)
+        .subscribe(&alice.token, Some(last_seen))
+        .await;
+    resumed.last_id = Some(last_seen);
+    let missed = [
+        resumed.next_event().await,
+        resumed.next_event().await,
+        resumed.next_event().await,
+    ];
+
+    assert_announces("new_user", &bob, &missed[0]);
+    assert_announces("new_user", &carol, &missed[1]);
+    assert_announces("disconnect_user", &bob, &missed[2]);
+    expect_quiet(&mut resumed).await;
+}
+
+#[tokio::test]
+async fn a_stream_resumed_on_another_node_at_the_latest_event_starts_with_nothing() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let (alice, stream, _) = cluster.node(0).join_and_subscribe("alice").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+
+    let mut resumed = cluster
+        .node(2)
+        .subscribe(&alice.token, Some(last_seen))
+        .await;
+    let first = resumed.next_within(QUIET).await;
+    let bob = cluster.node(1).join("bob").await;
+    let next = resumed.next_event().await;
+
+    assert!(first.is_none(), "nothing was missed, yet it sent {first:?}");
+    assert_announces("new_user", &bob, &next);
+}
+
+#[tokio::test]
+async fn a_last_event_id_no_node_has_issued_gets_a_fresh_snapshot_on_any_node() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    let bob = cluster.node(1).join("bob").await;
+
+    for node in cluster.nodes() {
+        let mut stream = node.subscribe(&alice.token, Some(u64::MAX / 2)).await;
+        let first = stream.next_event().await;
+
+        assert_eq!(first.event, "existing_users", "on {}", node.base);
+        assert_eq!(users_in(&first), [alice.user(), bob.user()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumed_on_another_node_from_before_the_history_gets_a_fresh_snapshot() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let (alice, stream, _) = cluster.node(0).join_and_subscribe("alice").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+    // Push the event after `last_seen` out of the history, with some to spare.
+    churn(&cluster.any_node(), HISTORY / 2 + 100).await;
+    let bob = cluster.node(2).join("bob").await;
+
+    let mut resumed = cluster
+        .node(1)
+        .subscribe(&alice.token, Some(last_seen))
+        .await;
+    let first = resumed.next_event().await;
+
+    assert_eq!(first.event, "existing_users");
+    assert_eq!(users_in(&first), [alice.user(), bob.user()]);
+}
+
+// ---- grace and the join timeout across nodes ----
+
+#[tokio::test]
+async fn a_stream_that_moves_to_another_node_within_grace_causes_no_events() {
+    let cluster = Cluster::start(3, &FLAGS).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let alice = cluster.node(0).join("alice").await;
+    let stream = cluster.node(1).subscribe(&alice.token, None).await;
+    for watcher in &mut watchers {
+        assert_announces("new_user", &alice, &watcher.stream.next_event().await);
+    }
+
+    drop(stream);
+    // A reload through a load balancer: the old connection is gone a moment
+    // before the new one reaches another node. Time that must pass.
+    tokio::time::sleep(GRACE / 4).await;
+    let _moved = cluster.node(2).subscribe(&alice.token, None).await;
+
+    for watcher in &mut watchers {
+        let flicker = watcher.stream.next_within(PAST_GRACE).await;
+        assert!(flicker.is_none(), "{} got {flicker:?}", watcher.name);
+    }
+    for node in cluster.nodes() {
+        assert!(node.users().await.contains(&alice.user()), "{}", node.base);
+    }
+}
+
+#[tokio::test]
+async fn a_user_with_streams_on_two_nodes_stays_online_while_either_is_open_then_goes_once() {
+    let cluster = Cluster::start(3, &FLAGS).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let alice = cluster.node(0).join("alice").await;
+    let on_one = cluster.node(1).subscribe(&alice.token, None).await;
+    let on_two = cluster.node(2).subscribe(&alice.token, None).await;
+    for watcher in &mut watchers {
+        assert_announces("new_user", &alice, &watcher.stream.next_event().await);
+    }
+
+    drop(on_one);
+    for watcher in &mut watchers {
+        let event = watcher.stream.next_within(PAST_GRACE).await;
+        assert!(event.is_none(), "alice streams on node 2: {event:?}");
+    }
+    drop(on_two);
+
+    for watcher in &mut watchers {
+        assert_announces(
+            "disconnect_user",
+            &alice,
+            &watcher.stream.next_event().await,
+        );
+    }
+    for watcher in &mut watchers {
+        let again = watcher.stream.next_within(PAST_GRACE).await;
+        assert!(again.is_none(), "a second event after the leave: {again:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_user_is_announced_joined_and_gone_exactly_once_on_every_node() {
+    let cluster =
+        Arc::new(Cluster::start(3, &["--grace", "500ms", "--join-timeout", "500ms"]).await);
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let mut users = JoinSet::new();
+    for i in 0..30 {
+        let cluster = cluster.clone();
+        users.spawn(async move {
+            // Each request of one user goes to another node than the last.
+            let [first, second, third] = [i % 3, (i + 1) % 3, (i + 2) % 3].map(|n| cluster.node(n));
+            let joined = first.join(&format!("user {i}")).await;
+            match i % 5 {
+                // Leaves on a third node while streaming on a second.
+                0 => {
+                    let _stream = second.subscribe(&joined.token, None).await;
+                    assert_eq!(third.leave(&joined.token).await, 204);
+                }
+                // Closes its stream and never comes back: grace expires.
+                1 => drop(second.subscribe(&joined.token, None).await),
+                // Never opens a stream: the join timeout expires.
+                2 => {}
+                // Closes its stream, then leaves within grace (or just after it).
+                3 => {
+                    drop(second.subscribe(&joined.token, None).await);
+                    let status = third.leave(&joined.token).await;
+                    assert!(status == 204 || status == 401, "leave answered {status}");
+                }
+                // Streams on two nodes, both closed: grace expires once.
+                _ => {
+                    let a = second.subscribe(&joined.token, None).await;
+                    let b = third.subscribe(&joined.token, None).await;
+                    drop((a, b));
+                }
+            }
+            joined.id
+        });
+    }
+    let ids = users.join_all().await;
+    for node in cluster.nodes() {
+        wait_until_users(node, |users| users.len() == 3).await;
+    }
+    let sentinel = cluster.node(0).join("sentinel").await;
+
+    for watcher in &mut watchers {
+        let mut counts: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
+        loop {
+            let event = watcher.stream.next_event().await;
+            let who = user_in(&event);
+            if who.id == sentinel.id {
+                break;
+            }
+            let id: u64 = event.id.parse().expect("decimal id");
+            let (joins, leaves) = counts.entry(who.id).or_default();
+            match event.event.as_str() {
+                "new_user" => joins.push(id),
+                "disconnect_user" => leaves.push(id),
+                other => panic!("unexpected {other} event"),
+            }
+        }
+        assert_eq!(
+            counts.len(),
+            ids.len(),
+            "{}: events about the 30",
+            watcher.name
+        );
+        for id in &ids {
+            let (joins, leaves) = &counts[id];
+            assert_eq!(
+                joins.len(),
+                1,
+                "{}: new_user for {id}: {joins:?}",
+                watcher.name
+            );
+            assert_eq!(
+                leaves.len(),
+                1,
+                "{}: disconnect_user for {id}: {leaves:?}",
+                watcher.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_who_never_streams_is_announced_gone_once_on_every_node_after_the_join_timeout() {
+    let cluster = Cluster::start(3, &["--join-timeout", "500ms", "--grace", "60s"]).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+
+    let joining = Instant::now();
+    let alice = cluster.node(0).join("alice").await;
+
+    let mut ids = HashSet::new();
+    for watcher in &mut watchers {
+        assert_announces("new_user", &alice, &watcher.stream.next_event().await);
+        let gone = watcher.stream.next_event().await;
+        assert_announces("disconnect_user", &alice, &gone);
+        ids.insert(gone.id);
+    }
+    let waited = joining.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "dropped after {waited:?}"
+    );
+    assert_eq!(ids.len(), 1, "one event, one id on every node: {ids:?}");
+    for watcher in &mut watchers {
+        let again = watcher.stream.next_within(PAST_GRACE).await;
+        assert!(
+            again.is_none(),
+            "a second event after the timeout: {again:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_user_who_joins_on_one_node_and_streams_on_another_in_time_outlives_the_join_timeout() {
+    let cluster = Cluster::start(3, &["--join-timeout", "500ms", "--grace", "60s"]).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let alice = cluster.node(0).join("alice").await;
+
+    let _stream = cluster.node(1).subscribe(&alice.token, None).await;
+
+    for watcher in &mut watchers {
+        assert_announces("new_user", &alice, &watcher.stream.next_event().await);
+    }
+    for watcher in &mut watchers {
+        let event = watcher.stream.next_within(PAST_GRACE).await;
+        assert!(event.is_none(), "alice streams on node 1: {event:?}");
+    }
+    for node in cluster.nodes() {
+        assert!(node.users().await.contains(&alice.user()), "{}", node.base);
+    }
+}
+
+// ---- a node killed without warning ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_of_a_killed_node_are_announced_gone_on_every_other_node_within_the_bound_once() {
+    let mut cluster = ProcessCluster::start(3, &FLAGS).await;
+    let first = cluster.node(1).join("watcher 1").await;
+    let second = cluster.node(2).join("watcher 2").await;
+    let mut watchers = vec![
+        Watcher::open(cluster.node(1), &first).await,
+        Watcher::open(cluster.node(2), &second).await,
+    ];
+    // alice and bob stream on node 0; carol joined there but streams on node 1.
+    let alice = cluster.node(1).join("alice").await;
+    let bob = cluster.node(0).join("bob").await;
+    let carol = cluster.node(0).join("carol").await;
+    let _alice_stream = cluster.node(0).subscribe(&alice.token, None).await;
+    let _bob_stream = cluster.node(0).subscribe(&bob.token, None).await;
+    let _carol_stream = cluster.node(1).subscribe(&carol.token, None).await;
+    let killed_id = node_id(&health(cluster.node(0)).await.1);
+    let held = format!("lobby:held:{killed_id}");
+    assert!(cluster.redis.exists(&held).await, "{held} before the kill");
+
+    let killed = Instant::now();
+    cluster.sigkill(0);
+
+    for watcher in &mut watchers {
+        let mut gone = HashSet::new();
+        while gone.len() < 2 {
+            let left = (killed + LOST_BOUND).saturating_duration_since(Instant::now());
+            let Some(event) = watcher.stream.next_within(left).await else {
+                panic!(
+                    "{}: within {LOST_BOUND:?} of the kill only {gone:?} were announced gone",
+                    watcher.name
+                );
+            };
+            let who = user_in(&event);
+            match event.event.as_str() {
+                // The joins made after the watcher subscribed.
+                "new_user" => assert!([&alice.id, &bob.id, &carol.id].contains(&&who.id)),
+                "disconnect_user" => {
+                    assert!(who == alice.user() || who == bob.user(), "{who:?} went");
+                    assert!(gone.insert(who.id.clone()), "{who:?} announced gone twice");
+                }
+                other => panic!("unexpected {other} event"),
+            }
+            watcher.apply(&event);
+        }
+    }
+    for watcher in &mut watchers {
+        let again = watcher.stream.next_within(PAST_GRACE).await;
+        assert!(
+            again.is_none(),
+            "{}: after the kill, {again:?}",
+            watcher.name
+        );
+    }
+    let survivors = [
+        watchers[0].user.clone(),
+        watchers[1].user.clone(),
+        carol.user(),
+    ];
+    for node in [1, 2] {
+        assert_eq!(cluster.node(node).users().await, survivors);
+    }
+    for watcher in &watchers {
+        assert_eq!(watcher.view, survivors, "{}'s view", watcher.name);
+    }
+    let live = cluster.redis.sorted_set("lobby:nodes").await;
+    assert!(
+        !live.contains(&killed_id),
+        "the killed node is still live: {live:?}"
+    );
+    assert!(!cluster.redis.exists(&held).await, "{held} lingers");
+    assert_eq!(cluster.redis.hash_fields("lobby:users").await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_node_is_killed_and_who_reconnects_to_another_node_at_once_stays_online() {
+    let mut cluster = ProcessCluster::start(3, &FLAGS).await;
+    let watcher = cluster.node(1).join("watcher").await;
+    let mut watching = Watcher::open(cluster.node(1), &watcher).await;
+    let (alice, alice_stream, _) = cluster.node(0).join_and_subscribe("alice").await;
+    assert_announces("new_user", &alice, &watching.next().await);
+
+    cluster.sigkill(0);
+    let _moved = cluster
+        .node(2)
+        .subscribe(&alice.token, alice_stream.last_id)
+        .await;
+
+    let event = watching.stream.next_within(LOST_BOUND + GRACE).await;
+    assert!(event.is_none(), "alice moved to node 2, yet {event:?}");
+    for node in [1, 2] {
+        assert_eq!(
+            cluster.node(node).users().await,
+            [watcher.user(), alice.user()]
+        );
+    }
+}
+
+// ---- Redis stopped and started again ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_every_node_and_every_stream_sees_exactly_who_streams() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--grace",
+            "500ms",
+            "--node-timeout",
+            "1s",
+            "--join-timeout",
+            "60s",
+        ],
+    )
+    .await;
+    let mut people = Vec::new();
+    for (index, name) in ["alice", "bob", "carol", "dave"].into_iter().enumerate() {
+        people.push(cluster.node(index % 3).join(name).await);
+    }
+    // alice, bob and carol keep their streams; dave's closes while Redis is down.
+    let mut watchers = Vec::new();
+    for (node, person) in people.iter().enumerate().take(3) {
+        watchers.push(Watcher::open(cluster.node(node), person).await);
+    }
+    let dave_stream = cluster.node(0).subscribe(&people[3].token, None).await;
+    let before: Vec<User> = people.iter().map(Joined::user).collect();
+    let node_ids = every_node_s_id(&cluster).await;
+
+    cluster.redis.stop().await;
+
+    for (node, id) in cluster.nodes().zip(&node_ids) {
+        let body = wait_for_health(node, 503, RECONCILE).await;
+        assert_eq!(body["status"], "degraded", "{body}");
+        assert_eq!(body["redis"], "down", "{body}");
+        assert_eq!(&node_id(&body), id, "{body}");
+        assert_eq!(node.users().await, before, "GET /users from the last view");
+    }
+    for watcher in &mut watchers {
+        let next = watcher.stream.next_or_end(QUIET).await;
+        assert!(matches!(next, Next::Quiet), "{}: {next:?}", watcher.name);
+    }
+    drop(dave_stream);
+    // dave's grace runs out while Redis is down: time that must pass.
+    tokio::time::sleep(PAST_GRACE).await;
+    cluster.redis.start_again().await;
+
+    for node in cluster.nodes() {
+        wait_for_health(node, 200, RECONCILE).await;
+    }
+    let truth: Vec<User> = before[..3].to_vec();
+    for node in cluster.nodes() {
+        wait_until_users_within(node, RECONCILE, |users| same_people(users, &truth)).await;
+    }
+    let lists = futures_util::future::join_all(cluster.nodes().map(Client::users)).await;
+    assert!(
+        lists.iter().all(|list| *list == lists[0]),
+        "the nodes list people in different orders: {lists:?}"
+    );
+    let sentinel = cluster.node(0).join("sentinel").await;
+    let mut expected = truth.clone();
+    expected.push(sentinel.user());
+    for (index, watcher) in watchers.iter_mut().enumerate() {
+        // Reconnect, where a node ended the stream, to another node.
+        let other = cluster.node((index + 1) % 3);
+        watcher.catch_up_with(other, &sentinel).await;
+        assert!(
+            same_people(&watcher.view, &expected),
+            "{}'s view {:?}, the truth {expected:?}",
+            watcher.name,
+            watcher.view
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_while_redis_is_down_is_a_json_503_on_every_node_and_changes_nothing() {
+    let mut cluster = Cluster::start(3, &FLAGS).await;
+    let watcher = cluster.node(1).join("watcher").await;
+    let mut watching = Watcher::open(cluster.node(1), &watcher).await;
+    cluster.redis.stop().await;
+    for node in cluster.nodes() {
+        wait_for_health(node, 503, RECONCILE).await;
+    }
+
+    for node in cluster.nodes() {
+        let response = node.post_join("mallory").await;
+
+        assert_json_error(response, 503).await;
+        assert_eq!(node.users().await, [watcher.user()], "{}", node.base);
+    }
+
+    cluster.redis.start_again().await;
+    for node in cluster.nodes() {
+        wait_for_health(node, 200, RECONCILE).await;
+        wait_until_users_within(node, RECONCILE, |users| users == [watcher.user()]).await;
+    }
+    let sentinel = cluster.node(2).join("sentinel").await;
+    watching.catch_up_with(cluster.node(1), &sentinel).await;
+    assert!(
+        same_people(&watching.view, &[watcher.user(), sentinel.user()]),
+        "{:?}",
+        watching.view
+    );
+    assert!(
+        !watching.seen.iter().any(|name| name == "mallory"),
+        "mallory was announced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_while_redis_is_down_is_a_json_503_and_the_user_stays_online() {
+    let mut cluster = Cluster::start(3, &FLAGS).await;
+    let watcher = cluster.node(1).join("watcher").await;
+    let mut watching = Watcher::open(cluster.node(1), &watcher).await;
+    let alice = cluster.node(0).join("alice").await;
+    let mut alice_watching = Watcher::open(cluster.node(0), &alice).await;
+    cluster.redis.stop().await;
+    for node in cluster.nodes() {
+        wait_for_health(node, 503, RECONCILE).await;
+    }
+
+    let response = cluster
+        .node(2)
+        .client
+        .post(cluster.node(2).url("/leave"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("POST /leave");
+
+    assert_json_error(response, 503).await;
+    cluster.redis.start_again().await;
+    let truth = [watcher.user(), alice.user()];
+    for node in cluster.nodes() {
+        wait_for_health(node, 200, RECONCILE).await;
+        wait_until_users_within(node, RECONCILE, |users| same_people(users, &truth)).await;
+    }
+    let sentinel = cluster.node(2).join("sentinel").await;
+    let mut expected = truth.to_vec();
+    expected.push(sentinel.user());
+    for (watcher, node) in [(&mut watching, 1), (&mut alice_watching, 0)] {
+        watcher.catch_up_with(cluster.node(node), &sentinel).await;
+        assert!(
+            same_people(&watcher.view, &expected),
+            "{}: {:?}",
+            watcher.name,
+            watcher.view
+        );
+    }
+}
+
+// ---- helpers local to this file ----
+
+/// One client's stream and who it believes is online: the snapshot, then every
+/// event applied in order. A `new_user` for someone already shown, or a
+/// `disconnect_user` for someone not shown, fails the test at once: a ghost or
+/// a missing user.
+struct Watcher {
+    name: String,
+    user: User,
+    token: String,
+    stream: Sse,
+    view: Vec<User>,
+    /// The name of everyone any event or snapshot mentioned.
+    seen: Vec<String>,
+}
+
+impl Watcher {
+    /// Opens a stream for `joined` on `node` and applies its opening snapshot.
+    async fn open(node: &Client, joined: &Joined) -> Watcher {
+        let mut watcher = Watcher {
+            name: joined.name.clone(),
+            user: joined.user(),
+            token: joined.token.clone(),
+            stream: node.subscribe(&joined.token, None).await,
+            view: Vec::new(),
+            seen: Vec::new(),
+        };
+        let snapshot = watcher.next().await;
+        assert_eq!(snapshot.event, "existing_users");
+        watcher
+    }
+
+    /// Reads and applies one event.
+    async fn next(&mut self) -> Event {
+        let event = self.stream.next_event().await;
+        self.apply(&event);
+        event
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event.event.as_str() {
+            "existing_users" => {
+                self.view = users_in(event);
+                self.seen.extend(self.view.iter().map(|u| u.name.clone()));
+            }
+            "new_user" => {
+                let user = user_in(event);
+                assert!(
+                    !self.view.iter().any(|u| u.id == user.id),
+                    "{}: new_user for {user:?}, already shown",
+                    self.name
+                );
+                self.seen.push(user.name.clone());
+                self.view.push(user);
+            }
+            "disconnect_user" => {
+                let user = user_in(event);
+                let at = self.view.iter().position(|u| u.id == user.id);
+                let at = at.unwrap_or_else(|| {
+                    panic!("{}: disconnect_user for {user:?}, not shown", self.name)
+                });
+                self.view.remove(at);
+            }
+            other => panic!("{}: unexpected event {other:?}", self.name),
+        }
+    }
+
+    /// Reads and applies events up to `sentinel`'s `new_user`, reconnecting to
+    /// `node` with Last-Event-ID whenever the stream ends, as a browser does.
+    async fn catch_up_with(&mut self, node: &Client, sentinel: &Joined) {
+        let deadline = Instant::now() + RECONCILE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stream.next_or_end(left).await {
+                Next::Event(event) => {
+                    self.apply(&event);
+                    if event.event == "new_user" && user_in(&event).id == sentinel.id {
+                        return;
+                    }
+                }
+                Next::Ended => {
+                    let last_id = self.stream.last_id;
+                    self.stream = node.subscribe(&self.token, last_id).await;
+                    self.stream.last_id = last_id;
+                }
+                Next::Quiet => panic!(
+                    "{}: no new_user for the sentinel within {RECONCILE:?}; view {:?}",
+                    self.name, self.view
+                ),
+            }
+        }
+    }
+}
+
+/// Joins `per_node` watchers on every node, then opens each one's stream on the
+/// node it joined, so that every snapshot is taken after the last of the joins.
+async fn watch_from_every_node(cluster: &Cluster, per_node: usize) -> Vec<Watcher> {
+    let mut joined = Vec::new();
+    for round in 0..per_node {
+        for (index, node) in cluster.nodes().enumerate() {
+            joined.push((index, node.join(&format!("watcher {index}.{round}")).await));
+        }
+    }
+    let mut watchers = Vec::new();
+    for (index, joined) in &joined {
+        watchers.push(Watcher::open(cluster.node(*index), joined).await);
+    }
+    watchers
+}
+
+/// Makes `2 * pairs` events: that many users join and leave again, a few at a time.
+async fn churn(any_node: &Client, pairs: usize) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..pairs)
+        .for_each_concurrent(16, |i| async move {
+            let joined = any_node.join(&format!("churn {i}")).await;
+            assert_eq!(any_node.leave(&joined.token).await, 204);
+        })
+        .await;
+}
+
+/// The `node` field of a cluster node's /healthz body.
+fn node_id(health: &Value) -> String {
+    health["node"]
+        .as_str()
+        .unwrap_or_else(|| panic!("/healthz names its node: {health}"))
+        .to_owned()
+}
+
+async fn every_node_s_id(cluster: &Cluster) -> Vec<String> {
+    let mut ids = Vec::new();
+    for node in cluster.nodes() {
+        ids.push(node_id(&health(node).await.1));
+    }
+    ids
+}
+
+/// Whether two lists hold the same users, whatever their order: after Redis
+/// lost its data, the order of joins it knew is gone with it.
+fn same_people(some: &[User], others: &[User]) -> bool {
+    let ids = |users: &[User]| {
+        let mut ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+        ids.sort_unstable();
+        ids
+    };
+    some.len() == others.len() && ids(some) == ids(others)
+}
+
+/// Polls GET /users on `node` until `done` holds, for at most `PATIENCE`.
+async fn wait_until_users(node: &Client, done: impl Fn(&[User]) -> bool) {
+    wait_until_users_within(node, PATIENCE, done).await;
+}
+
+async fn wait_until_users_within(node: &Client, within: Duration, done: impl Fn(&[User]) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let users = node.users().await;
+        if done(&users) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET /users on {} did not settle within {within:?}: {users:?}",
+            node.base
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts that `event` is a `kind` event about `who`.
+fn assert_announces(kind: &str, who: &Joined, event: &Event) {
+    assert_eq!(
+        event.event, kind,
+        "expected {kind} for {}: {event:?}",
+        who.name
+    );
+    assert_eq!(user_in(event), who.user());
+}
+
+/// Asserts that no event comes within `QUIET`.
+async fn expect_quiet(stream: &mut Sse) {
+    if let Some(event) = stream.next_within(QUIET).await {
+        panic!("expected no more events, got {event:?}");
+    }
+}
+
+/// Asserts this status and a JSON body `{"error": "<a sentence>"}`.
+async fn assert_json_error(response: reqwest::Response, status: u16) {
+    assert_eq!(response.status(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = response.json().await.expect("an error body is JSON");
+    let sentence = body["error"].as_str().unwrap_or_default();
+    assert!(!sentence.trim().is_empty(), "a sentence in `error`: {body}");
+}
