@@ -9,22 +9,35 @@
 //! It prints a table (or one JSON object with `--json`) and exits non-zero on any
 //! correctness violation, missing delivery or failed request.
 //!
+//! Against a cluster, one lobby-load per node, all on one machine, run as one
+//! (`--cluster-dir`, as `make bench-cluster` does): they meet before each phase
+//! through files in a shared directory, process 0 sends the probes through its
+//! node, every process times their arrival on the wall clock, and process 0
+//! adds the cluster's figures (`cluster:` rows) to its table.
+//!
 //! Layout: `wire` reads HTTP/1.1 responses (Content-Length or chunked) and picks
 //! `id`/`token` out of a join reply without building it; `sse` checks a stream
-//! in place, one reused buffer per thread; `server` reads /proc; the rest drives
-//! the phases. HTTP is written by hand on purpose: a general client would spend
-//! more per event than the server under test, and the snapshots are ~1 MB each.
+//! in place, one reused buffer per thread; `server` reads /proc; `Cluster` has
+//! the load processes of a cluster run meet; the rest drives the phases. HTTP
+//! is written by hand on purpose: a general client would spend more per event
+//! than the server under test, and the snapshots are ~1 MB each.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -41,6 +54,14 @@ const CONN_BUFFER: usize = 256 * 1024;
 const STREAM_BUFFER: usize = 64 * 1024;
 /// A stream the server keeps ending is given up after this many reconnects.
 const MAX_RESUMES: u32 = 100;
+/// How long load processes of a cluster run wait for each other at one step
+/// (the longest is the ramp of the slowest).
+const MEET_TIMEOUT: Duration = Duration::from_secs(900);
+/// How often a waiting load process looks for the others.
+const MEET_POLL: Duration = Duration::from_millis(5);
+/// How often the streams of a cluster run settle again when the processes'
+/// latest event ids differ.
+const SETTLE_ROUNDS: usize = 20;
 
 /// Measures a lobby server under N subscribers.
 #[derive(Debug, Parser)]
@@ -63,7 +84,8 @@ struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle: Duration,
 
-    /// Joins in the burst; as many leaves follow (0 skips the burst).
+    /// Joins in the burst; as many leaves follow (0 skips the burst). In a
+    /// cluster run, the joins of all the load processes together.
     #[arg(long, default_value_t = 200)]
     burst: usize,
 
@@ -83,12 +105,37 @@ struct Args {
     /// How long to wait for a delivery before counting it missing.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+
+    /// Probes that join and leave, one after another; fan-out figures pool them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    probes: u32,
+
+    /// Run as one of --cluster-size load processes on this machine, one per
+    /// node of a cluster, meeting through files in this directory (empty at
+    /// the start). Process 0 sends the probes and prints the figures of all.
+    #[arg(long, requires = "cluster_index")]
+    cluster_dir: Option<PathBuf>,
+
+    /// How many load processes share --cluster-dir.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cluster_size: u32,
+
+    /// This process's number, from 0, among --cluster-size.
+    #[arg(long, default_value_t = 0)]
+    cluster_index: u32,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args).await {
+    let cluster = match Cluster::of(&args) {
+        Ok(cluster) => cluster,
+        Err(err) => {
+            eprintln!("lobby-load: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&args, &cluster).await {
         Ok(report) => {
             if args.json {
                 println!("{}", report.json());
@@ -96,14 +143,15 @@ async fn main() -> ExitCode {
                 print!("{}", report.table());
             }
             if report.failed {
-                eprintln!("lobby-load: FAILED: {}", report.failures.join("; "));
+                eprintln!("{}: FAILED: {}", cluster.who(), report.failures.join("; "));
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
             }
         }
         Err(err) => {
-            eprintln!("lobby-load: {err:#}");
+            eprintln!("{}: {err:#}", cluster.who());
+            cluster.give_up(&format!("{err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -590,7 +638,8 @@ mod sse {
         id: Option<u64>,
         kind: Kind,
         data: bool,
-        probe: bool,
+        /// The probe's tag, if the data names it.
+        probe: u64,
     }
 
     /// What one stream has shown so far.
@@ -610,9 +659,10 @@ mod sse {
         pub decreases: u32,
         /// Events with no id, or of a kind the contract does not have.
         pub unexpected: u32,
-        /// The probe's `new_user` and `disconnect_user` have been seen.
-        pub probe_joined: bool,
-        pub probe_left: bool,
+        /// The tag of the last probe whose `new_user`, and whose
+        /// `disconnect_user`, has been seen (0: none yet).
+        pub joined_probe: u64,
+        pub left_probe: u64,
     }
 
     #[derive(Debug, Clone)]
@@ -708,7 +758,7 @@ mod sse {
             b"data" => {
                 block.data = true;
                 if probe != 0 && probe_tag(value) == Some(probe) {
-                    block.probe = true;
+                    block.probe = probe;
                 }
             }
             _ => {}
@@ -749,11 +799,15 @@ mod sse {
             Kind::Snapshot => tally.snapshots += 1,
             Kind::NewUser => {
                 tally.events += 1;
-                tally.probe_joined |= block.probe;
+                if block.probe != 0 {
+                    tally.joined_probe = block.probe;
+                }
             }
             Kind::DisconnectUser => {
                 tally.events += 1;
-                tally.probe_left |= block.probe;
+                if block.probe != 0 {
+                    tally.left_probe = block.probe;
+                }
             }
             Kind::None | Kind::Other => tally.unexpected += 1,
         }
@@ -1070,9 +1124,10 @@ struct Joined {
 struct Slot {
     last_id: AtomicU64,
     events: AtomicU64,
+    /// The latest probe's `new_user` and `disconnect_user`.
+    probe_joined: Sighting,
+    probe_left: Sighting,
     /// Nanoseconds since `Shared::base`, plus one; 0 until seen.
-    probe_joined_at: AtomicU64,
-    probe_left_at: AtomicU64,
     target_at: AtomicU64,
     gaps: AtomicU32,
     repeats: AtomicU32,
@@ -1084,7 +1139,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn record(&self, tally: &sse::Tally, at: u64, probe: u64, target: u64) {
+    fn record(&self, tally: &sse::Tally, at: u64, target: u64) {
         let last = tally.last_id.unwrap_or(0);
         self.last_id.store(last, Relaxed);
         self.events.store(tally.events, Relaxed);
@@ -1092,17 +1147,36 @@ impl Slot {
         self.repeats.store(tally.repeats, Relaxed);
         self.decreases.store(tally.decreases, Relaxed);
         self.unexpected.store(tally.unexpected, Relaxed);
-        if probe != 0 {
-            if tally.probe_joined && self.probe_joined_at.load(Relaxed) == 0 {
-                self.probe_joined_at.store(at, Relaxed);
-            }
-            if tally.probe_left && self.probe_left_at.load(Relaxed) == 0 {
-                self.probe_left_at.store(at, Relaxed);
-            }
-        }
+        self.probe_joined.record(tally.joined_probe, at);
+        self.probe_left.record(tally.left_probe, at);
         if target != 0 && last >= target && self.target_at.load(Relaxed) == 0 {
             self.target_at.store(at, Relaxed);
         }
+    }
+}
+
+/// When a stream first showed the event of the probe it saw last. Tagged, so
+/// that one probe after another needs no reset that could race with a read.
+#[derive(Default)]
+struct Sighting {
+    /// The probe's tag (0: none yet).
+    tag: AtomicU64,
+    /// Nanoseconds since `Shared::base`, plus one.
+    at: AtomicU64,
+}
+
+impl Sighting {
+    fn record(&self, tag: u64, at: u64) {
+        if tag != self.tag.load(Relaxed) {
+            self.at.store(at, Relaxed);
+            // Release: whoever sees the tag sees its time.
+            self.tag.store(tag, Release);
+        }
+    }
+
+    /// When the probe `tag` was seen, if it was.
+    fn of(&self, tag: u64) -> Option<u64> {
+        (self.tag.load(Acquire) == tag).then(|| self.at.load(Relaxed))
     }
 }
 
@@ -1110,6 +1184,9 @@ impl Slot {
 struct Shared {
     target: Arc<Target>,
     base: Instant,
+    /// `base` on the wall clock, in nanoseconds since the Unix epoch: the one
+    /// clock the load processes of a cluster run share.
+    wall_base: u64,
     slots: Box<[Slot]>,
     /// The tag of the probe being watched for (0: none).
     probe: AtomicU64,
@@ -1125,6 +1202,19 @@ impl Shared {
         self.base.elapsed().as_nanos() as u64 + 1
     }
 
+    /// A stamp on the wall clock.
+    fn wall(&self, stamp: u64) -> u64 {
+        self.wall_base + stamp.saturating_sub(1)
+    }
+
+    /// The latest event id any live stream has seen.
+    fn latest_id(&self) -> u64 {
+        self.live()
+            .map(|s| s.last_id.load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Marks `slot` lost, keeping the reason if it is the first.
     fn lose(&self, slot: &Slot, why: impl FnOnce() -> String) {
         slot.lost.store(true, Relaxed);
@@ -1137,6 +1227,104 @@ impl Shared {
 
     fn live(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().filter(|s| !s.lost.load(Relaxed))
+    }
+}
+
+/// The load processes of one run against a cluster, one per node, all on this
+/// machine: they meet at named steps through files in a directory they share,
+/// each leaving a JSON payload for the others. A run against one server is a
+/// cluster of one, whose meetings return at once.
+struct Cluster {
+    /// `None` for a cluster of one.
+    dir: Option<PathBuf>,
+    size: usize,
+    /// This process's number; number 0, the prober, sends the probes.
+    index: usize,
+}
+
+impl Cluster {
+    fn of(args: &Args) -> Result<Cluster> {
+        let Some(dir) = &args.cluster_dir else {
+            return Ok(Cluster {
+                dir: None,
+                size: 1,
+                index: 0,
+            });
+        };
+        let (size, index) = (args.cluster_size as usize, args.cluster_index as usize);
+        if index >= size {
+            bail!("--cluster-index {index} must be below --cluster-size {size}");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Cluster {
+            dir: Some(dir.clone()),
+            size,
+            index,
+        })
+    }
+
+    fn is_prober(&self) -> bool {
+        self.index == 0
+    }
+
+    fn is_many(&self) -> bool {
+        self.size > 1
+    }
+
+    /// Leaves `payload` at `step` and returns everyone's, in process order,
+    /// once all have arrived; fails if one of them has given up.
+    async fn meet(&self, step: &str, payload: Value) -> Result<Vec<Value>> {
+        let Some(dir) = &self.dir else {
+            return Ok(vec![payload]);
+        };
+        let path = |index: usize| dir.join(format!("{step}.{index}.json"));
+        // Written aside and renamed, so that no one reads half of it.
+        let aside = dir.join(format!(".{step}.{}.json", self.index));
+        std::fs::write(&aside, serde_json::to_vec(&payload)?)
+            .and_then(|()| std::fs::rename(&aside, path(self.index)))
+            .with_context(|| format!("cannot write {}", path(self.index).display()))?;
+        let mut all: Vec<Option<Value>> = vec![None; self.size];
+        let deadline = Instant::now() + MEET_TIMEOUT;
+        loop {
+            for (index, slot) in all.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = match std::fs::read(path(index)) {
+                        Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+                        Err(err) => return Err(err.into()),
+                    };
+                }
+            }
+            if all.iter().all(Option::is_some) {
+                return Ok(all.into_iter().flatten().collect());
+            }
+            for index in 0..self.size {
+                if let Ok(why) = std::fs::read_to_string(dir.join(format!("failed.{index}"))) {
+                    bail!("load process {index} failed: {}", why.trim());
+                }
+            }
+            if Instant::now() > deadline {
+                let late: Vec<usize> = (0..self.size).filter(|&i| all[i].is_none()).collect();
+                bail!("load processes {late:?} did not reach {step:?} within {MEET_TIMEOUT:?}");
+            }
+            tokio::time::sleep(MEET_POLL).await;
+        }
+    }
+
+    /// Tells the others that this process has failed, so they stop waiting.
+    fn give_up(&self, why: &str) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::write(dir.join(format!("failed.{}", self.index)), why);
+        }
+    }
+
+    /// How this process signs what it prints to stderr.
+    fn who(&self) -> String {
+        if self.is_many() {
+            format!("lobby-load {}/{}", self.index, self.size)
+        } else {
+            "lobby-load".to_owned()
+        }
     }
 }
 
@@ -1282,7 +1470,7 @@ async fn read_until_end(
             }
             if read {
                 let target = shared.target_id.load(Relaxed);
-                slot.record(&stream.parser.tally, shared.stamp(), probe, target);
+                slot.record(&stream.parser.tally, shared.stamp(), target);
             }
             Ok::<bool, Option<&'static str>>(ended)
         })?;
@@ -1341,7 +1529,7 @@ async fn ramp_worker(
                     .feed(&buf[..n], 0)
                     .map_err(|e| anyhow!("GET /events: {e}"))?;
             }
-            shared.slots[index].record(&stream.parser.tally, shared.stamp(), 0, 0);
+            shared.slots[index].record(&stream.parser.tally, shared.stamp(), 0);
             totals.join_wait += subscribing - started;
             totals.subscribe_wait += subscribing.elapsed();
             totals.reply_bytes += joined.bytes;
@@ -1396,6 +1584,29 @@ async fn settle(shared: &Shared) -> (Duration, usize) {
     }
 }
 
+/// `settle`, then, in a cluster run, again until every load process's streams
+/// stand at the same latest event id (ids mean the same on every node). Returns
+/// how long that took, the streams still behind here, and each process's
+/// latest id (they differ only if the nodes never agreed).
+async fn settle_all(
+    shared: &Shared,
+    cluster: &Cluster,
+    step: &str,
+) -> Result<(Duration, usize, Vec<u64>)> {
+    let started = Instant::now();
+    let mut round = 0;
+    loop {
+        let (_, behind) = settle(shared).await;
+        let latest = json!(shared.latest_id());
+        let all = cluster.meet(&format!("{step}-{round}"), latest).await?;
+        let ids: Vec<u64> = all.iter().map(|id| id.as_u64().unwrap_or(0)).collect();
+        round += 1;
+        if ids.iter().all(|&id| id == ids[0]) || round == SETTLE_ROUNDS {
+            return Ok((started.elapsed(), behind, ids));
+        }
+    }
+}
+
 /// Polls until `seen` is set on every slot or `deadline` passes.
 async fn wait_for_all(shared: &Shared, seen: impl Fn(&Slot) -> bool, deadline: Instant) {
     while Instant::now() < deadline && !shared.slots.iter().all(&seen) {
@@ -1430,51 +1641,156 @@ impl Spread {
     }
 }
 
-/// One probe joins and then leaves; returns the spread of each fan-out.
-async fn fan_out(shared: &Arc<Shared>, timeout: Duration) -> Result<(Spread, Spread)> {
-    let tag = rand::random::<u64>() | 1;
-    shared.probe.store(tag, Relaxed);
-    let mut conn = Conn::new(shared.target.clone(), usize::MAX / 2);
-    conn.connect().await.context("connect for the probe")?;
-    let sent = shared.stamp();
-    let probe = conn.join(&format!("probe-{tag:016x}")).await?;
-    // The probe listens too, like any user; its stream ends when it leaves.
-    let drain = tokio::spawn(drain(shared.target.clone(), probe.token.clone()));
-    wait_for_all(
-        shared,
-        |s| s.probe_joined_at.load(Relaxed) != 0,
-        Instant::now() + timeout,
-    )
-    .await;
-    let joins = spread(shared, sent, |s| &s.probe_joined_at);
-
-    let sent = shared.stamp();
-    let left = conn.leave(&probe.token).await;
-    if left.is_ok() {
-        wait_for_all(
-            shared,
-            |s| s.probe_left_at.load(Relaxed) != 0,
-            Instant::now() + timeout,
-        )
-        .await;
-    }
-    let leaves = spread(shared, sent, |s| &s.probe_left_at);
-    shared.probe.store(0, Relaxed);
-    drain.abort();
-    left.context("the probe's leave")?;
-    Ok((joins, leaves))
+/// What one load process saw of one probe, as it tells the others.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Sightings {
+    /// When each subscriber saw the probe join, and leave: wall-clock
+    /// nanoseconds since the Unix epoch, 0 for never.
+    joined: Vec<u64>,
+    left: Vec<u64>,
+    /// When the probe's join and leave were sent, on the same clock (from the
+    /// prober only).
+    sent: Option<(u64, u64)>,
 }
 
-fn spread(shared: &Shared, sent: u64, at: impl Fn(&Slot) -> &AtomicU64) -> Spread {
-    let seen: Vec<u64> = shared
-        .slots
-        .iter()
-        .map(|s| at(s).load(Relaxed))
-        .filter(|&t| t != 0)
-        .map(|t| t.saturating_sub(sent))
-        .collect();
-    let missing = shared.slots.len() - seen.len();
-    Spread::of(seen, missing)
+/// One load process's fan-out latencies in nanoseconds, over all the probes.
+#[derive(Debug, Default, Clone)]
+struct Samples {
+    joins: Vec<u64>,
+    joins_missing: usize,
+    leaves: Vec<u64>,
+    leaves_missing: usize,
+}
+
+impl Samples {
+    fn add(&mut self, seen: &Sightings, (join_sent, leave_sent): (u64, u64)) {
+        for (arrivals, sent, latencies, missing) in [
+            (
+                &seen.joined,
+                join_sent,
+                &mut self.joins,
+                &mut self.joins_missing,
+            ),
+            (
+                &seen.left,
+                leave_sent,
+                &mut self.leaves,
+                &mut self.leaves_missing,
+            ),
+        ] {
+            for &at in arrivals {
+                match at {
+                    0 => *missing += 1,
+                    at => latencies.push(at.saturating_sub(sent)),
+                }
+            }
+        }
+    }
+
+    /// Every process's samples as one.
+    fn pooled(all: &[Samples]) -> Samples {
+        let mut pool = Samples::default();
+        for one in all {
+            pool.joins.extend_from_slice(&one.joins);
+            pool.joins_missing += one.joins_missing;
+            pool.leaves.extend_from_slice(&one.leaves);
+            pool.leaves_missing += one.leaves_missing;
+        }
+        pool
+    }
+
+    fn spreads(&self) -> (Spread, Spread) {
+        (
+            Spread::of(self.joins.clone(), self.joins_missing),
+            Spread::of(self.leaves.clone(), self.leaves_missing),
+        )
+    }
+}
+
+/// `probes` probes, one after another, join and then leave through the
+/// prober's server while every load process watches its own subscribers.
+/// Returns each process's samples, in process order.
+async fn fan_out(
+    shared: &Arc<Shared>,
+    cluster: &Cluster,
+    probes: usize,
+    timeout: Duration,
+) -> Result<Vec<Samples>> {
+    let tags: Vec<u64> = (0..probes).map(|_| rand::random::<u64>() | 1).collect();
+    // Everyone watches for the prober's tags.
+    let mut all_tags = cluster.meet("probe-tags", json!(tags)).await?;
+    let tags: Vec<u64> = serde_json::from_value(all_tags.swap_remove(0))?;
+    let mut conn = Conn::new(shared.target.clone(), usize::MAX / 2);
+    if cluster.is_prober() {
+        conn.connect().await.context("connect for the probe")?;
+    }
+    let mut samples = vec![Samples::default(); cluster.size];
+    for (k, &tag) in tags.iter().enumerate() {
+        shared.probe.store(tag, Relaxed);
+        cluster
+            .meet(&format!("probe-{k}-armed"), Value::Null)
+            .await?;
+        let mut probe = None;
+        if cluster.is_prober() {
+            let sent = shared.stamp();
+            let joined = conn.join(&format!("probe-{tag:016x}")).await?;
+            // The probe listens too, like any user; its stream ends when it leaves.
+            let drain = tokio::spawn(drain(shared.target.clone(), joined.token.clone()));
+            probe = Some((sent, joined.token, drain));
+        }
+        let seen_by_all = |sighting: fn(&Slot) -> &Sighting| {
+            let deadline = Instant::now() + timeout;
+            wait_for_all(shared, move |s| sighting(s).of(tag).is_some(), deadline)
+        };
+        seen_by_all(|s| &s.probe_joined).await;
+        // The leave goes out once every process's subscribers have the join.
+        cluster
+            .meet(&format!("probe-{k}-joined"), Value::Null)
+            .await?;
+        let mut sent = None;
+        let mut drained = None;
+        if let Some((join_sent, token, drain)) = probe {
+            let leave_sent = shared.stamp();
+            let left = conn.leave(&token).await;
+            if left.is_err() {
+                drain.abort();
+            }
+            left.context("the probe's leave")?;
+            sent = Some((shared.wall(join_sent), shared.wall(leave_sent)));
+            drained = Some(drain);
+        }
+        seen_by_all(|s| &s.probe_left).await;
+        if let Some(drain) = drained {
+            drain.abort();
+        }
+        let arrivals = |sighting: fn(&Slot) -> &Sighting| {
+            shared
+                .slots
+                .iter()
+                .map(|s| sighting(s).of(tag).map_or(0, |at| shared.wall(at)))
+                .collect()
+        };
+        let mine = Sightings {
+            joined: arrivals(|s| &s.probe_joined),
+            left: arrivals(|s| &s.probe_left),
+            sent,
+        };
+        let all = cluster
+            .meet(&format!("probe-{k}-seen"), serde_json::to_value(mine)?)
+            .await?;
+        let all: Vec<Sightings> = all
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()?;
+        let sent = all[0]
+            .sent
+            .ok_or_else(|| anyhow!("the prober did not say when it sent probe {k}"))?;
+        for (samples, seen) in samples.iter_mut().zip(&all) {
+            samples.add(seen, sent);
+        }
+    }
+    shared.probe.store(0, Relaxed);
+    Ok(samples)
 }
 
 /// Holds a stream open for `token`, reading and discarding it.
@@ -1492,31 +1808,51 @@ async fn drain(target: Arc<Target>, token: String) {
     while matches!(read_some(&conn, &mut buf).await, Ok(n) if n > 0) {}
 }
 
+/// How one load process's part of a burst went, on the wall clock
+/// (nanoseconds since the Unix epoch).
+#[derive(Debug, Serialize, Deserialize)]
 struct Burst {
-    time: Option<Duration>,
+    /// When its first join went out.
+    sent: u64,
+    /// When its last request was answered.
+    answered: u64,
+    /// When the last of its streams had every event of the burst (`None`:
+    /// some never did).
+    done: Option<u64>,
+    /// Its streams that never had every event.
     missing: usize,
     errors: Vec<String>,
 }
 
-/// `count` joins, then as many leaves, from a few connections at once; the time
-/// until every stream has seen all of their events.
-async fn burst(shared: &Arc<Shared>, count: usize, timeout: Duration) -> Burst {
-    let latest = shared
-        .live()
-        .map(|s| s.last_id.load(Relaxed))
-        .max()
-        .unwrap_or(0);
-    shared.target_id.store(latest + 2 * count as u64, Relaxed);
+impl Burst {
+    fn time(&self) -> Option<Duration> {
+        self.done
+            .filter(|&done| done > self.sent)
+            .map(|done| Duration::from_nanos(done - self.sent))
+    }
+}
+
+/// The joins numbered `numbers`, then as many leaves, from a few connections
+/// at once; waits until every stream has seen the event `target_id`.
+async fn burst(
+    shared: &Arc<Shared>,
+    numbers: Vec<usize>,
+    target_id: u64,
+    timeout: Duration,
+) -> Burst {
+    shared.target_id.store(target_id, Relaxed);
+    let numbers: Arc<[usize]> = numbers.into();
     let barrier = Arc::new(tokio::sync::Barrier::new(BURST_CONNECTIONS));
     let sent = shared.stamp();
     let workers: Vec<_> = (0..BURST_CONNECTIONS)
         .map(|worker| {
             let (target, barrier) = (shared.target.clone(), barrier.clone());
+            let numbers = numbers.clone();
             tokio::spawn(async move {
                 let mut conn = Conn::new(target, worker);
                 let mut errors = Vec::new();
                 let mut tokens = Vec::new();
-                for n in (worker..count).step_by(BURST_CONNECTIONS) {
+                for n in numbers.iter().skip(worker).step_by(BURST_CONNECTIONS) {
                     match conn.join(&format!("burst-{n}")).await {
                         Ok(joined) => tokens.push(joined.token),
                         Err(err) => errors.push(format!("{err:#}")),
@@ -1539,6 +1875,7 @@ async fn burst(shared: &Arc<Shared>, count: usize, timeout: Duration) -> Burst {
             Err(err) => errors.push(err.to_string()),
         }
     }
+    let answered = shared.stamp();
     wait_for_all(
         shared,
         |s| s.target_at.load(Relaxed) != 0,
@@ -1554,7 +1891,9 @@ async fn burst(shared: &Arc<Shared>, count: usize, timeout: Duration) -> Burst {
     let missing = arrivals.iter().filter(|&&t| t == 0).count();
     let last = arrivals.iter().copied().max().unwrap_or(0);
     Burst {
-        time: (missing == 0 && last > sent).then(|| Duration::from_nanos(last - sent)),
+        sent: shared.wall(sent),
+        answered: shared.wall(answered),
+        done: (missing == 0).then(|| shared.wall(last)),
         missing,
         errors,
     }
@@ -1562,7 +1901,7 @@ async fn burst(shared: &Arc<Shared>, count: usize, timeout: Duration) -> Burst {
 
 /// The results: figures in order, rendered as a table or as JSON.
 struct Report {
-    rows: Vec<(&'static str, &'static str, Value, &'static str)>,
+    rows: Vec<(Cow<'static, str>, Cow<'static, str>, Value, &'static str)>,
     failed: bool,
     failures: Vec<String>,
 }
@@ -1570,12 +1909,13 @@ struct Report {
 impl Report {
     fn add(
         &mut self,
-        key: &'static str,
-        label: &'static str,
+        key: impl Into<Cow<'static, str>>,
+        label: impl Into<Cow<'static, str>>,
         value: impl Into<Value>,
         unit: &'static str,
     ) {
-        self.rows.push((key, label, value.into(), unit));
+        self.rows
+            .push((key.into(), label.into(), value.into(), unit));
     }
 
     fn fail(&mut self, why: String) {
@@ -1586,7 +1926,7 @@ impl Report {
     fn json(&self) -> Value {
         let mut object = serde_json::Map::new();
         for (key, _, value, _) in &self.rows {
-            object.insert((*key).to_owned(), value.clone());
+            object.insert(key.to_string(), value.clone());
         }
         object.insert("ok".into(), Value::Bool(!self.failed));
         object.insert("failures".into(), json!(self.failures));
@@ -1631,7 +1971,256 @@ fn own_cpu_s(ticks: f64) -> Option<f64> {
     server::cpu_ticks(std::process::id()).map(|t| t as f64 / ticks)
 }
 
-async fn run(args: &Args) -> Result<Report> {
+/// Now on the wall clock, in nanoseconds since the Unix epoch.
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// The rows of a fan-out, their keys and labels after the prefixes given
+/// (empty for this process's own).
+fn fan_out_rows(report: &mut Report, (key, label): (&str, &str), joins: &Spread, leaves: &Spread) {
+    for (what, spread) in [("join", joins), ("leave", leaves)] {
+        report.add(
+            format!("{key}fanout_{what}_p50_ms"),
+            format!("{label}fan-out of a {what}, p50"),
+            num(spread.p50),
+            "ms",
+        );
+        report.add(
+            format!("{key}fanout_{what}_p99_ms"),
+            format!("{label}fan-out of a {what}, p99"),
+            num(spread.p99),
+            "ms",
+        );
+        report.add(
+            format!("{key}fanout_{what}_max_ms"),
+            format!("{label}fan-out of a {what}, max"),
+            num(spread.max),
+            "ms",
+        );
+        report.add(
+            format!("{key}fanout_{what}_missing"),
+            format!("{label}fan-out of a {what}, missing"),
+            spread.missing,
+            "",
+        );
+    }
+}
+
+/// What the rows of a burst say, for one load process or for the cluster.
+struct BurstFigures<'a> {
+    /// All the joins of the burst (as many leaves follow).
+    joins: usize,
+    time: Option<Duration>,
+    deliveries: u64,
+    /// The server's and the load generator's CPU seconds, for one process.
+    cpu: Option<(Value, Value)>,
+    missing: usize,
+    errors: &'a [String],
+}
+
+/// The rows of a burst, their keys and labels after the prefixes given; fails
+/// the report if a stream or a request did.
+fn burst_rows(report: &mut Report, (key, label): (&str, &str), burst: &BurstFigures) {
+    report.add(
+        format!("{key}burst_joins"),
+        format!("{label}burst: joins, then as many leaves"),
+        burst.joins,
+        "",
+    );
+    report.add(
+        format!("{key}burst_s"),
+        format!("{label}burst: until every stream has every event"),
+        num(burst.time.map(|t| t.as_secs_f64())),
+        "s",
+    );
+    report.add(
+        format!("{key}burst_deliveries"),
+        format!("{label}burst: deliveries"),
+        burst.deliveries,
+        "",
+    );
+    report.add(
+        format!("{key}burst_deliveries_per_s"),
+        format!("{label}burst: deliveries per second"),
+        burst
+            .time
+            .map(|t| (burst.deliveries as f64 / t.as_secs_f64()).round() as u64),
+        "/s",
+    );
+    if let Some((server, loader)) = &burst.cpu {
+        report.add(
+            format!("{key}burst_server_cpu_s"),
+            format!("{label}burst: server CPU"),
+            server.clone(),
+            "s",
+        );
+        report.add(
+            format!("{key}burst_loader_cpu_s"),
+            format!("{label}burst: load generator CPU"),
+            loader.clone(),
+            "s",
+        );
+    }
+    report.add(
+        format!("{key}burst_missing"),
+        format!("{label}burst: streams missing events"),
+        burst.missing,
+        "",
+    );
+    report.add(
+        format!("{key}burst_errors"),
+        format!("{label}burst: failed requests"),
+        burst.errors.len(),
+        "",
+    );
+    if burst.missing > 0 {
+        report.fail(format!(
+            "{label}burst: {} streams never saw every event",
+            burst.missing
+        ));
+    }
+    if let Some(first) = burst.errors.first() {
+        report.fail(format!(
+            "{label}burst: {} requests failed, first: {first}",
+            burst.errors.len()
+        ));
+    }
+}
+
+/// What the prober of a cluster run gathers from every load process, in
+/// process order, for the cluster's figures.
+#[derive(Default)]
+struct Gathered {
+    samples: Vec<Samples>,
+    bursts: Vec<Burst>,
+    /// Where the processes' latest event ids still differed after settling.
+    disagreements: Vec<String>,
+}
+
+impl Gathered {
+    fn note_ids(&mut self, when: &str, ids: &[u64]) {
+        if ids.iter().any(|&id| id != ids[0]) {
+            self.disagreements.push(format!("{when}: {ids:?}"));
+        }
+    }
+}
+
+/// The prober's rows for the whole cluster run, from what it gathered and
+/// every load process's own report (`reports`, in process order).
+fn cluster_rows(report: &mut Report, args: &Args, gathered: &Gathered, reports: &[Value]) {
+    let subscribers: u64 = reports
+        .iter()
+        .filter_map(|r| r["subscribers"].as_u64())
+        .sum();
+    let sum = |key: &str| -> u64 { reports.iter().filter_map(|r| r[key].as_u64()).sum() };
+    let slowest_ramp = reports
+        .iter()
+        .filter_map(|r| r["ramp_s"].as_f64())
+        .reduce(f64::max);
+    report.add(
+        "cluster_processes",
+        "cluster: load processes, one per node",
+        reports.len(),
+        "",
+    );
+    report.add(
+        "cluster_subscribers",
+        "cluster: subscribers, all nodes",
+        subscribers,
+        "",
+    );
+    report.add(
+        "cluster_ramp_s",
+        "cluster: ramp: all N join and subscribe, slowest",
+        num(slowest_ramp),
+        "s",
+    );
+    if !gathered.samples.is_empty() {
+        report.add("cluster_probes", "cluster: probes", args.probes, "");
+        let (joins, leaves) = Samples::pooled(&gathered.samples).spreads();
+        fan_out_rows(report, ("cluster_", "cluster: "), &joins, &leaves);
+        let by_node = |pick: fn(&Spread) -> Option<f64>| {
+            let each: Vec<String> = gathered
+                .samples
+                .iter()
+                .map(|s| pick(&s.spreads().0).map_or("n/a".to_owned(), |ms| format!("{ms:.3}")))
+                .collect();
+            format!("{} ms", each.join(" / "))
+        };
+        report.add(
+            "cluster_fanout_join_p50_by_node",
+            "cluster: fan-out of a join, p50, node by node",
+            by_node(|s| s.p50),
+            "",
+        );
+        report.add(
+            "cluster_fanout_join_p99_by_node",
+            "cluster: fan-out of a join, p99, node by node",
+            by_node(|s| s.p99),
+            "",
+        );
+    }
+    if !gathered.bursts.is_empty() {
+        let bursts = &gathered.bursts;
+        let sent = bursts.iter().map(|b| b.sent).min().unwrap_or(0);
+        let answered = bursts.iter().map(|b| b.answered).max().unwrap_or(0);
+        let done: Option<Vec<u64>> = bursts.iter().map(|b| b.done).collect();
+        let span = |end: u64| (end > sent).then(|| Duration::from_nanos(end - sent));
+        let errors: Vec<String> = bursts.iter().flat_map(|b| b.errors.clone()).collect();
+        burst_rows(
+            report,
+            ("cluster_", "cluster: "),
+            &BurstFigures {
+                joins: args.burst,
+                time: done.and_then(|d| d.into_iter().max()).and_then(span),
+                deliveries: subscribers * 2 * args.burst as u64,
+                cpu: None,
+                missing: bursts.iter().map(|b| b.missing).sum(),
+                errors: &errors,
+            },
+        );
+        report.add(
+            "cluster_burst_answered_per_s",
+            "cluster: burst: joins and leaves answered per second",
+            span(answered).map(|t| (2.0 * args.burst as f64 / t.as_secs_f64()).round() as u64),
+            "/s",
+        );
+    }
+    report.add(
+        "cluster_events_checked",
+        "cluster: events checked, all streams",
+        sum("events_checked"),
+        "",
+    );
+    report.add(
+        "cluster_violations",
+        "cluster: violations (streams)",
+        sum("violations"),
+        "",
+    );
+    report.add(
+        "cluster_id_disagreements",
+        "cluster: settles with the nodes at different ids",
+        gathered.disagreements.len(),
+        "",
+    );
+    if !gathered.disagreements.is_empty() {
+        report.fail(format!(
+            "the nodes' latest event ids differed once the streams had settled ({})",
+            gathered.disagreements.join("; ")
+        ));
+    }
+    for (index, other) in reports.iter().enumerate().skip(1) {
+        if other["ok"] != Value::Bool(true) {
+            report.fail(format!("load process {index}: {}", other["failures"]));
+        }
+    }
+}
+
+async fn run(args: &Args, cluster: &Cluster) -> Result<Report> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).context("raise the open file limit")?;
     let n = args.subscribers as usize;
     let needed = n as u64 + u64::from(args.concurrency) + BURST_CONNECTIONS as u64 + 64;
@@ -1640,16 +2229,17 @@ async fn run(args: &Args) -> Result<Report> {
     }
     let target = Arc::new(Target::from_url(&args.url, args.sources).await?);
     let pid = args.pid.or_else(|| server::find_pid(target.addr.port()));
+    let who = cluster.who();
     if pid.is_none() {
-        eprintln!(
-            "lobby-load: no server process found (pass --pid): memory and CPU are not measured"
-        );
+        eprintln!("{who}: no server process found (pass --pid): memory and CPU are not measured");
     }
     let ticks = server::ticks_per_second();
     let server_cpu = || pid.and_then(server::cpu_ticks).map(|t| t as f64 / ticks);
+    let (base, wall_base) = (Instant::now(), wall_clock_ns());
     let shared = Arc::new(Shared {
         target: target.clone(),
-        base: Instant::now(),
+        base,
+        wall_base,
         slots: (0..n).map(|_| Slot::default()).collect(),
         probe: AtomicU64::new(0),
         target_id: AtomicU64::new(0),
@@ -1663,8 +2253,11 @@ async fn run(args: &Args) -> Result<Report> {
     report.add("url", "server", args.url.clone(), "");
     report.add("pid", "server pid", pid, "");
     report.add("subscribers", "subscribers", n, "");
+    // What only the prober of a cluster run needs, for the cluster's figures.
+    let mut gathered = Gathered::default();
 
-    // Ramp.
+    // Ramp (in a cluster run, every process's at once).
+    cluster.meet("start", Value::Null).await?;
     let rss_before = pid.and_then(server::rss_kib);
     let (server_cpu_0, own_cpu_0) = (server_cpu(), own_cpu_s(ticks));
     let started = Instant::now();
@@ -1674,12 +2267,12 @@ async fn run(args: &Args) -> Result<Report> {
         .map(|w| tokio::spawn(ramp_worker(shared.clone(), w, next.clone(), done.clone())))
         .collect();
     let progress = {
-        let done = done.clone();
+        let (done, who) = (done.clone(), who.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 eprintln!(
-                    "lobby-load: ramp {}/{n} after {:.0} s",
+                    "{who}: ramp {}/{n} after {:.0} s",
                     done.load(Relaxed),
                     started.elapsed().as_secs_f64()
                 );
@@ -1713,7 +2306,11 @@ async fn run(args: &Args) -> Result<Report> {
         close(followers).await;
         return Err(err.context("the ramp failed"));
     }
-    let (caught_up, behind) = settle(&shared).await;
+    // The other processes' joins reach these streams too: catch up once every
+    // ramp is over.
+    cluster.meet("ramped", Value::Null).await?;
+    let (caught_up, behind, ids) = settle_all(&shared, cluster, "ramp-settled").await?;
+    gathered.note_ids("after the ramp", &ids);
     let (server_cpu_1, own_cpu_1) = (server_cpu(), own_cpu_s(ticks));
     let rss_after = pid.and_then(server::rss_kib);
     report.add("ramp_s", "ramp: all N join and subscribe", secs(ramp), "s");
@@ -1781,35 +2378,12 @@ async fn run(args: &Args) -> Result<Report> {
 
     // Fan-out of one join and one leave.
     let (server_cpu_0, own_cpu_0) = (server_cpu(), own_cpu_s(ticks));
-    let probed = fan_out(&shared, args.timeout).await;
+    let probed = fan_out(&shared, cluster, args.probes as usize, args.timeout).await;
     let (server_cpu_1, own_cpu_1) = (server_cpu(), own_cpu_s(ticks));
     match probed {
-        Ok((joins, leaves)) => {
-            for (spread, keys) in [
-                (
-                    &joins,
-                    [
-                        ("fanout_join_p50_ms", "fan-out of a join, p50"),
-                        ("fanout_join_p99_ms", "fan-out of a join, p99"),
-                        ("fanout_join_max_ms", "fan-out of a join, max"),
-                        ("fanout_join_missing", "fan-out of a join, missing"),
-                    ],
-                ),
-                (
-                    &leaves,
-                    [
-                        ("fanout_leave_p50_ms", "fan-out of a leave, p50"),
-                        ("fanout_leave_p99_ms", "fan-out of a leave, p99"),
-                        ("fanout_leave_max_ms", "fan-out of a leave, max"),
-                        ("fanout_leave_missing", "fan-out of a leave, missing"),
-                    ],
-                ),
-            ] {
-                report.add(keys[0].0, keys[0].1, num(spread.p50), "ms");
-                report.add(keys[1].0, keys[1].1, num(spread.p99), "ms");
-                report.add(keys[2].0, keys[2].1, num(spread.max), "ms");
-                report.add(keys[3].0, keys[3].1, spread.missing, "");
-            }
+        Ok(samples) => {
+            let (joins, leaves) = samples[cluster.index].spreads();
+            fan_out_rows(&mut report, ("", ""), &joins, &leaves);
             // Both sides share the machine: a fan-out cannot be faster than the
             // load generator can read N sockets, so show what each spent.
             report.add(
@@ -1830,83 +2404,55 @@ async fn run(args: &Args) -> Result<Report> {
                     joins.missing, leaves.missing, args.timeout
                 ));
             }
+            gathered.samples = samples;
         }
+        // The others would wait for this process at the next step.
+        Err(err) if cluster.is_many() => return Err(err.context("fan-out")),
         Err(err) => report.fail(format!("fan-out: {err:#}")),
     }
 
-    // Burst.
+    // Burst (in a cluster run, each process sends its share on its node).
     if args.burst > 0 {
-        settle(&shared).await;
+        let (_, _, ids) = settle_all(&shared, cluster, "burst-settled").await?;
+        gathered.note_ids("before the burst", &ids);
+        let latest = ids.iter().copied().max().unwrap_or(0);
+        let numbers = (cluster.index..args.burst).step_by(cluster.size).collect();
         let (server_cpu_0, own_cpu_0) = (server_cpu(), own_cpu_s(ticks));
         let result = burst(
             &shared,
-            args.burst,
+            numbers,
+            latest + 2 * args.burst as u64,
             args.timeout.max(Duration::from_secs(60)),
         )
         .await;
         let (server_cpu_1, own_cpu_1) = (server_cpu(), own_cpu_s(ticks));
-        let deliveries = n as u64 * 2 * args.burst as u64;
-        report.add(
-            "burst_joins",
-            "burst: joins, then as many leaves",
-            args.burst,
-            "",
+        burst_rows(
+            &mut report,
+            ("", ""),
+            &BurstFigures {
+                joins: args.burst,
+                time: result.time(),
+                deliveries: n as u64 * 2 * args.burst as u64,
+                cpu: Some((
+                    num(server_cpu_0.zip(server_cpu_1).map(|(a, b)| b - a)),
+                    num(own_cpu_0.zip(own_cpu_1).map(|(a, b)| b - a)),
+                )),
+                missing: result.missing,
+                errors: &result.errors,
+            },
         );
-        report.add(
-            "burst_s",
-            "burst: until every stream has every event",
-            num(result.time.map(|t| t.as_secs_f64())),
-            "s",
-        );
-        report.add("burst_deliveries", "burst: deliveries", deliveries, "");
-        report.add(
-            "burst_deliveries_per_s",
-            "burst: deliveries per second",
-            result
-                .time
-                .map(|t| (deliveries as f64 / t.as_secs_f64()).round() as u64),
-            "/s",
-        );
-        report.add(
-            "burst_server_cpu_s",
-            "burst: server CPU",
-            num(server_cpu_0.zip(server_cpu_1).map(|(a, b)| b - a)),
-            "s",
-        );
-        report.add(
-            "burst_loader_cpu_s",
-            "burst: load generator CPU",
-            num(own_cpu_0.zip(own_cpu_1).map(|(a, b)| b - a)),
-            "s",
-        );
-        report.add(
-            "burst_missing",
-            "burst: streams missing events",
-            result.missing,
-            "",
-        );
-        report.add(
-            "burst_errors",
-            "burst: failed requests",
-            result.errors.len(),
-            "",
-        );
-        if result.missing > 0 {
-            report.fail(format!(
-                "burst: {} streams never saw every event",
-                result.missing
-            ));
-        }
-        if let Some(first) = result.errors.first() {
-            report.fail(format!(
-                "burst: {} requests failed, first: {first}",
-                result.errors.len()
-            ));
-        }
+        let all = cluster
+            .meet("burst-done", serde_json::to_value(&result)?)
+            .await?;
+        gathered.bursts = all
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()?;
     }
 
     // Idle CPU.
-    settle(&shared).await;
+    let (_, _, ids) = settle_all(&shared, cluster, "idle-settled").await?;
+    gathered.note_ids("before the idle period", &ids);
     let before = pid.and_then(server::cpu_ticks);
     tokio::time::sleep(args.idle).await;
     let after = pid.and_then(server::cpu_ticks);
@@ -1994,6 +2540,12 @@ async fn run(args: &Args) -> Result<Report> {
         ));
     }
 
+    // Every process keeps its streams open until all are done: a closed
+    // stream goes offline, and every node's streams would hear of it.
+    let reports = cluster.meet("end", report.json()).await?;
+    if cluster.is_many() && cluster.is_prober() {
+        cluster_rows(&mut report, args, &gathered, &reports);
+    }
     close(followers).await;
     Ok(report)
 }
@@ -2012,6 +2564,78 @@ async fn close(followers: Vec<JoinHandle<()>>) {
 mod tests {
     use super::sse::{Parser, Tally, find_newline, probe_tag};
     use super::wire::{Decoder, Framing, JoinScan, parse_head};
+    use super::{Cluster, Samples, Sightings};
+    use serde_json::{Value, json};
+
+    /// `size` load processes meeting in a fresh directory.
+    fn cluster_of(size: usize) -> Vec<Cluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "lobby-load-test-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        (0..size)
+            .map(|index| Cluster {
+                dir: Some(dir.clone()),
+                size,
+                index,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn processes_that_meet_each_get_every_payload_in_process_order() {
+        let cluster = cluster_of(3);
+        std::fs::create_dir_all(cluster[0].dir.as_ref().expect("a dir")).expect("a temp dir");
+        let met = futures_util::future::join_all(
+            cluster
+                .iter()
+                .rev()
+                .map(|c| c.meet("step", json!(c.index * 10))),
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(cluster[0].dir.as_ref().expect("a dir"));
+        for all in met {
+            assert_eq!(
+                all.expect("everyone came"),
+                [json!(0), json!(10), json!(20)]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_meeting_ends_in_an_error_once_another_process_has_given_up() {
+        let cluster = cluster_of(2);
+        std::fs::create_dir_all(cluster[0].dir.as_ref().expect("a dir")).expect("a temp dir");
+        cluster[1].give_up("no server");
+        let err = cluster[0]
+            .meet("step", Value::Null)
+            .await
+            .expect_err("process 1 is gone");
+        let _ = std::fs::remove_dir_all(cluster[0].dir.as_ref().expect("a dir"));
+        assert!(err.to_string().contains("load process 1 failed: no server"));
+    }
+
+    #[test]
+    fn fan_out_samples_count_from_the_send_and_count_who_never_saw_it() {
+        let seen = Sightings {
+            joined: vec![1_005, 0, 1_002],
+            left: vec![2_001, 2_003, 2_009],
+            sent: None,
+        };
+        let mut samples = Samples::default();
+        samples.add(&seen, (1_000, 2_000));
+        assert_eq!(
+            (samples.joins, samples.joins_missing),
+            (vec![5, 2], 1),
+            "joins"
+        );
+        assert_eq!(
+            (samples.leaves, samples.leaves_missing),
+            (vec![1, 3, 9], 0),
+            "leaves"
+        );
+    }
 
     fn decode_in_pieces(framing: Framing, body: &[u8], piece: usize) -> (Vec<u8>, bool) {
         let mut decoder = Decoder::new(framing);
@@ -2170,8 +2794,8 @@ mod tests {
         stream.extend_from_slice(
             b"id: 4\nevent: new_user\ndata: {\"id\":\"u\",\"name\":\"probe-00000000000000ab\"}\n\n",
         );
-        assert!(parse(&stream, 5, 0xab).probe_joined);
-        assert!(!parse(&stream, 5, 0xac).probe_joined);
+        assert_eq!(parse(&stream, 5, 0xab).joined_probe, 0xab);
+        assert_eq!(parse(&stream, 5, 0xac).joined_probe, 0);
         assert_eq!(probe_tag(b"{\"name\":\"probe-00000000000000ab2\"}"), None);
     }
 }
