@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test lint fmt build bench soak
+.PHONY: run test lint fmt build bench bench-cluster soak
 
 # Serves the lobby on http://127.0.0.1:3000 (flags: make run ARGS="--grace 10s").
 run:
@@ -44,6 +44,105 @@ bench:
 	  for n in $(BENCH_SIZES); do echo; echo "## N = $$n"; echo; echo '```'; grep -v '^lobby-load:' $$out/load-$$n.txt; echo '```'; done; \
 	} > BENCHMARKS.md; \
 	echo "wrote BENCHMARKS.md"
+
+# Release build, then a cluster on this machine: a redis-server of its own (no
+# persistence, in a temporary directory), three lobby nodes on it, and one
+# lobby-load per node with 6,000 subscribers each. Load process 0 sends the
+# probes and prints the figures of the whole cluster (the `cluster:` rows).
+# Prints every table and writes BENCHMARKS-cluster.md beside the single-node
+# figures of BENCHMARKS.md (N = 18000). Everything it started is stopped on the
+# way out, failure or not. Redis and the nodes listen on the first free ports
+# from 6390 and 3101 unless CLUSTER_REDIS_PORT and CLUSTER_PORTS say otherwise.
+# More lobby-load flags go in CLUSTER_LOAD_ARGS (e.g. "--idle 2s" for a quick try).
+CLUSTER_NODES ?= 3
+CLUSTER_REDIS_PORT ?=
+CLUSTER_PORTS ?=
+CLUSTER_SUBSCRIBERS ?= 6000
+CLUSTER_PROBES ?= 10
+CLUSTER_LOAD_ARGS ?=
+bench-cluster:
+	cargo build --release --bin lobby --bin lobby-load
+	@set -e; out=$$(mktemp -d); pids=; keep=; \
+	trap 'kill $$pids 2>/dev/null || true; wait 2>/dev/null || true; \
+	  if [ -n "$$keep" ]; then echo "bench-cluster: logs kept in $$out" >&2; else rm -rf $$out; fi' EXIT; \
+	trap 'keep=1; exit 1' INT TERM; \
+	fail() { keep=1; echo "bench-cluster: $$1" >&2; [ -z "$$2" ] || tail -n 20 "$$2" >&2; exit 1; }; \
+	cpu() { awk -v t=$$(getconf CLK_TCK) '{ printf "%.2f", ($$14 + $$15) / t }' /proc/$$1/stat; }; \
+	free_port() { p=$$1; while awk -v p=":$$(printf %04X $$p)" '$$2 ~ p "$$" && $$4 == "0A" { found = 1 } \
+	  END { exit !found }' /proc/net/tcp /proc/net/tcp6; do p=$$((p + 1)); done; echo $$p; }; \
+	redis_port=$(CLUSTER_REDIS_PORT); redis_port=$${redis_port:-$$(free_port 6390)}; \
+	ports="$(CLUSTER_PORTS)"; [ -n "$$ports" ] || { p=3101; for n in $$(seq $(CLUSTER_NODES)); do \
+	  p=$$(free_port $$p); ports="$$ports $$p"; p=$$((p + 1)); done; }; \
+	! redis-cli -p $$redis_port ping >/dev/null 2>&1 || fail "port $$redis_port is taken: make bench-cluster CLUSTER_REDIS_PORT=…"; \
+	redis-server --port $$redis_port --bind 127.0.0.1 --save '' --appendonly no \
+	  --dir $$out --logfile $$out/redis.log & redis=$$!; pids="$$pids $$redis"; \
+	until redis-cli -p $$redis_port ping 2>/dev/null | grep -q PONG; do \
+	  kill -0 $$redis 2>/dev/null || fail "redis-server exited" $$out/redis.log; sleep 0.1; done; \
+	nodes=; for port in $$ports; do \
+	  ! curl -s -o /dev/null http://127.0.0.1:$$port/ || fail "port $$port is taken: make bench-cluster CLUSTER_PORTS=…"; \
+	  ./target/release/lobby --bind 127.0.0.1:$$port --join-timeout 5m --join-rate 1000000 --join-burst 1000000 \
+	    --redis redis://127.0.0.1:$$redis_port/ 2>$$out/lobby-$$port.log & pid=$$!; \
+	  pids="$$pids $$pid"; nodes="$$nodes $$port:$$pid"; \
+	  until curl -sf http://127.0.0.1:$$port/healthz >/dev/null; do \
+	    kill -0 $$pid 2>/dev/null || fail "the lobby node on port $$port exited" $$out/lobby-$$port.log; sleep 0.1; done; \
+	done; \
+	size=$$(echo $$nodes | wc -w); redis_cpu=$$(cpu $$redis); started=$$(date +%s); \
+	echo "== $$size nodes on redis-server :$$redis_port, $(CLUSTER_SUBSCRIBERS) subscribers each"; \
+	i=0; loads=; for node in $$nodes; do \
+	  ./target/release/lobby-load --url http://127.0.0.1:$${node%:*} --pid $${node#*:} \
+	    --subscribers $(CLUSTER_SUBSCRIBERS) --probes $(CLUSTER_PROBES) $(CLUSTER_LOAD_ARGS) \
+	    --cluster-dir $$out/meet --cluster-size $$size --cluster-index $$i >$$out/load-$$i.txt & \
+	  loads="$$loads $$!"; pids="$$pids $$!"; i=$$((i + 1)); \
+	done; \
+	status=0; for load in $$loads; do wait $$load || status=1; done; [ $$status = 0 ] || keep=1; \
+	redis_cpu=$$(echo "$$(cpu $$redis) $$redis_cpu" | awk '{ printf "%.2f", $$1 - $$2 }'); \
+	warnings=$$(cat $$out/lobby-*.log | grep -c -E ' (WARN|ERROR) ' || true); \
+	[ $$warnings = 0 ] || { echo "== the nodes logged $$warnings warnings and errors; the first:"; \
+	  grep -h -m 5 -E ' (WARN|ERROR) ' $$out/lobby-*.log; }; \
+	i=0; for node in $$nodes; do echo "== load process $$i, node :$${node%:*}"; cat $$out/load-$$i.txt; i=$$((i + 1)); done; \
+	grep -q '^result ' $$out/load-0.txt || fail "load process 0 printed no figures"; \
+	sed -n '/^## N = 18000/,/^## /p' BENCHMARKS.md > $$out/single.txt; \
+	value() { awk -v l="$$2" 'index($$0, l "  ") == 1 { v = substr($$0, length(l) + 1); sub(/^ +/, "", v); print v; exit }' "$$1"; }; \
+	{ echo "# Benchmarks: a cluster"; echo; \
+	  echo "Written by \`make bench-cluster\` on $$(date -u '+%Y-%m-%d %H:%M UTC'), $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/ {print $$2}') GiB,"; \
+	  echo "release build: $$size lobby nodes on one redis-server ($$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence), one"; \
+	  echo "lobby-load per node with $(CLUSTER_SUBSCRIBERS) subscribers, all on this machine. Load process 0 sends $(CLUSTER_PROBES) probes, one"; \
+	  echo "after another, to its node; every process times their arrival on its subscribers on the"; \
+	  echo "wall clock. The burst's joins and leaves are shared out, each process sending its share"; \
+	  echo "to its own node. The single-node figures are those of BENCHMARKS.md at N = 18000 (one"; \
+	  echo "probe). See the README's Performance section for what each figure means."; \
+	  echo; echo "redis-server CPU while the load ran: $$redis_cpu s over $$(( $$(date +%s) - started )) s. The nodes logged"; \
+	  echo "$$warnings warnings and errors."; \
+	  echo; echo "| figure | one node, N = 18000 | cluster, all nodes |"; echo "| --- | --- | --- |"; \
+	  for row in \
+	    'subscribers|cluster: subscribers, all nodes' \
+	    'ramp: all N join and subscribe|cluster: ramp: all N join and subscribe, slowest' \
+	    'fan-out of a join, p50|cluster: fan-out of a join, p50' \
+	    'fan-out of a join, p99|cluster: fan-out of a join, p99' \
+	    'fan-out of a join, max|cluster: fan-out of a join, max' \
+	    'fan-out of a join, missing|cluster: fan-out of a join, missing' \
+	    '|cluster: fan-out of a join, p50, node by node' \
+	    '|cluster: fan-out of a join, p99, node by node' \
+	    'fan-out of a leave, p50|cluster: fan-out of a leave, p50' \
+	    'fan-out of a leave, p99|cluster: fan-out of a leave, p99' \
+	    'fan-out of a leave, missing|cluster: fan-out of a leave, missing' \
+	    'burst: joins, then as many leaves|cluster: burst: joins, then as many leaves' \
+	    'burst: until every stream has every event|cluster: burst: until every stream has every event' \
+	    'burst: deliveries per second|cluster: burst: deliveries per second' \
+	    '|cluster: burst: joins and leaves answered per second' \
+	    'burst: streams missing events|cluster: burst: streams missing events' \
+	    'burst: failed requests|cluster: burst: failed requests' \
+	    'violations (streams)|cluster: violations (streams)' \
+	    'result|result'; do \
+	    one=$$(value $$out/single.txt "$${row%%|*}"); all=$$(value $$out/load-0.txt "$${row#*|}"); \
+	    label=$${row%%|*}; label=$${label:-$${row#*|cluster: }}; \
+	    echo "| $$label | $${one:-–} | $${all:-–} |"; \
+	  done; \
+	  i=0; for node in $$nodes; do \
+	    echo; echo "## Load process $$i, node :$${node%:*}"; echo; echo '```'; cat $$out/load-$$i.txt; echo '```'; i=$$((i + 1)); \
+	  done; \
+	} > BENCHMARKS-cluster.md; \
+	echo "wrote BENCHMARKS-cluster.md"; exit $$status
 
 # A churn soak against a release build: a thousand clients join, subscribe,
 # drop, reconnect and leave at random for SOAK_SECS, then every view must equal
