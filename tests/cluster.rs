@@ -559,6 +559,11 @@ async fn the_users_of_a_killed_node_are_announced_gone_on_every_other_node_withi
         "the killed node is still live: {live:?}"
     );
     assert!(!cluster.redis.exists(&held).await, "{held} lingers");
+    let named = cluster.redis.keys(&format!("*{killed_id}*")).await;
+    assert!(
+        named.is_empty(),
+        "keys of the killed node linger: {named:?}"
+    );
     assert_eq!(cluster.redis.hash_fields("lobby:users").await.len(), 3);
 }
 
@@ -633,8 +638,10 @@ async fn after_redis_restarts_empty_every_node_and_every_stream_sees_exactly_who
     tokio::time::sleep(PAST_GRACE).await;
     cluster.redis.start_again().await;
 
-    for node in cluster.nodes() {
-        wait_for_health(node, 200, RECONCILE).await;
+    for (node, id) in cluster.nodes().zip(&node_ids) {
+        let body = wait_for_health(node, 200, RECONCILE).await;
+        assert_eq!(body["redis"], "up", "{body}");
+        assert_eq!(&node_id(&body), id, "{body}");
     }
     let truth: Vec<User> = before[..3].to_vec();
     for node in cluster.nodes() {
