@@ -26,6 +26,7 @@
 
 mod store;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,10 +36,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::presence::{
-    Event, EventId, Holding, JoinError, Joined, Name, Presence, PresenceConfig, Subscription,
-    Token, TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Presence, PresenceConfig,
+    StreamKey, Subscription, Token, TokenError, UserId, UserView,
 };
-use store::{Joining, Store};
+use store::{Joining, Opening, Store};
 
 /// How long a request waits for this node to apply an event it knows exists.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -79,6 +80,10 @@ struct Shared {
     reap: Notify,
     /// Asks the reporter to report everything this node holds.
     resync: Notify,
+    /// Where streams closed on this node are reported (the replica's too).
+    closed: mpsc::UnboundedSender<StreamKey>,
+    /// Numbers this node's streams.
+    streams: AtomicU64,
     /// Ends the node's tasks.
     stop: CancellationToken,
     /// The reporter, which tells Redis the node stopped as it ends.
@@ -98,7 +103,8 @@ impl Cluster {
     /// most) until this node is in step with it. Its tasks run until [`retire`](Self::retire).
     pub async fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
-        let (presence, reports) = Presence::replica(config.presence.clone());
+        let (closed, reports) = mpsc::unbounded_channel();
+        let presence = Presence::replica(config.presence.clone(), closed.clone());
         let node = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let cluster = Cluster {
             shared: Arc::new(Shared {
@@ -109,6 +115,8 @@ impl Cluster {
                 in_step: Mutex::new(None),
                 reap: Notify::new(),
                 resync: Notify::new(),
+                closed,
+                streams: AtomicU64::new(0),
                 stop: CancellationToken::new(),
                 reporter: Mutex::new(None),
             }),
@@ -208,13 +216,43 @@ impl Cluster {
         }
     }
 
+    /// Counts the stream in Redis, where a user's streams on every node are
+    /// counted, then serves it from this node's replica once that has every
+    /// event Redis had. While Redis is away, the replica alone decides, and
+    /// the stream is counted once Redis is back.
     pub async fn subscribe(
         &self,
         token: &Token,
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
-        self.sync().await;
-        self.shared.presence.subscribe(token, last_event_id)
+        let shared = &self.shared;
+        let stream = shared.streams.fetch_add(1, Ordering::Relaxed);
+        let opened = shared
+            .store
+            .open(&shared.node, token.key(), stream, MAX_STREAMS_PER_USER);
+        let user = match tokio::time::timeout(SYNC_READ, opened).await {
+            Ok(Ok((opening, latest))) => {
+                shared.presence.applied(latest, CATCH_UP).await;
+                match opening {
+                    Opening::Opened(user) => user,
+                    Opening::Unknown => return Err(TokenError::Unknown),
+                    Opening::TooMany => return Err(TokenError::TooManyStreams),
+                }
+            }
+            _ => {
+                let subscription = shared.presence.open(token, last_event_id, Some(stream))?;
+                shared.resync.notify_one();
+                return Ok(subscription);
+            }
+        };
+        shared
+            .presence
+            .open(token, last_event_id, Some(stream))
+            .inspect_err(|_| {
+                // Counted in Redis but not here (the replica lags, or was
+                // reloaded since): take it back.
+                let _ = shared.closed.send(StreamKey { user, stream });
+            })
     }
 
     pub async fn users(&self) -> Vec<UserView> {
@@ -406,13 +444,13 @@ async fn continues(shared: &Shared, latest: EventId) -> redis::RedisResult<bool>
         .is_some_and(|oldest| oldest <= latest + 1))
 }
 
-/// Tells Redis, in order, when users' first streams on this node open and
-/// their last ones close, and beats the node's heart. After any failure (and
+/// Tells Redis, in order, which streams closed on this node, and beats the
+/// node's heart. After any failure (and
 /// whenever Redis did not know the node) it reports everything it holds.
 /// When the node stops, it tells Redis so, after its last report.
 async fn report(
     cluster: Cluster,
-    reports: mpsc::UnboundedReceiver<Holding>,
+    reports: mpsc::UnboundedReceiver<StreamKey>,
     stop: CancellationToken,
 ) {
     report_until(&cluster, reports, &stop).await;
@@ -428,7 +466,7 @@ async fn report(
 
 async fn report_until(
     cluster: &Cluster,
-    mut reports: mpsc::UnboundedReceiver<Holding>,
+    mut reports: mpsc::UnboundedReceiver<StreamKey>,
     stop: &CancellationToken,
 ) {
     let shared = &cluster.shared;
@@ -440,8 +478,8 @@ async fn report_until(
     let mut batch = Vec::new();
     loop {
         if whole {
-            let holding = shared.presence.holding();
-            match shared.store.sync(&shared.node, grace, &holding).await {
+            let open = shared.presence.open_streams(&mut reports);
+            match shared.store.sync(&shared.node, grace, &open).await {
                 Ok(()) => {
                     whole = false;
                     backoff.reset();
@@ -474,10 +512,7 @@ async fn report_until(
                 whole = true;
             }
         }
-        if batch
-            .iter()
-            .any(|holding| matches!(holding, Holding::Closed(_)))
-        {
+        if !batch.is_empty() {
             shared.reap.notify_one();
         }
     }

@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncConnectionConfig, AsyncTypedCommands, Client, RedisResult, Script, Value};
 
-use crate::presence::{Change, EventId, Holding, Known, Name, Reload, TokenKey, UserId};
+use crate::presence::{Change, EventId, Known, Name, Reload, StreamKey, TokenKey, UserId};
 
 /// The stream that holds the log.
 const LOG: &str = "lobby:log";
@@ -30,6 +30,7 @@ macro_rules! script {
 
 struct Scripts {
     join: Script,
+    open: Script,
     leave: Script,
     report: Script,
     sync: Script,
@@ -57,6 +58,13 @@ pub(super) enum Joining {
     Full(usize),
 }
 
+/// What `open` found.
+pub(super) enum Opening {
+    Opened(UserId),
+    Unknown,
+    TooMany,
+}
+
 /// What a reap did.
 pub(super) struct Reaped {
     pub lost_nodes: u64,
@@ -77,6 +85,7 @@ impl Store {
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let scripts = Scripts {
             join: script!("lua/join.lua"),
+            open: script!("lua/open.lua"),
             leave: script!("lua/leave.lua"),
             report: script!("lua/report.lua"),
             sync: script!("lua/sync.lua"),
@@ -148,37 +157,61 @@ impl Store {
         Ok((seq > 0).then_some(seq))
     }
 
-    /// Reports streams opened and closed on `node` (none: a heartbeat). Says
-    /// whether the node was known; if not, it must [`sync`](Self::sync).
+    /// Counts a new stream `stream` on `node` for the holder of `token`,
+    /// unless they have `max` open across the cluster. Also returns the newest
+    /// event id, which the node must have applied before it serves the stream.
+    pub(super) async fn open(
+        &self,
+        node: &str,
+        token: TokenKey,
+        stream: u64,
+        max: u8,
+    ) -> RedisResult<(Opening, EventId)> {
+        let (outcome, seq, user): (i8, EventId, String) = self
+            .scripts
+            .open
+            .arg(node)
+            .arg(token.to_hex())
+            .arg(stream)
+            .arg(max)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        let opening = match outcome {
+            1 => Opening::Opened(UserId::parse(&user).ok_or_else(|| malformed("lobby:tokens"))?),
+            0 => Opening::Unknown,
+            _ => Opening::TooMany,
+        };
+        Ok((opening, seq))
+    }
+
+    /// Reports streams closed on `node` (none: a heartbeat). Says whether the
+    /// node was known; if not, it must [`sync`](Self::sync).
     pub(super) async fn report(
         &self,
         node: &str,
         grace: Duration,
-        holdings: &[Holding],
+        closed: &[StreamKey],
     ) -> RedisResult<bool> {
         let mut call = self.scripts.report.arg(node);
         call.arg(millis(grace));
-        for holding in holdings {
-            match holding {
-                Holding::Opened(user) => call.arg("o").arg(user.to_string()),
-                Holding::Closed(user) => call.arg("c").arg(user.to_string()),
-            };
+        for key in closed {
+            call.arg(key.user.to_string()).arg(key.stream);
         }
         let known: u8 = call.invoke_async(&mut self.commands.clone()).await?;
         Ok(known == 1)
     }
 
-    /// Makes `node`'s holds exactly `users`.
+    /// Makes `node`'s open streams exactly `open`.
     pub(super) async fn sync(
         &self,
         node: &str,
         grace: Duration,
-        users: &[UserId],
+        open: &[StreamKey],
     ) -> RedisResult<()> {
         let mut call = self.scripts.sync.arg(node);
         call.arg(millis(grace));
-        for user in users {
-            call.arg(user.to_string());
+        for key in open {
+            call.arg(key.user.to_string()).arg(key.stream);
         }
         call.invoke_async::<()>(&mut self.commands.clone()).await
     }

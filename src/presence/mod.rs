@@ -13,7 +13,7 @@
 //! numbers the events) or a *replica* of a log that a cluster keeps elsewhere:
 //! then [`Presence::apply`] feeds it each event in order, and it reports when a
 //! user's first stream on this node opens and their last one closes
-//! ([`Holding`]), so that the cluster can keep the deadlines.
+//! ([`StreamKey`]), so that the cluster can count streams and keep the deadlines.
 
 mod event;
 mod history;
@@ -23,7 +23,7 @@ mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
-pub use replica::{Change, Holding, Known, OutOfOrder, Reload};
+pub use replica::{Change, Known, OutOfOrder, Reload, StreamKey};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -210,7 +210,7 @@ struct Shared {
     expiry: Arc<Notify>,
     config: PresenceConfig,
     /// Where a replica reports its streams; `None` in a local lobby.
-    holding: Option<mpsc::UnboundedSender<Holding>>,
+    holding: Option<mpsc::UnboundedSender<StreamKey>>,
     /// The newest event applied, for those waiting until an event is.
     applied: watch::Sender<EventId>,
 }
@@ -241,6 +241,8 @@ struct User {
     name: Name,
     token: TokenKey,
     streams: u8,
+    /// In a replica, the cluster's ids of the streams open here.
+    stream_ids: Vec<u64>,
     /// Whether a stream was ever opened: tells a join timeout from a grace expiry.
     ever_streamed: bool,
     /// Set while the user has no open stream: when they go offline unless one opens.
@@ -258,13 +260,12 @@ impl Presence {
     }
 
     /// Creates an empty replica: it keeps no deadlines and numbers nothing
-    /// itself. It reports its streams on the receiver it returns.
-    pub fn replica(config: PresenceConfig) -> (Presence, mpsc::UnboundedReceiver<Holding>) {
-        let (holding, reports) = mpsc::unbounded_channel();
-        (Presence::with(config, Some(holding)), reports)
+    /// itself. It sends each stream it closes to `closed`.
+    pub fn replica(config: PresenceConfig, closed: mpsc::UnboundedSender<StreamKey>) -> Presence {
+        Presence::with(config, Some(closed))
     }
 
-    fn with(config: PresenceConfig, holding: Option<mpsc::UnboundedSender<Holding>>) -> Presence {
+    fn with(config: PresenceConfig, holding: Option<mpsc::UnboundedSender<StreamKey>>) -> Presence {
         // tokio's broadcast channel rounds its capacity up to a power of two; the
         // history is kept at least twice that long, so a lagged stream, just past
         // the backlog, can resume.
@@ -335,6 +336,16 @@ impl Presence {
         token: &Token,
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
+        self.open(token, last_event_id, None)
+    }
+
+    /// [`subscribe`](Self::subscribe), for a stream a cluster numbered.
+    pub(crate) fn open(
+        &self,
+        token: &Token,
+        last_event_id: Option<EventId>,
+        stream: Option<u64>,
+    ) -> Result<Subscription, TokenError> {
         let key = token.key();
         let mut state = self.shared.lock();
         let state = &mut *state;
@@ -349,9 +360,7 @@ impl Presence {
             state.deadlines.remove(&(deadline, seq));
         }
         let id = user.id;
-        if user.streams == 1 {
-            self.shared.report(Holding::Opened(id));
-        }
+        user.stream_ids.extend(stream);
         let replay =
             last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
         let start = match replay {
@@ -365,6 +374,7 @@ impl Presence {
             open: OpenStream {
                 shared: self.shared.clone(),
                 token: key,
+                stream,
             },
         })
     }
@@ -413,10 +423,10 @@ pub struct Stats {
 
 impl Shared {
     /// Tells the cluster, if there is one, about a user's streams on this node.
-    fn report(&self, holding: Holding) {
+    fn report(&self, closed: StreamKey) {
         if let Some(reports) = &self.holding {
             // An error only means the cluster is gone (the lobby is stopping).
-            let _ = reports.send(holding);
+            let _ = reports.send(closed);
         }
     }
 
@@ -479,6 +489,7 @@ impl State {
                 name,
                 token,
                 streams: 0,
+                stream_ids: Vec::new(),
                 ever_streamed: false,
                 deadline: None,
             },
@@ -515,6 +526,8 @@ impl State {
 struct OpenStream {
     shared: Arc<Shared>,
     token: TokenKey,
+    /// The cluster's id for the stream, in a replica.
+    stream: Option<u64>,
 }
 
 impl OpenStream {
@@ -538,8 +551,12 @@ impl Drop for OpenStream {
             return;
         };
         user.streams -= 1;
-        if user.streams == 0 && self.shared.holding.is_some() {
-            self.shared.report(Holding::Closed(user.id));
+        if let Some(stream) = self.stream {
+            user.stream_ids.retain(|&id| id != stream);
+            self.shared.report(StreamKey {
+                user: user.id,
+                stream,
+            });
         } else if user.streams == 0 {
             user.deadline = Some(deadline);
             state.deadlines.insert((deadline, seq));

@@ -1,9 +1,10 @@
 //! A lobby kept as a replica of a log that a cluster numbers elsewhere: the
 //! cluster feeds it each event in order ([`Presence::apply`]), or its whole
-//! state after a gap ([`Presence::reload`]), and it reports when a user's first
-//! stream on this node opens and their last one closes ([`Holding`]), so that
-//! the cluster can keep the deadlines. Streams are served from it exactly as
-//! from a local lobby.
+//! state after a gap ([`Presence::reload`]). The cluster numbers each stream it
+//! opens here ([`Presence::open`]), and the replica reports each one that closes
+//! ([`StreamKey`]), so that the cluster can count every user's streams on every
+//! node and keep the deadlines. Streams are served from it exactly as from a
+//! local lobby.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,14 +19,11 @@ use super::history::History;
 use super::name::{Name, Token, TokenKey, UserId};
 use super::roster::Roster;
 
-/// What a replica reports about the streams open on this node, in the order
-/// it happened: the cluster keeps the deadlines of users no node streams to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holding {
-    /// The user's first stream on this node opened.
-    Opened(UserId),
-    /// The user's last stream on this node closed.
-    Closed(UserId),
+/// One stream a cluster opened on this node: whose, and the cluster's id for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub user: UserId,
+    pub stream: u64,
 }
 
 /// One change in a replica's log, as the cluster numbered it.
@@ -115,11 +113,14 @@ impl Presence {
     pub fn reload(&self, reload: Reload) {
         let mut state = self.shared.lock();
         let state = &mut *state;
-        let streams: HashMap<TokenKey, (u8, bool)> = state
+        let mut streams: HashMap<TokenKey, (u8, Vec<u64>)> = state
             .users
-            .values()
+            .values_mut()
             .filter(|user| user.streams > 0)
-            .map(|user| (user.token, (user.streams, user.ever_streamed)))
+            .map(|user| {
+                let ids = std::mem::take(&mut user.stream_ids);
+                (user.token, (user.streams, ids))
+            })
             .collect();
         state.users.clear();
         state.tokens.clear();
@@ -139,11 +140,12 @@ impl Presence {
         state.latest = reload.latest;
         for (seq, user, name, token) in reload.users {
             state.add(seq, user, name, token);
-            if let (Some(&(count, ever)), Some(user)) =
-                (streams.get(&token), state.users.get_mut(&seq))
+            if let (Some((count, ids)), Some(user)) =
+                (streams.remove(&token), state.users.get_mut(&seq))
             {
                 user.streams = count;
-                user.ever_streamed = ever;
+                user.stream_ids = ids;
+                user.ever_streamed = true;
             }
         }
         let users = state.users_json();
@@ -175,14 +177,24 @@ impl Presence {
         state.users.get(seq).map(|user| user.id)
     }
 
-    /// Everyone with a stream open on this node.
-    pub fn holding(&self) -> Vec<UserId> {
+    /// Every stream open on this node. The reports of closed streams waiting
+    /// in `closed` are dropped, under the same lock the streams report under:
+    /// what is returned already counts them, and every later report is not.
+    pub fn open_streams(
+        &self,
+        closed: &mut tokio::sync::mpsc::UnboundedReceiver<StreamKey>,
+    ) -> Vec<StreamKey> {
         let state = self.shared.lock();
+        while closed.try_recv().is_ok() {}
         state
             .users
             .values()
-            .filter(|user| user.streams > 0)
-            .map(|user| user.id)
+            .flat_map(|user| {
+                user.stream_ids.iter().map(|&stream| StreamKey {
+                    user: user.id,
+                    stream,
+                })
+            })
             .collect()
     }
 
@@ -215,6 +227,7 @@ mod tests {
     use super::super::frames::{Frame, parse_frames, people_in_json, person};
     use super::super::{PresenceConfig, Subscription, Waiting};
     use super::*;
+    use tokio::sync::mpsc;
     use tokio::sync::mpsc::error::TryRecvError;
 
     fn name(raw: &str) -> Name {
@@ -257,6 +270,11 @@ mod tests {
         }
     }
 
+    fn replica(config: PresenceConfig) -> (Presence, mpsc::UnboundedReceiver<StreamKey>) {
+        let (closed, reports) = mpsc::unbounded_channel();
+        (Presence::replica(config, closed), reports)
+    }
+
     /// What a stream would write now, frame by frame, and whether it goes on.
     fn written(subscription: &mut Subscription) -> (Vec<Frame>, Waiting) {
         let mut batch = Vec::new();
@@ -266,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_applied_with_the_cluster_s_ids_and_only_in_order() {
-        let (replica, _reports) = Presence::replica(PresenceConfig::default());
+        let replica = replica(PresenceConfig::default()).0;
         let (ann, bob) = (Someone::new("ann"), Someone::new("bob"));
         let mut watcher = replica.events();
         replica.apply(1, ann.joined()).expect("the first event");
@@ -292,7 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_join_waiting_for_its_event_gets_the_users_just_before_it() {
-        let (replica, _reports) = Presence::replica(PresenceConfig::default());
+        let replica = replica(PresenceConfig::default()).0;
         let (ann, bob) = (Someone::new("ann"), Someone::new("bob"));
         replica.apply(1, ann.joined()).expect("in order");
         let before = replica.expect_join(bob.user);
@@ -302,36 +320,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_replica_reports_first_and_last_streams_and_keeps_no_deadline() {
+    async fn a_replica_reports_each_stream_that_closes_and_keeps_no_deadline() {
         let config = PresenceConfig {
             grace: Duration::from_secs(1),
             join_timeout: Duration::from_secs(1),
             ..PresenceConfig::default()
         };
-        let (replica, mut reports) = Presence::replica(config);
+        let (replica, mut reports) = replica(config);
         let ann = Someone::new("ann");
         replica.apply(1, ann.joined()).expect("in order");
-        let first = replica.subscribe(&ann.token, None).expect("known");
-        let second = replica.subscribe(&ann.token, None).expect("known");
-        assert_eq!(reports.try_recv(), Ok(Holding::Opened(ann.user)));
-        assert_eq!(reports.try_recv(), Err(TryRecvError::Empty), "once");
-        assert_eq!(replica.holding(), [ann.user]);
+        let first = replica.open(&ann.token, None, Some(7)).expect("known");
+        let second = replica.open(&ann.token, None, Some(8)).expect("known");
+        let key = |stream| StreamKey {
+            user: ann.user,
+            stream,
+        };
+        assert_eq!(replica.open_streams(&mut reports), [key(7), key(8)]);
         drop(first);
-        assert_eq!(reports.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(reports.try_recv(), Ok(key(7)));
         drop(second);
-        assert_eq!(reports.try_recv(), Ok(Holding::Closed(ann.user)));
+        assert_eq!(reports.try_recv(), Ok(key(8)));
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(
             replica.users().len(),
             1,
             "only the cluster takes her offline"
         );
-        assert!(replica.holding().is_empty());
+        assert!(replica.open_streams(&mut reports).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_open_streams_drop_the_reports_they_already_count() {
+        let (replica, mut reports) = replica(PresenceConfig::default());
+        let ann = Someone::new("ann");
+        replica.apply(1, ann.joined()).expect("in order");
+        let first = replica.open(&ann.token, None, Some(1)).expect("known");
+        let _second = replica.open(&ann.token, None, Some(2)).expect("known");
+        drop(first);
+        let open = replica.open_streams(&mut reports);
+        assert_eq!(
+            open,
+            [StreamKey {
+                user: ann.user,
+                stream: 2
+            }]
+        );
+        assert_eq!(reports.try_recv(), Err(TryRecvError::Empty));
     }
 
     #[tokio::test]
     async fn a_reload_sends_every_stream_the_new_state_and_ends_those_whose_user_is_gone() {
-        let (replica, mut reports) = Presence::replica(PresenceConfig::default());
+        let (replica, mut reports) = replica(PresenceConfig::default());
         let (ann, bob, cat) = (
             Someone::new("ann"),
             Someone::new("bob"),
@@ -339,10 +378,8 @@ mod tests {
         );
         replica.apply(1, ann.joined()).expect("in order");
         replica.apply(2, bob.joined()).expect("in order");
-        let mut ann_stream = replica.subscribe(&ann.token, None).expect("known");
-        let mut bob_stream = replica.subscribe(&bob.token, None).expect("known");
-        assert_eq!(reports.try_recv(), Ok(Holding::Opened(ann.user)));
-        assert_eq!(reports.try_recv(), Ok(Holding::Opened(bob.user)));
+        let mut ann_stream = replica.open(&ann.token, None, Some(1)).expect("known");
+        let mut bob_stream = replica.open(&bob.token, None, Some(2)).expect("known");
 
         // The log began again: ann is back under a new id, bob is gone, cat came.
         replica.reload(Reload {
@@ -373,11 +410,16 @@ mod tests {
         assert_eq!(users, [ann.person(), cat.person()]);
         assert_eq!(written(&mut bob_stream), (vec![], Waiting::Left));
 
-        // Ann's stream still counts: she is held here, and its close is reported.
-        assert_eq!(replica.holding(), [ann.user]);
+        // Ann's stream still counts here, and its close is reported; bob's
+        // went with him.
+        let ann_key = StreamKey {
+            user: ann.user,
+            stream: 1,
+        };
+        assert_eq!(replica.open_streams(&mut reports), [ann_key]);
         drop(ann_stream);
         drop(bob_stream);
-        assert_eq!(reports.try_recv(), Ok(Holding::Closed(ann.user)));
+        assert_eq!(reports.try_recv(), Ok(ann_key));
         assert_eq!(reports.try_recv(), Err(TryRecvError::Empty));
 
         // The new history replays; an id of the old log gets a snapshot.

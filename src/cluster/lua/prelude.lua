@@ -5,13 +5,14 @@
 --   lobby:seq          the newest event id
 --   lobby:log          the events, a stream whose entry ids are <event id>-0
 --   lobby:users        user id -> "<id of their new_user> <token key> <name>"
+--   lobby:tokens       token key -> user id
 --   lobby:deadlines    user id -> when they go offline (ms, Redis's clock);
 --                      only users no node streams to have one
 --   lobby:why          user id -> why that deadline: "join timeout",
 --                      "grace expired" or "node lost"
 --   lobby:nodes        node id -> its last heartbeat (ms)
---   lobby:held:<node>  the users with a stream open on that node
---   lobby:on:<user>    the nodes with a stream of that user open
+--   lobby:held:<node>  the streams open on that node: "<user id> <stream id>"
+--   lobby:on:<user>    that user's open streams: "<node id> <stream id>"
 
 local function now_ms()
   local time = redis.call('TIME')
@@ -37,6 +38,7 @@ end
 local function add_user(history, user, token, name, deadline, why)
   local seq = publish(history, {'k', 'new_user', 'u', user, 'n', name, 't', token})
   redis.call('HSET', 'lobby:users', user, seq .. ' ' .. token .. ' ' .. name)
+  redis.call('HSET', 'lobby:tokens', token, user)
   redis.call('ZADD', 'lobby:deadlines', deadline, user)
   redis.call('HSET', 'lobby:why', user, why)
   return seq
@@ -44,43 +46,55 @@ end
 
 -- Takes a user offline and announces it; 0 if they were not online.
 local function remove_user(history, user, reason)
-  local joined, _, name = user_of(user)
+  local joined, token, name = user_of(user)
   if not joined then
     return 0
   end
   redis.call('HDEL', 'lobby:users', user)
+  redis.call('HDEL', 'lobby:tokens', token)
   redis.call('ZREM', 'lobby:deadlines', user)
   redis.call('HDEL', 'lobby:why', user)
-  for _, node in ipairs(redis.call('SMEMBERS', 'lobby:on:' .. user)) do
-    redis.call('SREM', 'lobby:held:' .. node, user)
+  for _, open in ipairs(redis.call('SMEMBERS', 'lobby:on:' .. user)) do
+    local node, stream = string.match(open, '^(%S+) (%S+)$')
+    redis.call('SREM', 'lobby:held:' .. node, user .. ' ' .. stream)
   end
   redis.call('DEL', 'lobby:on:' .. user)
   return publish(history, {'k', 'disconnect_user', 'u', user, 'n', name, 's', joined, 'r', reason})
 end
 
--- A node opened the user's first stream there: no deadline while it is open.
-local function hold(node, user)
+-- A node opened a stream of the user: no deadline while one is open. Each
+-- stream is named, so that telling twice changes nothing.
+local function hold(node, user, stream)
   if redis.call('HEXISTS', 'lobby:users', user) == 0 then
     return
   end
-  redis.call('SADD', 'lobby:held:' .. node, user)
-  redis.call('SADD', 'lobby:on:' .. user, node)
+  redis.call('SADD', 'lobby:held:' .. node, user .. ' ' .. stream)
+  redis.call('SADD', 'lobby:on:' .. user, node .. ' ' .. stream)
   redis.call('ZREM', 'lobby:deadlines', user)
   redis.call('HDEL', 'lobby:why', user)
 end
 
--- A node closed the user's last stream there; once no node has one, the user
--- goes offline at `deadline` unless a stream opens again.
-local function release(node, user, deadline, why)
-  if redis.call('SREM', 'lobby:held:' .. node, user) == 0 then
+-- A node closed a stream of the user; once they have none anywhere, they go
+-- offline at `deadline` unless one opens again.
+local function release(node, user, stream, deadline, why)
+  if redis.call('SREM', 'lobby:held:' .. node, user .. ' ' .. stream) == 0 then
     return
   end
-  redis.call('SREM', 'lobby:on:' .. user, node)
+  redis.call('SREM', 'lobby:on:' .. user, node .. ' ' .. stream)
   if redis.call('SCARD', 'lobby:on:' .. user) == 0
       and redis.call('HEXISTS', 'lobby:users', user) == 1
       and redis.call('ZADD', 'lobby:deadlines', 'NX', deadline, user) == 1 then
     redis.call('HSET', 'lobby:why', user, why)
   end
+end
+
+-- Releases every stream a node has open.
+local function release_all(node, deadline, why)
+  for _, open in ipairs(redis.call('SMEMBERS', 'lobby:held:' .. node)) do
+    local user, stream = string.match(open, '^(%S+) (%S+)$')
+    release(node, user, stream, deadline, why)
+  end
+  redis.call('DEL', 'lobby:held:' .. node)
 end
 
 -- Records that `node` is alive; says whether it was known (1) or had been

@@ -13,10 +13,7 @@ if ARGV[4] == '1' then
   for _, node in ipairs(redis.call('ZRANGEBYSCORE', 'lobby:nodes', '-inf', cutoff)) do
     local seen = tonumber(redis.call('ZSCORE', 'lobby:nodes', node))
     local deadline = math.max(now, seen + tonumber(ARGV[3]))
-    for _, user in ipairs(redis.call('SMEMBERS', 'lobby:held:' .. node)) do
-      release(node, user, deadline, 'node lost')
-    end
-    redis.call('DEL', 'lobby:held:' .. node)
+    release_all(node, deadline, 'node lost')
     redis.call('ZREM', 'lobby:nodes', node)
     out[1] = out[1] + 1
   end

@@ -3,9 +3,6 @@
 -- holds starts grace (its clients reconnect elsewhere), and it is forgotten.
 local node = ARGV[1]
 local deadline = now_ms() + tonumber(ARGV[2])
-for _, user in ipairs(redis.call('SMEMBERS', 'lobby:held:' .. node)) do
-  release(node, user, deadline, 'grace expired')
-end
-redis.call('DEL', 'lobby:held:' .. node)
+release_all(node, deadline, 'grace expired')
 redis.call('ZREM', 'lobby:nodes', node)
 return 1

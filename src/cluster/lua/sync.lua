@@ -1,19 +1,21 @@
 
--- sync: ARGV = node, grace (ms), then every user with a stream open on the
--- node now. Makes the node's holds exactly those: the others start grace.
+-- sync: ARGV = node, grace (ms), then pairs of user id and stream id: every
+-- stream open on the node now. Makes the node's streams exactly those; a user
+-- left with none anywhere starts grace.
 local node = ARGV[1]
 heartbeat(node)
 local deadline = now_ms() + tonumber(ARGV[2])
 local wanted = {}
-for i = 3, #ARGV do
-  wanted[ARGV[i]] = true
+for i = 3, #ARGV, 2 do
+  wanted[ARGV[i] .. ' ' .. ARGV[i + 1]] = {ARGV[i], ARGV[i + 1]}
 end
-for _, user in ipairs(redis.call('SMEMBERS', 'lobby:held:' .. node)) do
-  if not wanted[user] then
-    release(node, user, deadline, 'grace expired')
+for _, open in ipairs(redis.call('SMEMBERS', 'lobby:held:' .. node)) do
+  if not wanted[open] then
+    local user, stream = string.match(open, '^(%S+) (%S+)$')
+    release(node, user, stream, deadline, 'grace expired')
   end
 end
-for user in pairs(wanted) do
-  hold(node, user)
+for _, pair in pairs(wanted) do
+  hold(node, pair[1], pair[2])
 end
 return 1

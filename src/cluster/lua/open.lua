@@ -1,0 +1,14 @@
+
+-- open: ARGV = node, token key, stream id, most streams a user may have open.
+-- Returns {outcome, newest event id, user id}: outcome 1 if the stream is
+-- counted, 0 if the token is unknown, -1 if its user has too many streams.
+local user = redis.call('HGET', 'lobby:tokens', ARGV[2])
+local seq = tonumber(redis.call('GET', 'lobby:seq') or '0')
+if not user then
+  return {0, seq, ''}
+end
+if redis.call('SCARD', 'lobby:on:' .. user) >= tonumber(ARGV[4]) then
+  return {-1, seq, user}
+end
+hold(ARGV[1], user, ARGV[3])
+return {1, seq, user}
