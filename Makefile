@@ -105,11 +105,12 @@ bench-cluster:
 	value() { awk -v l="$$2" 'index($$0, l "  ") == 1 { v = substr($$0, length(l) + 1); sub(/^ +/, "", v); print v; exit }' "$$1"; }; \
 	{ echo "# Benchmarks: a cluster"; echo; \
 	  echo "Written by \`make bench-cluster\` on $$(date -u '+%Y-%m-%d %H:%M UTC'), $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/ {print $$2}') GiB,"; \
-	  echo "release build: $$size lobby nodes on one redis-server ($$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence), one"; \
-	  echo "lobby-load per node with $(CLUSTER_SUBSCRIBERS) subscribers, all on this machine. Load process 0 sends $(CLUSTER_PROBES) probes, one"; \
-	  echo "after another, to its node; every process times their arrival on its subscribers on the"; \
-	  echo "wall clock. The burst's joins and leaves are shared out, each process sending its share"; \
-	  echo "to its own node. The single-node figures are those of BENCHMARKS.md at N = 18000 (one"; \
+	  echo "release build of $$(git describe --always --dirty 2>/dev/null || echo 'an unknown commit'):"; \
+	  echo "$$size lobby nodes on one redis-server ($$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence) and one lobby-load per node"; \
+	  echo "with $(CLUSTER_SUBSCRIBERS) subscribers, all on this machine. Load process 0 sends $(CLUSTER_PROBES) probes, one after"; \
+	  echo "another, to its node; every process times their arrival on its subscribers on the wall"; \
+	  echo "clock. The burst's joins and leaves are shared out, each process sending its share to"; \
+	  echo "its own node. The single-node figures are those of BENCHMARKS.md at N = 18000 (one"; \
 	  echo "probe). See the README's Performance section for what each figure means."; \
 	  echo; echo "redis-server CPU while the load ran: $$redis_cpu s over $$(( $$(date +%s) - started )) s. The nodes logged"; \
 	  echo "$$warnings warnings and errors."; \
