@@ -1607,9 +1607,10 @@ async fn settle_all(
     }
 }
 
-/// Polls until `seen` is set on every slot or `deadline` passes.
+/// Polls until `seen` is set on every slot whose stream is not lost (a lost
+/// one never will be; it is counted missing) or `deadline` passes.
 async fn wait_for_all(shared: &Shared, seen: impl Fn(&Slot) -> bool, deadline: Instant) {
-    while Instant::now() < deadline && !shared.slots.iter().all(&seen) {
+    while Instant::now() < deadline && !shared.live().all(&seen) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
