@@ -436,6 +436,47 @@ async fn every_user_is_announced_joined_and_gone_exactly_once_on_every_node() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_open_while_their_node_reports_everything_again_keep_their_users_online() {
+    let cluster = Arc::new(Cluster::start(3, &FLAGS).await);
+    // Redis forgets every node again and again; each then reports all its
+    // streams at once, while streams keep opening on it. A report that took a
+    // stream being opened for closed would start its user's grace.
+    let opened = tokio::sync::Notify::new();
+    let forget = async {
+        loop {
+            cluster.redis.command(&["DEL", "lobby:nodes"]).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                () = opened.notified() => return,
+            }
+        }
+    };
+    let open = async {
+        let mut set = JoinSet::new();
+        for i in 0..240 {
+            let cluster = cluster.clone();
+            set.spawn(async move {
+                let node = cluster.node(i % 3);
+                let joined = node.join(&format!("steady {i}")).await;
+                let mut stream = node.subscribe(&joined.token, None).await;
+                assert_eq!(stream.next_event().await.event, "existing_users");
+                (joined, stream)
+            });
+        }
+        let streams = set.join_all().await;
+        opened.notify_one();
+        streams
+    };
+    let (streams, ()) = tokio::join!(open, forget);
+    // Past the grace, more than once over: nobody with a stream has left.
+    tokio::time::sleep(PAST_GRACE * 2).await;
+    for node in cluster.nodes() {
+        assert_eq!(node.users().await.len(), streams.len(), "on {}", node.base);
+    }
+    drop(streams);
+}
+
 #[tokio::test]
 async fn a_user_who_never_streams_is_announced_gone_once_on_every_node_after_the_join_timeout() {
     let cluster = Cluster::start(3, &["--join-timeout", "500ms", "--grace", "60s"]).await;

@@ -26,7 +26,7 @@
 
 mod store;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,8 +82,8 @@ struct Shared {
     resync: Notify,
     /// Where streams closed on this node are reported (the replica's too).
     closed: mpsc::UnboundedSender<StreamKey>,
-    /// Numbers this node's streams.
-    streams: AtomicU64,
+    /// Numbers this node's streams, and knows which are being opened.
+    opening: Mutex<Numbering>,
     /// Ends the node's tasks.
     stop: CancellationToken,
     /// The reporter, which tells Redis the node stopped as it ends.
@@ -116,7 +116,7 @@ impl Cluster {
                 reap: Notify::new(),
                 resync: Notify::new(),
                 closed,
-                streams: AtomicU64::new(0),
+                opening: Mutex::default(),
                 stop: CancellationToken::new(),
                 reporter: Mutex::new(None),
             }),
@@ -226,11 +226,12 @@ impl Cluster {
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
         let shared = &self.shared;
-        let stream = shared.streams.fetch_add(1, Ordering::Relaxed);
+        let numbered = OpeningStream::new(shared);
+        let stream = numbered.stream;
         let opened = shared
             .store
             .open(&shared.node, token.key(), stream, MAX_STREAMS_PER_USER);
-        let user = match tokio::time::timeout(SYNC_READ, opened).await {
+        let user = match tokio::time::timeout(store::RESPONSE_SLACK, opened).await {
             Ok(Ok((opening, latest))) => {
                 shared.presence.applied(latest, CATCH_UP).await;
                 match opening {
@@ -300,6 +301,36 @@ impl Cluster {
             }
             _ => {}
         }
+    }
+}
+
+/// The streams of a node: the next id, and those counted in Redis but maybe
+/// not yet in the replica. A full report must not take those for closed.
+#[derive(Default)]
+struct Numbering {
+    next: u64,
+    in_flight: HashSet<u64>,
+}
+
+/// A stream being opened: numbered, and in flight until dropped.
+struct OpeningStream<'a> {
+    shared: &'a Shared,
+    stream: u64,
+}
+
+impl<'a> OpeningStream<'a> {
+    fn new(shared: &'a Shared) -> OpeningStream<'a> {
+        let mut opening = lock(&shared.opening);
+        let stream = opening.next;
+        opening.next += 1;
+        opening.in_flight.insert(stream);
+        OpeningStream { shared, stream }
+    }
+}
+
+impl Drop for OpeningStream<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.opening).in_flight.remove(&self.stream);
     }
 }
 
@@ -478,8 +509,21 @@ async fn report_until(
     let mut batch = Vec::new();
     loop {
         if whole {
-            let open = shared.presence.open_streams(&mut reports);
-            match shared.store.sync(&shared.node, grace, &open).await {
+            // In this order: a stream numbered before `next` is either in
+            // flight now, or in the replica by the time it is read, or closed.
+            let (next, in_flight) = {
+                let opening = lock(&shared.opening);
+                (
+                    opening.next,
+                    opening.in_flight.iter().copied().collect::<Vec<_>>(),
+                )
+            };
+            let open = shared.presence.open_streams();
+            match shared
+                .store
+                .sync(&shared.node, grace, next, &in_flight, &open)
+                .await
+            {
                 Ok(()) => {
                     whole = false;
                     backoff.reset();

@@ -201,15 +201,21 @@ impl Store {
         Ok(known == 1)
     }
 
-    /// Makes `node`'s open streams exactly `open`.
+    /// Makes `node`'s open streams exactly `open`, among those numbered
+    /// below `next` and not `in_flight` (the others are not known yet).
     pub(super) async fn sync(
         &self,
         node: &str,
         grace: Duration,
+        next: u64,
+        in_flight: &[u64],
         open: &[StreamKey],
     ) -> RedisResult<()> {
         let mut call = self.scripts.sync.arg(node);
-        call.arg(millis(grace));
+        call.arg(millis(grace)).arg(next).arg(in_flight.len());
+        for stream in in_flight {
+            call.arg(*stream);
+        }
         for key in open {
             call.arg(key.user.to_string()).arg(key.stream);
         }

@@ -177,15 +177,9 @@ impl Presence {
         state.users.get(seq).map(|user| user.id)
     }
 
-    /// Every stream open on this node. The reports of closed streams waiting
-    /// in `closed` are dropped, under the same lock the streams report under:
-    /// what is returned already counts them, and every later report is not.
-    pub fn open_streams(
-        &self,
-        closed: &mut tokio::sync::mpsc::UnboundedReceiver<StreamKey>,
-    ) -> Vec<StreamKey> {
+    /// Every stream the cluster opened on this node that is open now.
+    pub fn open_streams(&self) -> Vec<StreamKey> {
         let state = self.shared.lock();
-        while closed.try_recv().is_ok() {}
         state
             .users
             .values()
@@ -335,7 +329,7 @@ mod tests {
             user: ann.user,
             stream,
         };
-        assert_eq!(replica.open_streams(&mut reports), [key(7), key(8)]);
+        assert_eq!(replica.open_streams(), [key(7), key(8)]);
         drop(first);
         assert_eq!(reports.try_recv(), Ok(key(7)));
         drop(second);
@@ -346,26 +340,7 @@ mod tests {
             1,
             "only the cluster takes her offline"
         );
-        assert!(replica.open_streams(&mut reports).is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_open_streams_drop_the_reports_they_already_count() {
-        let (replica, mut reports) = replica(PresenceConfig::default());
-        let ann = Someone::new("ann");
-        replica.apply(1, ann.joined()).expect("in order");
-        let first = replica.open(&ann.token, None, Some(1)).expect("known");
-        let _second = replica.open(&ann.token, None, Some(2)).expect("known");
-        drop(first);
-        let open = replica.open_streams(&mut reports);
-        assert_eq!(
-            open,
-            [StreamKey {
-                user: ann.user,
-                stream: 2
-            }]
-        );
-        assert_eq!(reports.try_recv(), Err(TryRecvError::Empty));
+        assert!(replica.open_streams().is_empty());
     }
 
     #[tokio::test]
@@ -416,7 +391,7 @@ mod tests {
             user: ann.user,
             stream: 1,
         };
-        assert_eq!(replica.open_streams(&mut reports), [ann_key]);
+        assert_eq!(replica.open_streams(), [ann_key]);
         drop(ann_stream);
         drop(bob_stream);
         assert_eq!(reports.try_recv(), Ok(ann_key));

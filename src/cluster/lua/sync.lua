@@ -1,17 +1,26 @@
 
--- sync: ARGV = node, grace (ms), then pairs of user id and stream id: every
--- stream open on the node now. Makes the node's streams exactly those; a user
--- left with none anywhere starts grace.
+-- sync: ARGV = node, grace (ms), the node's next stream id, how many stream
+-- ids follow that are being opened, those ids, then pairs of user id and
+-- stream id: every stream open on the node now. Makes the node's streams
+-- exactly those, among the ones numbered below the next id and not being
+-- opened (the node cannot know yet about the others); a user left with no
+-- stream anywhere starts grace.
 local node = ARGV[1]
 heartbeat(node)
 local deadline = now_ms() + tonumber(ARGV[2])
+local next = tonumber(ARGV[3])
+local opening = {}
+local first = 5 + tonumber(ARGV[4])
+for i = 5, first - 1 do
+  opening[ARGV[i]] = true
+end
 local wanted = {}
-for i = 3, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   wanted[ARGV[i] .. ' ' .. ARGV[i + 1]] = {ARGV[i], ARGV[i + 1]}
 end
 for _, open in ipairs(redis.call('SMEMBERS', 'lobby:held:' .. node)) do
-  if not wanted[open] then
-    local user, stream = string.match(open, '^(%S+) (%S+)$')
+  local user, stream = string.match(open, '^(%S+) (%S+)$')
+  if not wanted[open] and not opening[stream] and tonumber(stream) < next then
     release(node, user, stream, deadline, 'grace expired')
   end
 end
