@@ -5,11 +5,14 @@
 run:
 	cargo run --release --bin lobby -- $(ARGS)
 
-# Every test: formatting, lints, unit tests, HTTP/SSE integration tests and the
-# headless-Chromium page test (skipped with a message where Chromium is missing,
-# mandatory when CI=true).
+# Every test: formatting, lints, unit tests, HTTP/SSE integration tests, the
+# cluster tests on a redis-server of their own, and the headless-Chromium page
+# test (skipped with a message where Chromium is missing, mandatory when
+# CI=true). Then the single-node acceptance tests once more, each against three
+# nodes on one Redis with every request sent to a node picked at random.
 test: lint
 	cargo test --all-targets
+	LOBBY_TEST_CLUSTER=1 cargo test --test api --test events --test presence_rules
 
 lint:
 	cargo fmt --all --check
