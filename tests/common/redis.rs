@@ -186,7 +186,11 @@ impl RedisServer {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|err| format!("cannot run {REDIS_SERVER}: {err}"))?;
+            .map_err(|err| {
+                format!(
+                    "cannot run {REDIS_SERVER}: {err} (install it: apt-get install redis-server)"
+                )
+            })?;
         let deadline = Instant::now() + STARTUP;
         loop {
             if answers_ping(self.port).await {
