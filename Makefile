@@ -90,6 +90,7 @@ bench-cluster:
 	    kill -0 $$pid 2>/dev/null || fail "the lobby node on port $$port exited" $$out/lobby-$$port.log; sleep 0.1; done; \
 	done; \
 	size=$$(echo $$nodes | wc -w); redis_cpu=$$(cpu $$redis); started=$$(date +%s); \
+	commit=$$(git describe --always --dirty 2>/dev/null || echo 'an unknown commit'); \
 	echo "== $$size nodes on redis-server :$$redis_port, $(CLUSTER_SUBSCRIBERS) subscribers each"; \
 	i=0; loads=; for node in $$nodes; do \
 	  ./target/release/lobby-load --url http://127.0.0.1:$${node%:*} --pid $${node#*:} \
@@ -108,7 +109,7 @@ bench-cluster:
 	value() { awk -v l="$$2" 'index($$0, l "  ") == 1 { v = substr($$0, length(l) + 1); sub(/^ +/, "", v); print v; exit }' "$$1"; }; \
 	{ echo "# Benchmarks: a cluster"; echo; \
 	  echo "Written by \`make bench-cluster\` on $$(date -u '+%Y-%m-%d %H:%M UTC'), $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/ {print $$2}') GiB,"; \
-	  echo "release build of $$(git describe --always --dirty 2>/dev/null || echo 'an unknown commit'):"; \
+	  echo "release build of $$commit:"; \
 	  echo "$$size lobby nodes on one redis-server ($$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence) and one lobby-load per node"; \
 	  echo "with $(CLUSTER_SUBSCRIBERS) subscribers, all on this machine. Load process 0 sends $(CLUSTER_PROBES) probes, one after"; \
 	  echo "another, to its node; every process times their arrival on its subscribers on the wall"; \
