@@ -136,7 +136,8 @@ impl Config {
     }
 }
 
-/// A URL the Redis client can open (redis://, rediss:// or redis+unix://).
+/// A URL the Redis client can open: redis:// or redis+unix:// (TLS, rediss://,
+/// is not built in).
 fn parse_redis_url(text: &str) -> Result<String, String> {
     let text = text.trim();
     redis::Client::open(text)

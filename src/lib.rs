@@ -52,9 +52,7 @@ pub async fn run(
                 presence: config.presence(),
                 node_timeout: config.node_timeout,
             };
-            let cluster = Cluster::start(url, config)
-                .await
-                .map_err(std::io::Error::other)?;
+            let cluster = Cluster::start(url, config).map_err(std::io::Error::other)?;
             Backend::Cluster(cluster)
         }
     };

@@ -745,6 +745,97 @@ async fn a_join_while_redis_is_down_is_a_json_503_on_every_node_and_changes_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_leave_refused_while_redis_hangs_never_happen_later() {
+    let cluster = Cluster::start(2, &FLAGS).await;
+    // Redis has run each script once, so a call sent while it hangs is one
+    // short message that it would run as soon as it wakes.
+    let warm = cluster.node(1).join("warm").await;
+    assert_eq!(cluster.node(0).leave(&warm.token).await, 204);
+    let watcher = cluster.node(0).join("watcher").await;
+    let mut watching = Watcher::open(cluster.node(0), &watcher).await;
+    let alice = cluster.node(1).join("alice").await;
+    let _alice_streams = Watcher::open(cluster.node(1), &alice).await;
+
+    cluster.redis.pause();
+    let refused_join = cluster.node(1).post_join("ghost").await;
+    let refused_leave = cluster.node(0).leave(&alice.token).await;
+    cluster.redis.resume();
+
+    assert_json_error(refused_join, 503).await;
+    assert_eq!(refused_leave, 503, "the leave is refused while Redis hangs");
+    for node in cluster.nodes() {
+        wait_for_health(node, 200, RECONCILE).await;
+    }
+    // Whatever Redis ran when it woke came before this.
+    let sentinel = cluster.node(1).join("sentinel").await;
+    watching.catch_up_with(cluster.node(0), &sentinel).await;
+    assert!(
+        !watching.seen.iter().any(|name| name == "ghost"),
+        "a join answered with 503 happened later: {:?}",
+        watching.seen
+    );
+    for node in cluster.nodes() {
+        let names: Vec<String> = node.users().await.into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["watcher", "alice", "sentinel"], "on {}", node.base);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_for_longer_than_the_node_timeout_takes_no_node_for_dead() {
+    let cluster = Cluster::start(3, &FLAGS).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let everyone: Vec<User> = watchers.iter().map(|w| w.user.clone()).collect();
+
+    cluster.redis.pause();
+    // Three node timeouts without a heartbeat reaching Redis.
+    tokio::time::sleep(NODE_TIMEOUT * 3).await;
+    cluster.redis.resume();
+
+    for node in cluster.nodes() {
+        wait_for_health(node, 200, RECONCILE).await;
+    }
+    tokio::time::sleep(PAST_GRACE).await;
+    for node in cluster.nodes() {
+        assert!(
+            same_people(&node.users().await, &everyone),
+            "on {}",
+            node.base
+        );
+    }
+    for watcher in &mut watchers {
+        expect_quiet(&mut watcher.stream).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_shorter_node_timeout_takes_no_healthy_node_for_dead() {
+    let mut cluster = Cluster::start(2, &FLAGS).await;
+    let mut watchers = watch_from_every_node(&cluster, 1).await;
+    let everyone: Vec<User> = watchers.iter().map(|w| w.user.clone()).collect();
+
+    // The others beat every third of their own timeout (1 s), far more
+    // rarely than this node's timeout; each is judged by its own. (Judged by
+    // this node's, they would be dead, and with its grace their users gone
+    // at once.)
+    let quick = cluster
+        .add_node(&["--grace", "100ms", "--node-timeout", "100ms"])
+        .await;
+    assert!(same_people(&quick.users().await, &everyone));
+    tokio::time::sleep(NODE_TIMEOUT + PAST_GRACE).await;
+
+    for node in cluster.nodes() {
+        assert!(
+            same_people(&node.users().await, &everyone),
+            "on {}",
+            node.base
+        );
+    }
+    for watcher in &mut watchers {
+        expect_quiet(&mut watcher.stream).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_while_redis_is_down_is_a_json_503_and_the_user_stays_online() {
     let mut cluster = Cluster::start(3, &FLAGS).await;
     let watcher = cluster.node(1).join("watcher").await;

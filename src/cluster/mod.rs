@@ -54,9 +54,6 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Waits between attempts to reach Redis: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
-/// How long a node waits for Redis at start before serving anyway.
-const START_PATIENCE: Duration = Duration::from_secs(5);
-
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub presence: PresenceConfig,
@@ -75,7 +72,7 @@ struct Shared {
     config: ClusterConfig,
     node: String,
     /// Since when this node has been in step with Redis; `None` while it is not.
-    in_step: Mutex<Option<Instant>>,
+    in_step: Mutex<Step>,
     /// Wakes the reaper when this node made a deadline.
     reap: Notify,
     /// Asks the reporter to report everything this node holds.
@@ -99,9 +96,9 @@ pub struct Health {
 }
 
 impl Cluster {
-    /// Starts following the lobby in `url`'s Redis and waits (a few seconds at
-    /// most) until this node is in step with it. Its tasks run until [`retire`](Self::retire).
-    pub async fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
+    /// Starts following the lobby in `url`'s Redis; /healthz says when this
+    /// node is in step with it. Its tasks run until [`retire`](Self::retire).
+    pub fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
         let (closed, reports) = mpsc::unbounded_channel();
         let presence = Presence::replica(config.presence.clone(), closed.clone());
@@ -112,7 +109,7 @@ impl Cluster {
                 store,
                 config,
                 node,
-                in_step: Mutex::new(None),
+                in_step: Mutex::default(),
                 reap: Notify::new(),
                 resync: Notify::new(),
                 closed,
@@ -127,13 +124,6 @@ impl Cluster {
         tokio::spawn(reap(cluster.clone(), stop.clone()));
         let reporter = tokio::spawn(report(cluster.clone(), reports, stop.clone()));
         *lock(&cluster.shared.reporter) = Some(reporter);
-        let started = Instant::now();
-        while cluster.in_step_since().is_none() && started.elapsed() < START_PATIENCE {
-            tokio::time::sleep(BACKOFF.0).await;
-        }
-        if cluster.in_step_since().is_none() {
-            tracing::warn!("cannot reach Redis yet; serving the streams this node has, and trying");
-        }
         Ok(cluster)
     }
 
@@ -202,11 +192,11 @@ impl Cluster {
             .presence
             .user_of(token)
             .ok_or(TokenError::Unknown)?;
-        match self.shared.store.leave(user, token.key()).await {
+        match self.shared.store.leave(user.id, token.key()).await {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
-                tracing::info!(id = %user, reason = "leave", "left");
-                Ok(user)
+                tracing::info!(id = %user.id, name = ?user.name, reason = "leave", "left");
+                Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
             Err(err) => {
@@ -285,23 +275,37 @@ impl Cluster {
     }
 
     fn in_step_since(&self) -> Option<Instant> {
-        *lock(&self.shared.in_step)
+        lock(&self.shared.in_step).since
     }
 
-    fn set_in_step(&self, in_step: bool) {
-        let mut since = lock(&self.shared.in_step);
-        match (in_step, since.is_some()) {
-            (true, false) => {
-                *since = Some(Instant::now());
-                tracing::info!("in step with Redis");
-            }
-            (false, true) => {
-                *since = None;
-                tracing::warn!("lost Redis; streams stay open, joins and leaves wait");
-            }
-            _ => {}
+    fn in_step(&self) {
+        let mut step = lock(&self.shared.in_step);
+        if step.since.is_none() {
+            step.since = Some(Instant::now());
+            step.problem = None;
+            tracing::info!("in step with Redis");
         }
     }
+
+    /// Logs why, once per outage and whenever the reason changes (a wrong
+    /// password or an unknown host says so at once, not only under debug).
+    fn out_of_step(&self, problem: impl std::fmt::Display) {
+        let problem = problem.to_string();
+        let mut step = lock(&self.shared.in_step);
+        if step.since.take().is_some() {
+            tracing::warn!("lost Redis ({problem}); streams stay open, joins and leaves wait");
+        } else if step.problem.as_deref() != Some(problem.as_str()) {
+            tracing::warn!("cannot reach Redis: {problem}");
+        }
+        step.problem = Some(problem);
+    }
+}
+
+/// Whether, and since when, a node follows the log; and what kept it from it.
+#[derive(Default)]
+struct Step {
+    since: Option<Instant>,
+    problem: Option<String>,
 }
 
 /// The streams of a node: the next id, and those counted in Redis but maybe
@@ -371,21 +375,19 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
         let mut connection = match shared.store.reader().await {
             Ok(connection) => connection,
             Err(err) => {
-                tracing::debug!("cannot reach Redis: {err}");
-                cluster.set_in_step(false);
+                cluster.out_of_step(err);
                 backoff.wait(&stop).await;
                 continue;
             }
         };
         if let Err(err) = catch_up(&cluster, &mut epoch).await {
-            tracing::debug!("cannot load the lobby from Redis: {err}");
-            cluster.set_in_step(false);
+            cluster.out_of_step(format_args!("cannot load the lobby: {err}"));
             backoff.wait(&stop).await;
             continue;
         }
-        cluster.set_in_step(true);
+        cluster.in_step();
         backoff.reset();
-        loop {
+        let problem = loop {
             let after = shared.presence.stats().latest_event;
             let read = tokio::select! {
                 read = tokio::time::timeout(
@@ -396,14 +398,8 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
             };
             let entries = match read {
                 Ok(Ok(entries)) => entries,
-                Ok(Err(err)) => {
-                    tracing::debug!("lost the log: {err}");
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!("the log did not answer in time");
-                    break;
-                }
+                Ok(Err(err)) => break format!("lost the log: {err}"),
+                Err(_) => break "the log did not answer in time".to_owned(),
             };
             let mut in_order = true;
             for (id, change) in entries {
@@ -415,12 +411,11 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
             }
             if !in_order {
                 if let Err(err) = catch_up(&cluster, &mut epoch).await {
-                    tracing::debug!("cannot reload the lobby: {err}");
-                    break;
+                    break format!("cannot reload the lobby: {err}");
                 }
             }
-        }
-        cluster.set_in_step(false);
+        };
+        cluster.out_of_step(problem);
         backoff.wait(&stop).await;
     }
 }
@@ -502,6 +497,7 @@ async fn report_until(
 ) {
     let shared = &cluster.shared;
     let grace = shared.config.presence.grace;
+    let node_timeout = shared.config.node_timeout;
     let mut beat = tokio::time::interval(shared.config.node_timeout / 3);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut whole = true;
@@ -521,7 +517,7 @@ async fn report_until(
             let open = shared.presence.open_streams();
             match shared
                 .store
-                .sync(&shared.node, grace, next, &in_flight, &open)
+                .sync(&shared.node, node_timeout, grace, next, &in_flight, &open)
                 .await
             {
                 Ok(()) => {
@@ -549,7 +545,11 @@ async fn report_until(
             }
             () = stop.cancelled() => return,
         }
-        match shared.store.report(&shared.node, grace, &batch).await {
+        match shared
+            .store
+            .report(&shared.node, node_timeout, grace, &batch)
+            .await
+        {
             Ok(known) => whole |= !known,
             Err(err) => {
                 tracing::debug!("cannot report to Redis: {err}");

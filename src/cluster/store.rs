@@ -2,7 +2,9 @@
 //! change is one Lua script (in `lua/`), so each rule holds atomically for all
 //! nodes; this file calls them and reads their answers into presence's types.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
@@ -47,9 +49,11 @@ struct Scripts {
 pub(super) struct Store {
     client: Client,
     commands: ConnectionManager,
-    scripts: std::sync::Arc<Scripts>,
+    scripts: Arc<Scripts>,
     /// How many events the log keeps (MAXLEN ~).
     history: usize,
+    /// Redis's clock less this machine's, in ms, as last measured.
+    clock: Arc<AtomicI64>,
 }
 
 /// What `join` found.
@@ -98,8 +102,9 @@ impl Store {
         Ok(Store {
             client,
             commands,
-            scripts: std::sync::Arc::new(scripts),
+            scripts: Arc::new(scripts),
             history,
+            clock: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -122,7 +127,7 @@ impl Store {
         token: TokenKey,
         name: &Name,
     ) -> RedisResult<Joining> {
-        let (seq, online): (EventId, usize) = self
+        let (seq, online): (i64, usize) = self
             .scripts
             .join
             .arg(self.history)
@@ -131,13 +136,14 @@ impl Store {
             .arg(user.to_string())
             .arg(token.to_hex())
             .arg(name.as_str())
+            .arg(self.give_up_at())
             .invoke_async(&mut self.commands.clone())
             .await?;
-        Ok(if seq == 0 {
-            Joining::Full(online)
-        } else {
-            Joining::Joined
-        })
+        match seq {
+            0 => Ok(Joining::Full(online)),
+            1.. => Ok(Joining::Joined),
+            _ => Err(too_late()),
+        }
     }
 
     /// The id of the `disconnect_user` event, or `None` if the user was not online.
@@ -146,15 +152,28 @@ impl Store {
         user: UserId,
         token: TokenKey,
     ) -> RedisResult<Option<EventId>> {
-        let seq: EventId = self
+        let seq: i64 = self
             .scripts
             .leave
             .arg(self.history)
             .arg(user.to_string())
             .arg(token.to_hex())
+            .arg(self.give_up_at())
             .invoke_async(&mut self.commands.clone())
             .await?;
-        Ok((seq > 0).then_some(seq))
+        match seq {
+            0 => Ok(None),
+            1.. => Ok(EventId::try_from(seq).ok()),
+            _ => Err(too_late()),
+        }
+    }
+
+    /// When (ms, on Redis's clock) a change this node asks for must have been
+    /// made, or not at all: well before the node stops waiting for the answer,
+    /// so that a join or leave answered with an error never happens later.
+    fn give_up_at(&self) -> i64 {
+        let give_up = i64::try_from(millis(RESPONSE_TIMEOUT / 2)).unwrap_or(i64::MAX);
+        unix_millis() + self.clock.load(Ordering::Relaxed) + give_up
     }
 
     /// Counts a new stream `stream` on `node` for the holder of `token`,
@@ -189,15 +208,20 @@ impl Store {
     pub(super) async fn report(
         &self,
         node: &str,
+        node_timeout: Duration,
         grace: Duration,
         closed: &[StreamKey],
     ) -> RedisResult<bool> {
         let mut call = self.scripts.report.arg(node);
-        call.arg(millis(grace));
+        call.arg(millis(node_timeout)).arg(millis(grace));
         for key in closed {
             call.arg(key.user.to_string()).arg(key.stream);
         }
-        let known: u8 = call.invoke_async(&mut self.commands.clone()).await?;
+        let asked = unix_millis();
+        let (known, redis_now): (u8, i64) = call.invoke_async(&mut self.commands.clone()).await?;
+        // Redis's clock against ours, at the middle of the round trip.
+        let here = asked + (unix_millis() - asked) / 2;
+        self.clock.store(redis_now - here, Ordering::Relaxed);
         Ok(known == 1)
     }
 
@@ -206,13 +230,17 @@ impl Store {
     pub(super) async fn sync(
         &self,
         node: &str,
+        node_timeout: Duration,
         grace: Duration,
         next: u64,
         in_flight: &[u64],
         open: &[StreamKey],
     ) -> RedisResult<()> {
         let mut call = self.scripts.sync.arg(node);
-        call.arg(millis(grace)).arg(next).arg(in_flight.len());
+        call.arg(millis(node_timeout))
+            .arg(millis(grace))
+            .arg(next)
+            .arg(in_flight.len());
         for stream in in_flight {
             call.arg(*stream);
         }
@@ -402,6 +430,23 @@ fn parse_entry(entry: &StreamId) -> Option<(EventId, Change)> {
         _ => return None,
     };
     Some((id, change))
+}
+
+/// This machine's clock, in ms since 1970.
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// A change Redis got too late to make: the node had stopped waiting.
+fn too_late() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "Redis answered after this node stopped waiting",
+    ))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 pub use serve::serve;
@@ -165,9 +165,14 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(
             // The span names the path only: a query string may hold a token.
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-            }),
+            // A refusal is answered, not a fault of lobby's: a 503 while
+            // Redis is away (which the cluster logs once) would otherwise be
+            // an ERROR line for every request a load balancer sends.
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
 }

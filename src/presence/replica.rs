@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::Presence;
-use super::event::{Event, EventId, EventKind};
+use super::event::{Event, EventId, EventKind, UserView};
 use super::history::History;
 use super::name::{Name, Token, TokenKey, UserId};
 use super::roster::Roster;
@@ -170,11 +170,14 @@ impl Presence {
     }
 
     /// The user holding `token`, as far as this lobby knows.
-    pub fn user_of(&self, token: &Token) -> Option<UserId> {
+    pub fn user_of(&self, token: &Token) -> Option<UserView> {
         let key = token.key();
         let state = self.shared.lock();
         let seq = state.tokens.get(&key)?;
-        state.users.get(seq).map(|user| user.id)
+        state
+            .users
+            .get(seq)
+            .map(|user| UserView::new(user.id, &user.name))
     }
 
     /// Every stream the cluster opened on this node that is open now.
@@ -297,7 +300,10 @@ mod tests {
             .map(|event| event.id)
             .collect();
         assert_eq!(ids, [1, 2, 3]);
-        assert_eq!(replica.user_of(&bob.token), Some(bob.user));
+        assert_eq!(
+            replica.user_of(&bob.token).map(|view| view.id),
+            Some(bob.user)
+        );
         assert_eq!(replica.user_of(&ann.token), None, "ann left");
         assert!(replica.applied(3, Duration::ZERO).await);
     }

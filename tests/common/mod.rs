@@ -105,7 +105,7 @@ impl TestServer {
     }
 
     /// One in-process lobby on a free port of `ip`, whatever the environment says.
-    async fn one_node_on(ip: IpAddr, args: &[&str]) -> TestServer {
+    pub(crate) async fn one_node_on(ip: IpAddr, args: &[&str]) -> TestServer {
         let mut args = args.to_vec();
         if !args.contains(&"--join-rate") {
             args.extend(["--join-rate", "1000000", "--join-burst", "1000000"]);

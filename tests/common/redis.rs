@@ -114,6 +114,28 @@ impl RedisServer {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open and nothing is answered,
+    /// as when Redis hangs or its network stalls.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run on (SIGCONT); what it was sent meanwhile runs now.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let pid = child.id().expect("redis-server has not been reaped");
+        let signalled = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(signalled.success(), "kill {signal} {pid}");
+    }
+
     /// Kills it with SIGKILL, as a crash would, and reaps it.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -263,6 +285,17 @@ impl Cluster {
             wait_for_health(node, 200, STARTUP).await;
         }
         Cluster { nodes, redis }
+    }
+
+    /// Adds a node with flags of its own, on the same Redis.
+    pub async fn add_node(&mut self, args: &[&str]) -> &Client {
+        let url = self.redis.url();
+        let mut flags = args.to_vec();
+        flags.extend(["--redis", &url]);
+        let node = TestServer::one_node_on(IpAddr::V4(Ipv4Addr::LOCALHOST), &flags).await;
+        wait_for_health(&node, 200, STARTUP).await;
+        self.nodes.push(node);
+        self.nodes.last().expect("the node just added")
     }
 
     /// The client of node `index`.

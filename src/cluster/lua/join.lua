@@ -1,7 +1,12 @@
 
--- join: ARGV = history, max users, join timeout (ms), user id, token key, name.
--- Returns {id of the new_user event, users online before}; the id is 0 when
--- the lobby is full.
+-- join: ARGV = history, max users, join timeout (ms), user id, token key,
+-- name, and the time (ms, Redis's clock) after which the node no longer waits
+-- for the answer. Returns {id of the new_user event, users online before}; the
+-- id is 0 when the lobby is full, -1 when the node gave up: a join it answered
+-- with an error must not happen later.
+if now_ms() > tonumber(ARGV[7]) then
+  return {-1, 0}
+end
 local online = redis.call('HLEN', 'lobby:users')
 if online >= tonumber(ARGV[2]) then
   return {0, online}

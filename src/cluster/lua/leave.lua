@@ -1,7 +1,11 @@
 
--- leave: ARGV = history, user id, token key.
--- Returns the id of the disconnect_user event, or 0 if the user is not online
--- (or the token is not theirs).
+-- leave: ARGV = history, user id, token key, and the time (ms, Redis's
+-- clock) after which the node no longer waits for the answer.
+-- Returns the id of the disconnect_user event, 0 if the user is not online
+-- (or the token is not theirs), or -1 if the node gave up.
+if now_ms() > tonumber(ARGV[4]) then
+  return -1
+end
 local joined, token = user_of(ARGV[2])
 if not joined or token ~= ARGV[3] then
   return 0

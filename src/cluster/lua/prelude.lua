@@ -11,6 +11,9 @@
 --   lobby:why          user id -> why that deadline: "join timeout",
 --                      "grace expired" or "node lost"
 --   lobby:nodes        node id -> its last heartbeat (ms)
+--   lobby:timeouts     node id -> its --node-timeout (ms): how long it may be silent
+--   lobby:reaped       when a node last reaped (ms): a long gap means Redis,
+--                      or every node, was away
 --   lobby:held:<node>  the streams open on that node: "<user id> <stream id>"
 --   lobby:on:<user>    that user's open streams: "<node id> <stream id>"
 
@@ -94,16 +97,24 @@ local function release_all(node, deadline, why)
     local user, stream = string.match(open, '^(%S+) (%S+)$')
     release(node, user, stream, deadline, why)
   end
-  redis.call('DEL', 'lobby:held:' .. node)
 end
 
--- Records that `node` is alive; says whether it was known (1) or had been
--- taken for dead or never seen (0), in which case it must report all it holds.
-local function heartbeat(node)
+-- Records that `node` is alive, and how long it may be silent; says whether
+-- it was known (1) or had been taken for dead or never seen (0), in which case
+-- it must report all it holds.
+local function heartbeat(node, timeout)
   local known = redis.call('ZSCORE', 'lobby:nodes', node)
   redis.call('ZADD', 'lobby:nodes', now_ms(), node)
+  redis.call('HSET', 'lobby:timeouts', node, timeout)
   if known then
     return 1
   end
   return 0
+end
+
+-- Forgets a node: it stopped, or was taken for dead.
+local function forget_node(node)
+  redis.call('DEL', 'lobby:held:' .. node)
+  redis.call('ZREM', 'lobby:nodes', node)
+  redis.call('HDEL', 'lobby:timeouts', node)
 end

@@ -1,21 +1,32 @@
 
 -- reap: ARGV = history, node timeout (ms), grace (ms), look for lost nodes (1/0).
--- Nodes whose heartbeat is older than the timeout are taken for dead: their
--- users start grace from that heartbeat, when their streams closed. Users whose
+-- Nodes whose heartbeat is older than their own node timeout are taken for
+-- dead: their users start grace from that heartbeat, when their streams
+-- closed. But if no node has reaped for half the node timeout, Redis (or every
+-- node) was away, and every heartbeat is old for that reason alone: then every
+-- node gets a fresh period instead, and none is taken for dead. Users whose
 -- deadline has passed go offline, each exactly once: whichever node runs this
 -- first removes them, and the others find nothing left to do.
 -- Returns {lost node count, then for each user taken offline: id, name,
 -- reason; and last the ms until the next deadline, or -1}.
 local now = now_ms()
 local out = {0}
-if ARGV[4] == '1' then
-  local cutoff = now - tonumber(ARGV[2])
-  for _, node in ipairs(redis.call('ZRANGEBYSCORE', 'lobby:nodes', '-inf', cutoff)) do
-    local seen = tonumber(redis.call('ZSCORE', 'lobby:nodes', node))
-    local deadline = math.max(now, seen + tonumber(ARGV[3]))
-    release_all(node, deadline, 'node lost')
-    redis.call('ZREM', 'lobby:nodes', node)
-    out[1] = out[1] + 1
+local last = tonumber(redis.call('GET', 'lobby:reaped') or now)
+redis.call('SET', 'lobby:reaped', now)
+local nodes = redis.call('ZRANGE', 'lobby:nodes', 0, -1, 'WITHSCORES')
+if now - last > tonumber(ARGV[2]) / 2 then
+  for i = 1, #nodes, 2 do
+    redis.call('ZADD', 'lobby:nodes', now, nodes[i])
+  end
+elseif ARGV[4] == '1' then
+  for i = 1, #nodes, 2 do
+    local node, seen = nodes[i], tonumber(nodes[i + 1])
+    local timeout = tonumber(redis.call('HGET', 'lobby:timeouts', node) or ARGV[2])
+    if now - seen > timeout then
+      release_all(node, math.max(now, seen + tonumber(ARGV[3])), 'node lost')
+      forget_node(node)
+      out[1] = out[1] + 1
+    end
   end
 end
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', 'lobby:deadlines', '-inf', now, 'LIMIT', 0, 512)) do

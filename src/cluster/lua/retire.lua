@@ -4,5 +4,5 @@
 local node = ARGV[1]
 local deadline = now_ms() + tonumber(ARGV[2])
 release_all(node, deadline, 'grace expired')
-redis.call('ZREM', 'lobby:nodes', node)
+forget_node(node)
 return 1

@@ -1,17 +1,17 @@
 
--- sync: ARGV = node, grace (ms), the node's next stream id, how many stream
+-- sync: ARGV = node, its node timeout (ms), grace (ms), the node's next stream id, how many stream
 -- ids follow that are being opened, those ids, then pairs of user id and
 -- stream id: every stream open on the node now. Makes the node's streams
 -- exactly those, among the ones numbered below the next id and not being
 -- opened (the node cannot know yet about the others); a user left with no
 -- stream anywhere starts grace.
 local node = ARGV[1]
-heartbeat(node)
-local deadline = now_ms() + tonumber(ARGV[2])
-local next = tonumber(ARGV[3])
+heartbeat(node, ARGV[2])
+local deadline = now_ms() + tonumber(ARGV[3])
+local next = tonumber(ARGV[4])
 local opening = {}
-local first = 5 + tonumber(ARGV[4])
-for i = 5, first - 1 do
+local first = 6 + tonumber(ARGV[5])
+for i = 6, first - 1 do
   opening[ARGV[i]] = true
 end
 local wanted = {}
