@@ -127,9 +127,25 @@ fn flag_error(err: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = err.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("lobby: {first} (see lobby --help)");
+    // "the following required arguments were not provided:" names them on the
+    // lines below; bring them onto the one line.
+    let missing: Vec<&str> = lines
+        .take_while(|line| first.ends_with(':') && line.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    let help = if text.contains("Usage: lobby watch") {
+        "lobby watch --help"
+    } else {
+        "lobby --help"
+    };
+    if missing.is_empty() {
+        eprintln!("lobby: {first} (see {help})");
+    } else {
+        eprintln!("lobby: {first} {} (see {help})", missing.join(", "));
+    }
     ExitCode::from(2)
 }
 

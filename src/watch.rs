@@ -26,7 +26,7 @@ pub struct WatchArgs {
     pub name: Option<String>,
 
     /// Without --name: how often to ask GET /users.
-    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = crate::config::parse_positive_duration)]
+    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = crate::config::parse_positive_duration, conflicts_with = "name")]
     pub every: Duration,
 }
 
@@ -64,6 +64,9 @@ const STREAM_SILENCE: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(1);
 /// Every request but the stream must be answered within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The leave after Ctrl-C: shorter, since a second Ctrl-C no longer kills the
+/// process, and the grace period removes us anyway if the leave is lost.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs `lobby watch` until `shutdown` resolves (then leaves, if it joined) or
 /// until something stops it.
@@ -142,6 +145,7 @@ async fn follow(
             eprintln!("lobby watch: reconnected");
             failing = false;
         }
+        let opened = tokio::time::Instant::now();
         let mut events = response.bytes_stream().eventsource();
         // Until the stream ends, breaks, or falls silent: then reopen it at once.
         while let Ok(Some(Ok(event))) = tokio::time::timeout(STREAM_SILENCE, events.next()).await {
@@ -167,6 +171,11 @@ async fn follow(
                 }
                 _ => {}
             }
+        }
+        // A stream that ends as soon as it opens (a proxy that answers 200 and
+        // closes) must not be reopened in a tight loop.
+        if opened.elapsed() < RETRY {
+            tokio::time::sleep(RETRY).await;
         }
     }
 }
@@ -379,7 +388,7 @@ impl Lobby {
         let response = self
             .http
             .post(self.url("leave"))
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(LEAVE_TIMEOUT)
             .bearer_auth(token)
             .send()
             .await

@@ -157,6 +157,18 @@ async fn a_url_that_is_not_http_is_one_line_and_exit_2() {
     assert!(stderr.contains("http://"), "{stderr}");
 }
 
+#[tokio::test]
+async fn a_missing_url_is_one_line_naming_it_and_exit_2() {
+    let mut watcher = Watcher::spawn(&["watch"]);
+
+    let (status, stderr) = watcher.exit().await;
+
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("<URL>"), "{stderr}");
+    assert!(stderr.contains("lobby watch --help"), "{stderr}");
+}
+
 // ---- helpers local to this file ----
 
 /// `lobby watch` running as a child process. Killed if dropped.
