@@ -176,7 +176,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("{err}; write a duration like 5s, 500ms or 2m"))
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err("must be longer than zero".into()),
         duration => Ok(duration),

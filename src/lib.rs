@@ -17,6 +17,8 @@
 //!   log's events), and deadlines and dead nodes are handled in Redis scripts.
 //! - [`backend`]: what HTTP talks to, one process's presence or a cluster node.
 //! - [`config`]: the command line and its environment variables.
+//! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
+//!   an SSE parser), which knows nothing of the server's insides.
 //! - `main.rs`: flags, logging, bind, then [`run`].
 //! - `bin/lobby-load.rs`: the load generator behind `make bench`.
 //! - `static/`: the page's script, style and icon, compiled into the binary.
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod presence;
+pub mod watch;
 
 use std::future::Future;
 

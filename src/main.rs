@@ -1,12 +1,50 @@
-//! The `lobby` binary: flags, logging, bind, then `lobby::run` until SIGINT or SIGTERM.
+//! The `lobby` binary: flags, logging, bind, then `lobby::run` until SIGINT or
+//! SIGTERM; or, as `lobby watch`, the terminal client in `lobby::watch`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use lobby::Config;
+use lobby::watch::WatchArgs;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+
+/// A small, fast "who's online" server: POST /join, then listen on GET /events.
+///
+/// With no command it serves; `lobby watch` follows a lobby from the terminal.
+#[derive(Debug, Parser)]
+#[command(name = "lobby", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    serve: Config,
+
+    /// How log lines are written: pretty (for people) or json (one object a
+    /// line, for a log collector).
+    #[arg(
+        long,
+        env = "LOBBY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Pretty,
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Follow a lobby from the terminal: who is online, then a line per join and leave.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
 
 /// glibc's allocator keeps the heap it grew for the large transient buffers
 /// of a ramp (every join reply and snapshot lists everyone), so an idle lobby
@@ -16,17 +54,43 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::try_parse() {
-        Ok(config) => config,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(err) => return flag_error(err),
     };
-    tracing_subscriber::fmt()
+    match cli.command {
+        Some(Command::Watch(args)) => watch(args).await,
+        None => serve(cli.serve, cli.log_format).await,
+    }
+}
+
+/// `lobby watch`: its output is its interface, so it logs nothing; an error
+/// is one line on stderr and exit code 1.
+async fn watch(args: WatchArgs) -> ExitCode {
+    match lobby::watch::run(args, signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lobby watch: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Each line one JSON object, its fields (id, name, reason) at the top
+        // level, where a collector looks for them.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
+}
+
+async fn serve(config: Config, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
     raise_open_file_limit();
 
     let listener = match TcpListener::bind(config.bind).await {
@@ -63,9 +127,25 @@ fn flag_error(err: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = err.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("lobby: {first} (see lobby --help)");
+    // "the following required arguments were not provided:" names them on the
+    // lines below; bring them onto the one line.
+    let missing: Vec<&str> = lines
+        .take_while(|line| first.ends_with(':') && line.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    let help = if text.contains("Usage: lobby watch") {
+        "lobby watch --help"
+    } else {
+        "lobby --help"
+    };
+    if missing.is_empty() {
+        eprintln!("lobby: {first} (see {help})");
+    } else {
+        eprintln!("lobby: {first} {} (see {help})", missing.join(", "));
+    }
     ExitCode::from(2)
 }
 
@@ -79,6 +159,12 @@ fn raise_open_file_limit() {
 }
 
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("shutting down: closing every stream");
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM.
+async fn signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -95,5 +181,4 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    tracing::info!("shutting down: closing every stream");
 }

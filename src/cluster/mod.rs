@@ -176,7 +176,7 @@ impl Cluster {
             Ok(Ok(users)) => users,
             _ => shared.presence.users_json(),
         };
-        tracing::info!(%id, name = ?name, "joined");
+        tracing::info!(%id, name = name.as_str(), "joined");
         Ok(Joined {
             id,
             name,
@@ -195,7 +195,7 @@ impl Cluster {
         match self.shared.store.leave(user.id, token.key()).await {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
-                tracing::info!(id = %user.id, name = ?user.name, reason = "leave", "left");
+                tracing::info!(id = %user.id, name = user.name.as_str(), reason = "leave", "left");
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -585,7 +585,7 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
                 for (id, name, reason) in &reaped.gone {
-                    tracing::info!(%id, name = ?name, reason = %reason, "left");
+                    tracing::info!(%id, name = name.as_str(), reason = %reason, "left");
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

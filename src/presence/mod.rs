@@ -319,7 +319,7 @@ impl Presence {
         state.deadlines.insert((deadline, seq));
         drop(state);
         self.shared.expiry.notify_one();
-        tracing::info!(%id, name = ?name, "joined");
+        tracing::info!(%id, name = name.as_str(), "joined");
         Ok(Joined {
             id,
             name,
@@ -386,7 +386,7 @@ impl Presence {
         let mut state = self.shared.lock();
         let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
         let user = state.remove(seq).ok_or(TokenError::Unknown)?;
-        tracing::info!(id = %user.id, name = ?user.name, reason = "leave", "left");
+        tracing::info!(id = %user.id, name = user.name.as_str(), reason = "leave", "left");
         Ok(user.id)
     }
 
@@ -452,7 +452,7 @@ impl Shared {
                 } else {
                     "join timeout"
                 };
-                tracing::info!(id = %user.id, name = ?user.name, reason, "left");
+                tracing::info!(id = %user.id, name = user.name.as_str(), reason, "left");
             }
         }
         None

@@ -392,7 +392,16 @@ impl LobbyProcess {
     /// Starts the binary with `flags` and waits until it answers. It logs at
     /// `warn`: a line per join and leave would only cost a debug build time.
     pub async fn start(flags: &[&str]) -> LobbyProcess {
-        let addr = free_addr();
+        LobbyProcess::start_with(free_addr(), flags, &[("RUST_LOG", "warn")]).await
+    }
+
+    /// The same on `addr`, with these environment variables (`RUST_LOG` and
+    /// `LOBBY_*` from the test's own environment are not passed on).
+    pub async fn start_with(
+        addr: SocketAddr,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> LobbyProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
         command
             .arg("--bind")
@@ -402,11 +411,11 @@ impl LobbyProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LOBBY_") {
+            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
                 command.env_remove(name);
             }
         }
-        command.env("RUST_LOG", "warn");
+        command.envs(env.iter().copied());
         let mut child = command.spawn().expect("spawn lobby");
         let mut pipe = child.stderr.take().expect("piped stderr");
         let stderr = std::thread::spawn(move || {
