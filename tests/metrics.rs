@@ -3,52 +3,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use common::metrics::{Scrape, scrape};
 use common::{Client, PATIENCE, TestServer, free_addr};
-
-/// One scrape: every sample, keyed by its name and labels as written
-/// (`lobby_leaves_total{reason="leave"}`).
-#[derive(Debug)]
-struct Scrape(HashMap<String, f64>);
-
-impl Scrape {
-    fn of(text: &str) -> Scrape {
-        Scrape(
-            text.lines()
-                .filter(|line| !line.starts_with('#') && !line.is_empty())
-                .filter_map(|line| {
-                    let (key, value) = line.rsplit_once(' ')?;
-                    Some((key.to_owned(), value.parse().ok()?))
-                })
-                .collect(),
-        )
-    }
-
-    fn get(&self, key: &str) -> f64 {
-        *self
-            .0
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} is in the scrape: {:?}", self.0.keys()))
-    }
-}
-
-async fn scrape(client: &Client) -> Scrape {
-    let response = client
-        .client
-        .get(client.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
-    assert!(content_type.starts_with("application/openmetrics-text"));
-    Scrape::of(&response.text().await.expect("a body"))
-}
 
 /// Scrapes until `key` has grown by `by` since `before`, or panics after the patience.
 async fn until_grown(client: &Client, before: &Scrape, key: &str, by: f64) -> Scrape {
