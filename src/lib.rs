@@ -16,6 +16,8 @@
 //!   follows one log in Redis into a local replica (a [`presence`] fed the
 //!   log's events), and deadlines and dead nodes are handled in Redis scripts.
 //! - [`backend`]: what HTTP talks to, one process's presence or a cluster node.
+//! - [`observe`]: told of each join and leave where it is decided (presence, or
+//!   the cluster node that made it): Prometheus metrics and `--webhook`.
 //! - [`config`]: the command line and its environment variables.
 //! - `main.rs`: flags, logging, bind, then [`run`].
 //! - `bin/lobby-load.rs`: the load generator behind `make bench`.

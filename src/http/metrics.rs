@@ -29,12 +29,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Serves GET /metrics alone on `listener` until `stop` is cancelled.
 pub async fn serve_metrics(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
     let router = Router::new()
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state);
-    tracing::info!(?addr, "metrics at /metrics");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;
