@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::cluster::{Cluster, Health};
 use crate::presence::{
-    Event, EventId, JoinError, Joined, Name, Presence, PresenceConfig, Subscription, Token,
+    Event, EventId, JoinError, Joined, Name, Presence, PresenceConfig, Stats, Subscription, Token,
     TokenError, UserId, UserView,
 };
 
@@ -74,6 +74,15 @@ impl Backend {
         match self {
             Backend::Local(presence) => presence.users_json(),
             Backend::Cluster(cluster) => cluster.users_json().await,
+        }
+    }
+
+    /// How many users are online (in the whole lobby) and how many streams
+    /// are open (on this node).
+    pub async fn stats(&self) -> Stats {
+        match self {
+            Backend::Local(presence) => presence.stats(),
+            Backend::Cluster(cluster) => cluster.stats(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::observe::WebhookConfig;
 use crate::presence::PresenceConfig;
 
 /// A small, fast "who's online" server: POST /join, then listen on GET /events.
@@ -94,12 +95,51 @@ pub struct Config {
     /// dead, and its users start their grace period (from its last heartbeat).
     #[arg(long, env = "LOBBY_NODE_TIMEOUT", default_value = "3s", value_name = "DUR", value_parser = parse_positive_duration)]
     pub node_timeout: Duration,
+
+    /// Serve the Prometheus metrics (GET /metrics) on this address instead of
+    /// the main one, which then has no /metrics.
+    #[arg(long, env = "LOBBY_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// POST a signed JSON body to this URL for every join and every leave
+    /// (with its reason), such as https://app.example.com/lobby-events.
+    #[arg(long, env = "LOBBY_WEBHOOK", value_name = "URL", value_parser = parse_webhook_url, requires = "webhook_secret")]
+    pub webhook: Option<reqwest::Url>,
+
+    /// The shared secret that signs each webhook: X-Lobby-Signature is
+    /// sha256=<hex HMAC-SHA256 of the body>.
+    #[arg(
+        long,
+        env = "LOBBY_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// How long one webhook attempt may take before it is retried.
+    #[arg(long, env = "LOBBY_WEBHOOK_TIMEOUT", default_value = "5s", value_name = "DUR", value_parser = parse_positive_duration)]
+    pub webhook_timeout: Duration,
+
+    /// How many webhook events may wait for a slow backend; past that, new
+    /// ones are dropped (and counted) rather than slow the lobby.
+    #[arg(long, env = "LOBBY_WEBHOOK_QUEUE", default_value = "1000", value_name = "N", value_parser = parse_at_least_one::<NonZeroUsize>)]
+    pub webhook_queue: NonZeroUsize,
 }
 
 impl Config {
     /// The defaults, as if `lobby` were run with no flags (environment included).
     pub fn from_env() -> Result<Config, clap::Error> {
         Config::try_parse_from(["lobby"])
+    }
+
+    /// `--webhook` and its settings, if it was given.
+    pub fn webhook(&self) -> Option<WebhookConfig> {
+        Some(WebhookConfig {
+            url: self.webhook.clone()?,
+            secret: self.webhook_secret.clone().unwrap_or_default(),
+            timeout: self.webhook_timeout,
+            queue: self.webhook_queue.get(),
+        })
     }
 
     pub fn presence(&self) -> PresenceConfig {
@@ -143,6 +183,16 @@ fn parse_redis_url(text: &str) -> Result<String, String> {
     redis::Client::open(text)
         .map(|_| text.to_owned())
         .map_err(|err| format!("not a Redis URL ({err}); write it as redis://HOST:PORT/"))
+}
+
+/// An http:// or https:// URL.
+fn parse_webhook_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|err| format!("not a URL ({err}); write it as https://HOST/PATH"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        _ => Err("a webhook URL starts with http:// or https://".into()),
+    }
 }
 
 /// A whole number of at least 1.
@@ -241,6 +291,20 @@ mod tests {
                 .to_string();
             assert!(err.contains("at least 1"), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn a_webhook_needs_a_secret_and_an_http_url() {
+        assert!(parse(&["--webhook", "http://127.0.0.1:9/hook"]).is_err());
+        assert!(parse(&["--webhook", "ftp://x/", "--webhook-secret", "s"]).is_err());
+        let config = parse(&[
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+            "--webhook-secret",
+            "s",
+        ])
+        .expect("valid flags");
+        assert!(config.webhook().is_some());
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   follows one log in Redis into a local replica (a [`presence`] fed the
 //!   log's events), and deadlines and dead nodes are handled in Redis scripts.
 //! - [`backend`]: what HTTP talks to, one process's presence or a cluster node.
+//! - [`observe`]: told of each join and leave where it is decided (presence, or
+//!   the cluster node that made it): Prometheus metrics and `--webhook`.
 //! - [`config`]: the command line and its environment variables.
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
 //!   an SSE parser), which knows nothing of the server's insides.
@@ -27,10 +29,12 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod observe;
 pub mod presence;
 pub mod watch;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use backend::Backend;
 use cluster::{Cluster, ClusterConfig};
 pub use config::Config;
+use observe::{Metrics, Observer, Webhooks};
 use presence::Presence;
 
 /// Serves the lobby on `listener` until `shutdown` completes; then every open
@@ -48,18 +53,37 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let webhooks = config
+        .webhook()
+        .map(|webhook| Webhooks::start(webhook, metrics.clone()));
+    let observer = Observer::new(metrics, webhooks);
+    // Bound before anything is served, so a taken port fails the start.
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen on {addr} for metrics: {err}"),
+            )
+        })?),
+        None => None,
+    };
     let backend = match &config.redis {
-        None => Backend::Local(Presence::new(config.presence())),
+        None => Backend::Local(Presence::observed(config.presence(), observer.clone())),
         Some(url) => {
             let config = ClusterConfig {
                 presence: config.presence(),
                 node_timeout: config.node_timeout,
+                observer: observer.clone(),
             };
             let cluster = Cluster::start(url, config).map_err(std::io::Error::other)?;
             Backend::Cluster(cluster)
         }
     };
-    let state = http::AppState::new(backend.clone(), &config, stop.clone());
+    let state = http::AppState::new(backend.clone(), &config, observer, stop.clone());
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(http::serve_metrics(listener, state.clone(), stop.clone()));
+    }
     tokio::spawn({
         let stop = stop.clone();
         async move {

@@ -35,8 +35,9 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::observe::{LeaveReason, Observer};
 use crate::presence::{
-    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Presence, PresenceConfig,
+    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Presence, PresenceConfig, Stats,
     StreamKey, Subscription, Token, TokenError, UserId, UserView,
 };
 use store::{Joining, Opening, Store};
@@ -58,6 +59,9 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 pub struct ClusterConfig {
     pub presence: PresenceConfig,
     pub node_timeout: Duration,
+    /// Told of each join and leave this node makes: each is told once, by
+    /// the node that made it, never by the replicas that apply it.
+    pub observer: Observer,
 }
 
 /// One node of a lobby shared through Redis. Cheap to clone.
@@ -101,7 +105,11 @@ impl Cluster {
     pub fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
         let (closed, reports) = mpsc::unbounded_channel();
-        let presence = Presence::replica(config.presence.clone(), closed.clone());
+        let presence = Presence::replica(
+            config.presence.clone(),
+            closed.clone(),
+            config.observer.clone(),
+        );
         let node = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let cluster = Cluster {
             shared: Arc::new(Shared {
@@ -176,7 +184,7 @@ impl Cluster {
             Ok(Ok(users)) => users,
             _ => shared.presence.users_json(),
         };
-        tracing::info!(%id, name = name.as_str(), "joined");
+        shared.config.observer.joined(id, name.as_str(), None);
         Ok(Joined {
             id,
             name,
@@ -195,7 +203,8 @@ impl Cluster {
         match self.shared.store.leave(user.id, token.key()).await {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
-                tracing::info!(id = %user.id, name = user.name.as_str(), reason = "leave", "left");
+                let observer = &self.shared.config.observer;
+                observer.left(user.id, user.name.as_str(), LeaveReason::Leave, Some(seq));
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -244,6 +253,11 @@ impl Cluster {
                 // reloaded since): take it back.
                 let _ = shared.closed.send(StreamKey { user, stream });
             })
+    }
+
+    /// The replica's figures: the whole lobby's users, this node's streams.
+    pub fn stats(&self) -> Stats {
+        self.shared.presence.stats()
     }
 
     pub async fn users(&self) -> Vec<UserView> {
@@ -585,7 +599,10 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
                 for (id, name, reason) in &reaped.gone {
-                    tracing::info!(%id, name = name.as_str(), reason = %reason, "left");
+                    match LeaveReason::from_script(reason) {
+                        Some(reason) => config.observer.left(id, name, reason, None),
+                        None => tracing::warn!(%id, ?name, %reason, "left, for a reason unknown"),
+                    }
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::observe::Limit;
 use crate::presence::{JoinError, MAX_STREAMS_PER_USER, NameError, TokenError};
 
 /// How long a client refused for a full lobby is told to wait.
@@ -139,6 +140,17 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        // For the metrics layer, which counts refusals by limit.
+        let limit = match self {
+            ApiError::TooManyJoins(_) => Some(Limit::JoinRate),
+            ApiError::LobbyFull(_) => Some(Limit::MaxUsers),
+            ApiError::TooManyStreams => Some(Limit::StreamsPerToken),
+            ApiError::TooManyConnections => Some(Limit::Connections),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            response.extensions_mut().insert(limit);
         }
         response
     }

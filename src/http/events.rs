@@ -4,6 +4,7 @@
 //! Dropping the response body (the client went away) closes the stream in presence.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::bearer;
 use super::{ApiError, AppState};
+use crate::observe::{Metrics, SlowCause};
 use crate::presence::{EventId, Subscription, Token, Waiting};
 
 /// At most this many waiting events are joined into one write.
@@ -42,6 +44,7 @@ pub async fn events(
         subscription,
         state.heartbeat.clone(),
         state.retry_line.clone(),
+        state.observer.metrics().clone(),
     ));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -87,6 +90,7 @@ fn stream(
     subscription: Subscription,
     mut heartbeat: watch::Receiver<()>,
     retry_line: Bytes,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         // The whole subscription must live inside the stream: when hyper drops
@@ -107,6 +111,10 @@ fn stream(
                         if waiting == Waiting::Open {
                             waiting = subscription.read_waiting(&mut batch, MAX_BATCH);
                         }
+                        metrics.events_sent(batch.len() as u64);
+                        if waiting == Waiting::Lagged {
+                            metrics.slow_streams_ended(SlowCause::Backlog, 1);
+                        }
                         yield Ok(concat(&batch));
                         if waiting != Waiting::Open {
                             break;
@@ -115,7 +123,11 @@ fn stream(
                     // Fell more than the backlog behind, or the lobby is gone: end
                     // the stream. The client reconnects with Last-Event-ID and
                     // catches up from the history, so nothing is lost.
-                    Err(RecvError::Lagged(_) | RecvError::Closed) => break,
+                    Err(RecvError::Lagged(_)) => {
+                        metrics.slow_streams_ended(SlowCause::Backlog, 1);
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
                 },
                 beat = heartbeat.changed() => match beat {
                     Ok(()) => yield Ok(Bytes::from_static(b":\n\n")),

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::events::MAX_BATCH;
 use super::limits::ConnectionSlot;
+use crate::observe::{Metrics, SlowCause};
 use crate::presence::{Event, Subscription, Waiting};
 
 /// While events keep coming (a pass found more than one waiting), a shard
@@ -96,13 +97,15 @@ impl Fanout {
         events: &broadcast::Receiver<Arc<Event>>,
         heartbeat: &watch::Receiver<()>,
         limits: StreamLimits,
+        metrics: &Arc<Metrics>,
     ) -> Fanout {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (sender, inbox) = mpsc::unbounded_channel();
                 let mut heartbeat = heartbeat.clone();
                 heartbeat.mark_unchanged();
-                tokio::spawn(Shard::new(limits).run(inbox, events.resubscribe(), heartbeat));
+                let shard = Shard::new(limits, metrics.clone());
+                tokio::spawn(shard.run(inbox, events.resubscribe(), heartbeat));
                 sender
             })
             .collect();
@@ -164,6 +167,10 @@ struct Shard {
     streams: Slab<Stream>,
     limits: StreamLimits,
     ready: Arc<Ready>,
+    metrics: Arc<Metrics>,
+    /// What this shard sent and ended since it last told `metrics`: told
+    /// once per pass, not once per stream.
+    tally: Tally,
     /// Reused for every batch, so delivering allocates nothing.
     batch: Vec<Bytes>,
     /// Reused to take the ready keys out from under their lock.
@@ -185,6 +192,15 @@ struct Stream {
     blocked_since: Option<Instant>,
     /// Counts this connection among those open.
     _slot: ConnectionSlot,
+}
+
+/// Counted by a shard between two reports to the metrics.
+#[derive(Default)]
+struct Tally {
+    /// Events written to streams.
+    sent: u64,
+    /// Streams ended for falling a backlog behind.
+    lagged: u64,
 }
 
 /// Whether a stream goes on after an operation.
@@ -250,8 +266,10 @@ impl Pace {
 }
 
 impl Shard {
-    fn new(limits: StreamLimits) -> Shard {
+    fn new(limits: StreamLimits, metrics: Arc<Metrics>) -> Shard {
         Shard {
+            metrics,
+            tally: Tally::default(),
             streams: Slab::new(),
             limits,
             ready: Arc::default(),
@@ -319,7 +337,7 @@ impl Shard {
         let mut flow = stream.write(&arrival.opening);
         // Events sent between the subscription and now wait in its receiver.
         if flow == Flow::Open {
-            flow = stream.deliver(&mut self.batch);
+            flow = stream.deliver(&mut self.batch, &mut self.tally);
         }
         if flow == Flow::Open {
             flow = stream.watch_for_close();
@@ -327,12 +345,21 @@ impl Shard {
         if flow == Flow::Close {
             self.streams.remove(key);
         }
+        self.report();
+    }
+
+    /// Tells the metrics what the shard sent and ended since it last did.
+    fn report(&mut self) {
+        let tally = std::mem::take(&mut self.tally);
+        self.metrics.events_sent(tally.sent);
+        self.metrics
+            .slow_streams_ended(SlowCause::Backlog, tally.lagged);
     }
 
     async fn deliver_all(&mut self) {
         let mut closed = Vec::new();
         for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
-            if stream.deliver(&mut self.batch) == Flow::Close {
+            if stream.deliver(&mut self.batch, &mut self.tally) == Flow::Close {
                 closed.push(key);
             }
             if index % STREAMS_PER_TURN == STREAMS_PER_TURN - 1 {
@@ -340,6 +367,7 @@ impl Shard {
             }
         }
         self.remove_all(closed);
+        self.report();
     }
 
     fn keep_alive(&mut self) {
@@ -362,17 +390,31 @@ impl Shard {
     /// back, it resumes with `Last-Event-ID`.
     fn end_stalled(&mut self, now: Instant) {
         let limits = self.limits;
+        let timed_out = |stream: &Stream| {
+            stream
+                .blocked_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= limits.write_timeout)
+        };
+        let (mut by_timeout, mut by_backlog) = (0, 0);
         let stalled: Vec<usize> = self
             .streams
             .iter()
             .filter(|(_, stream)| {
-                let timed_out = stream.blocked_since.is_some_and(|since| {
-                    now.saturating_duration_since(since) >= limits.write_timeout
-                });
-                timed_out || stream.subscription.events.len() > limits.backlog
+                if timed_out(stream) {
+                    by_timeout += 1;
+                } else if stream.subscription.events.len() > limits.backlog {
+                    by_backlog += 1;
+                } else {
+                    return false;
+                }
+                true
             })
             .map(|(key, _)| key)
             .collect();
+        self.metrics
+            .slow_streams_ended(SlowCause::WriteTimeout, by_timeout);
+        self.metrics
+            .slow_streams_ended(SlowCause::Backlog, by_backlog);
         if !stalled.is_empty() {
             tracing::debug!(count = stalled.len(), "ending streams that stopped reading");
         }
@@ -400,7 +442,7 @@ impl Shard {
             if flow == Flow::Open && !stream.pending.is_empty() {
                 flow = stream.flush();
                 if flow == Flow::Open && stream.pending.is_empty() {
-                    flow = stream.deliver(&mut self.batch);
+                    flow = stream.deliver(&mut self.batch, &mut self.tally);
                 }
             }
             if flow == Flow::Close {
@@ -408,6 +450,7 @@ impl Shard {
             }
         }
         self.woken = woken;
+        self.report();
     }
 
     fn remove_all(&mut self, keys: Vec<usize>) {
@@ -420,17 +463,19 @@ impl Shard {
 impl Stream {
     /// Writes the events waiting in this stream's receiver, a batch at a time,
     /// while the socket takes them.
-    fn deliver(&mut self, batch: &mut Vec<Bytes>) -> Flow {
+    fn deliver(&mut self, batch: &mut Vec<Bytes>, tally: &mut Tally) -> Flow {
         while self.pending.is_empty() && !self.closing {
             batch.clear();
             let waiting = self.subscription.read_waiting(batch, MAX_BATCH);
             self.closing = waiting != Waiting::Open;
+            tally.lagged += u64::from(waiting == Waiting::Lagged);
             if batch.is_empty() {
                 break;
             }
             if self.write(batch) == Flow::Close {
                 return Flow::Close;
             }
+            tally.sent += batch.len() as u64;
             if batch.len() < MAX_BATCH {
                 break;
             }

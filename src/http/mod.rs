@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod fanout;
 mod limits;
+mod metrics;
 mod page;
 mod serve;
 
@@ -27,10 +28,12 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
+pub use metrics::serve_metrics;
 pub use serve::serve;
 
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::observe::Observer;
 use fanout::{Fanout, StreamLimits};
 use limits::{Connections, JoinLimiter, Origins};
 
@@ -54,6 +57,10 @@ pub struct AppState {
     origins: Origins,
     /// What `serve` needs to accept a connection.
     accept: Accept,
+    /// The metrics (and webhooks) of this node.
+    observer: Observer,
+    /// Whether GET /metrics is served here (no `--metrics-bind`).
+    metrics_here: bool,
 }
 
 /// How connections are accepted.
@@ -68,7 +75,12 @@ struct Accept {
 impl AppState {
     /// Starts the shared keep-alive ticker and the fan-out shards; both stop
     /// when `stop` is cancelled.
-    pub fn new(presence: Backend, config: &Config, stop: CancellationToken) -> AppState {
+    pub fn new(
+        presence: Backend,
+        config: &Config,
+        observer: Observer,
+        stop: CancellationToken,
+    ) -> AppState {
         let heartbeat = events::start_heartbeat(config.keepalive, stop.clone());
         // A few shards per core: each wake-up is short, and the cores share the work.
         let shards = std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4);
@@ -76,7 +88,13 @@ impl AppState {
             write_timeout: config.write_timeout,
             backlog: presence.config().backlog,
         };
-        let fanout = Fanout::start(shards, &presence.events(), &heartbeat, limits);
+        let fanout = Fanout::start(
+            shards,
+            &presence.events(),
+            &heartbeat,
+            limits,
+            observer.metrics(),
+        );
         let joins = Arc::new(JoinLimiter::new(
             config.join_rate,
             config.join_burst,
@@ -96,6 +114,8 @@ impl AppState {
                 tcp_user_timeout: config.tcp_user_timeout,
                 keepalive: config.keepalive,
             },
+            observer,
+            metrics_here: config.metrics_bind.is_none(),
         }
     }
 }
@@ -133,7 +153,15 @@ pub fn app(state: AppState) -> Router {
         .route("/static/style.css", get(page::style))
         .route("/static/favicon.svg", get(page::favicon))
         .route("/healthz", get(api::healthz))
-        .merge(api)
+        .merge(api);
+    if state.metrics_here {
+        router = router.route("/metrics", get(metrics::metrics));
+    }
+    router = router
+        .route_layer(middleware::from_fn_with_state(
+            state.observer.metrics().clone(),
+            metrics::track,
+        ))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed);
     if !state.origins.allowed().is_empty() {

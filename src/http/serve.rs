@@ -29,6 +29,7 @@ use tower_http::timeout::RequestBodyDeadlineLayer;
 use super::events::{last_event_id, token_from};
 use super::limits::{ConnectionSlot, Peer};
 use super::{Accept, ApiError, AppState};
+use crate::observe::Limit;
 use crate::presence::{EventId, Token};
 
 /// The head of a stream's response: the body is the stream itself, ended by
@@ -85,6 +86,7 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let Some(slot) = accept.connections.open() else {
+            state.observer.metrics().refused(Limit::Connections);
             refuse(socket, busy.clone(), &refusals);
             continue;
         };

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::observe::{LeaveReason, Observer};
 use history::History;
 use roster::Roster;
 
@@ -213,6 +214,8 @@ struct Shared {
     holding: Option<mpsc::UnboundedSender<StreamKey>>,
     /// The newest event applied, for those waiting until an event is.
     applied: watch::Sender<EventId>,
+    /// Told of each join and leave this lobby decides, and of each resume.
+    observer: Observer,
 }
 
 #[derive(Debug)]
@@ -253,7 +256,12 @@ impl Presence {
     /// Creates an empty lobby and its expiry task, which ends when the last
     /// handle (and the last open stream) is dropped. Needs a tokio runtime.
     pub fn new(config: PresenceConfig) -> Presence {
-        let presence = Presence::with(config, None);
+        Presence::observed(config, Observer::default())
+    }
+
+    /// [`new`](Self::new), telling `observer` of every join, leave and resume.
+    pub fn observed(config: PresenceConfig, observer: Observer) -> Presence {
+        let presence = Presence::with(config, None, observer);
         let shared = &presence.shared;
         tokio::spawn(expire_users(Arc::downgrade(shared), shared.expiry.clone()));
         presence
@@ -261,11 +269,21 @@ impl Presence {
 
     /// Creates an empty replica: it keeps no deadlines and numbers nothing
     /// itself. It sends each stream it closes to `closed`.
-    pub fn replica(config: PresenceConfig, closed: mpsc::UnboundedSender<StreamKey>) -> Presence {
-        Presence::with(config, Some(closed))
+    /// Its joins and leaves are the cluster's to observe; it tells `observer`
+    /// only of resumes.
+    pub fn replica(
+        config: PresenceConfig,
+        closed: mpsc::UnboundedSender<StreamKey>,
+        observer: Observer,
+    ) -> Presence {
+        Presence::with(config, Some(closed), observer)
     }
 
-    fn with(config: PresenceConfig, holding: Option<mpsc::UnboundedSender<StreamKey>>) -> Presence {
+    fn with(
+        config: PresenceConfig,
+        holding: Option<mpsc::UnboundedSender<StreamKey>>,
+        observer: Observer,
+    ) -> Presence {
         // tokio's broadcast channel rounds its capacity up to a power of two; the
         // history is kept at least twice that long, so a lagged stream, just past
         // the backlog, can resume.
@@ -286,6 +304,7 @@ impl Presence {
             config,
             holding,
             applied: watch::Sender::new(0),
+            observer,
         });
         Presence { shared }
     }
@@ -319,7 +338,7 @@ impl Presence {
         state.deadlines.insert((deadline, seq));
         drop(state);
         self.shared.expiry.notify_one();
-        tracing::info!(%id, name = name.as_str(), "joined");
+        self.shared.observer.joined(id, name.as_str(), Some(seq));
         Ok(Joined {
             id,
             name,
@@ -367,6 +386,10 @@ impl Presence {
             Some(frames) => Start::Resume(frames),
             None => Start::Snapshot(event::snapshot_frame(state.latest, &state.users_json())),
         };
+        if last_event_id.is_some() {
+            let replayed = matches!(start, Start::Resume(_));
+            self.shared.observer.metrics().resumed(replayed);
+        }
         Ok(Subscription {
             user: id,
             start,
@@ -386,7 +409,12 @@ impl Presence {
         let mut state = self.shared.lock();
         let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
         let user = state.remove(seq).ok_or(TokenError::Unknown)?;
-        tracing::info!(id = %user.id, name = user.name.as_str(), reason = "leave", "left");
+        let event = state.latest;
+        drop(state);
+        let reason = LeaveReason::Leave;
+        self.shared
+            .observer
+            .left(user.id, user.name.as_str(), reason, Some(event));
         Ok(user.id)
     }
 
@@ -440,22 +468,31 @@ impl Shared {
 
     /// Takes offline everyone whose deadline has passed; returns the next deadline.
     fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut gone = Vec::new();
         let mut state = self.lock();
-        while let Some(&(when, seq)) = state.deadlines.first() {
+        let next = loop {
+            let Some(&(when, seq)) = state.deadlines.first() else {
+                break None;
+            };
             if when > now {
-                return Some(when);
+                break Some(when);
             }
             state.deadlines.pop_first();
             if let Some(user) = state.remove(seq) {
                 let reason = if user.ever_streamed {
-                    "grace expired"
+                    LeaveReason::GraceExpired
                 } else {
-                    "join timeout"
+                    LeaveReason::JoinTimeout
                 };
-                tracing::info!(id = %user.id, name = user.name.as_str(), reason, "left");
+                gone.push((user, reason, state.latest));
             }
+        };
+        drop(state);
+        for (user, reason, event) in gone {
+            self.observer
+                .left(user.id, user.name.as_str(), reason, Some(event));
         }
-        None
+        next
     }
 }
 

@@ -269,7 +269,10 @@ mod tests {
 
     fn replica(config: PresenceConfig) -> (Presence, mpsc::UnboundedReceiver<StreamKey>) {
         let (closed, reports) = mpsc::unbounded_channel();
-        (Presence::replica(config, closed), reports)
+        (
+            Presence::replica(config, closed, crate::observe::Observer::default()),
+            reports,
+        )
     }
 
     /// What a stream would write now, frame by frame, and whether it goes on.

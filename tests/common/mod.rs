@@ -3,6 +3,7 @@
 //! every wait has a deadline, so a missing event fails a test instead of hanging it.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod metrics;
 pub mod redis;
 
 use std::io::Read as _;

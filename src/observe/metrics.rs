@@ -1,0 +1,254 @@
+//! The Prometheus metrics served at GET /metrics. Every counter is an atomic
+//! made once, at start: counting is an add, with no lock and no label lookup
+//! (only the request-latency histogram looks its route up, per request). The
+//! fan-out counts the events it sends per pass over its streams, not per write.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::LeaveReason;
+
+/// A request refused because a limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `--join-rate` and `--join-burst` for one address (429).
+    JoinRate,
+    /// `--max-users` (503).
+    MaxUsers,
+    /// Four streams for one token (429).
+    StreamsPerToken,
+    /// `--max-connections` (503).
+    Connections,
+}
+
+impl Limit {
+    const ALL: [Limit; 4] = [
+        Limit::JoinRate,
+        Limit::MaxUsers,
+        Limit::StreamsPerToken,
+        Limit::Connections,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Limit::JoinRate => "join_rate",
+            Limit::MaxUsers => "max_users",
+            Limit::StreamsPerToken => "streams_per_token",
+            Limit::Connections => "connections",
+        }
+    }
+}
+
+/// Why a stream was ended for being slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowCause {
+    /// Its socket took nothing for `--write-timeout`.
+    WriteTimeout,
+    /// It fell more than the backlog (1024 events) behind.
+    Backlog,
+}
+
+/// What a webhook delivery came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The backend answered 2xx.
+    Delivered,
+    /// Every attempt failed; the event was given up.
+    Failed,
+    /// The queue was full (the backend is slow or down); never sent.
+    Dropped,
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    users_online: Gauge,
+    open_streams: Gauge,
+    joins: Counter,
+    /// In the order of [`LeaveReason::ALL`].
+    leaves: [Counter; 4],
+    events_sent: Counter,
+    resumes_replayed: Counter,
+    resumes_snapshot: Counter,
+    slow_write_timeout: Counter,
+    slow_backlog: Counter,
+    /// In the order of [`Limit::ALL`].
+    refused: [Counter; 4],
+    latency: Family<Labels, Histogram>,
+    webhooks: [Counter; 3],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A counter with one label, made and registered in `family` at once.
+fn labelled(family: &Family<Labels, Counter>, name: &'static str, value: &'static str) -> Counter {
+    family.get_or_create(&vec![(name, value)]).clone()
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("lobby");
+        let users_online = Gauge::default();
+        registry.register(
+            "users_online",
+            "Users online in the whole lobby",
+            users_online.clone(),
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "open_streams",
+            "Event streams open on this node",
+            open_streams.clone(),
+        );
+        let joins = Counter::default();
+        registry.register("joins", "Joins this node made", joins.clone());
+        let leaves_family = Family::<Labels, Counter>::default();
+        let leaves = LeaveReason::ALL.map(|r| labelled(&leaves_family, "reason", r.as_str()));
+        registry.register(
+            "leaves",
+            "Users this node took offline, by reason",
+            leaves_family,
+        );
+        let events_sent = Counter::default();
+        registry.register(
+            "events_sent",
+            "Events written to streams (one per event per stream), after each stream's opening",
+            events_sent.clone(),
+        );
+        let resumes = Family::<Labels, Counter>::default();
+        let resumes_replayed = labelled(&resumes, "outcome", "replayed");
+        let resumes_snapshot = labelled(&resumes, "outcome", "snapshot");
+        registry.register(
+            "resumes",
+            "Streams opened with Last-Event-ID: replayed from the history, or given a snapshot",
+            resumes,
+        );
+        let slow = Family::<Labels, Counter>::default();
+        let slow_write_timeout = labelled(&slow, "cause", "write_timeout");
+        let slow_backlog = labelled(&slow, "cause", "backlog");
+        registry.register(
+            "slow_streams_ended",
+            "Streams ended because their reader stopped reading",
+            slow,
+        );
+        let refused_family = Family::<Labels, Counter>::default();
+        let refused = Limit::ALL.map(|l| labelled(&refused_family, "limit", l.as_str()));
+        registry.register(
+            "requests_refused",
+            "Requests refused because a limit was reached",
+            refused_family,
+        );
+        // 0.5 ms to 16 s.
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request (to the response head, for a stream), by route",
+            latency.clone(),
+        );
+        let webhooks_family = Family::<Labels, Counter>::default();
+        let webhooks = ["delivered", "failed", "dropped"]
+            .map(|outcome| labelled(&webhooks_family, "outcome", outcome));
+        registry.register(
+            "webhooks",
+            "Webhook events: delivered, failed after every retry, or dropped for a full queue",
+            webhooks_family,
+        );
+        Metrics {
+            registry,
+            users_online,
+            open_streams,
+            joins,
+            leaves,
+            events_sent,
+            resumes_replayed,
+            resumes_snapshot,
+            slow_write_timeout,
+            slow_backlog,
+            refused,
+            latency,
+            webhooks,
+        }
+    }
+
+    pub fn joined(&self) {
+        self.joins.inc();
+    }
+
+    pub fn left(&self, reason: LeaveReason) {
+        let index = LeaveReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        self.leaves[index].inc();
+    }
+
+    pub fn events_sent(&self, count: u64) {
+        if count > 0 {
+            self.events_sent.inc_by(count);
+        }
+    }
+
+    pub fn resumed(&self, replayed: bool) {
+        if replayed {
+            self.resumes_replayed.inc();
+        } else {
+            self.resumes_snapshot.inc();
+        }
+    }
+
+    pub fn slow_streams_ended(&self, cause: SlowCause, count: u64) {
+        let counter = match cause {
+            SlowCause::WriteTimeout => &self.slow_write_timeout,
+            SlowCause::Backlog => &self.slow_backlog,
+        };
+        if count > 0 {
+            counter.inc_by(count);
+        }
+    }
+
+    pub fn refused(&self, limit: Limit) {
+        let index = Limit::ALL
+            .iter()
+            .position(|l| *l == limit)
+            .unwrap_or_default();
+        self.refused[index].inc();
+    }
+
+    pub fn answered(&self, route: &'static str, seconds: f64) {
+        self.latency
+            .get_or_create(&vec![("route", route)])
+            .observe(seconds);
+    }
+
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        let index = match outcome {
+            WebhookOutcome::Delivered => 0,
+            WebhookOutcome::Failed => 1,
+            WebhookOutcome::Dropped => 2,
+        };
+        self.webhooks[index].inc();
+    }
+
+    /// The text exposition format, with the gauges set to `users` and `streams` first.
+    pub fn render(&self, users: usize, streams: usize) -> String {
+        self.users_online
+            .set(i64::try_from(users).unwrap_or(i64::MAX));
+        self.open_streams
+            .set(i64::try_from(streams).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
