@@ -68,7 +68,7 @@ async fn the_sample_config_keeps_tokens_out_of_the_access_log() {
 }
 
 #[test]
-fn the_sample_waits_for_a_silent_stream_longer_than_the_default_keepalive() {
+fn the_sample_speaks_http_1_1_unbuffered_and_waits_well_past_the_keepalive() {
     let timeout = directive(SAMPLE, "proxy_read_timeout");
     let timeout = humantime::parse_duration(&timeout).expect("a duration nginx and humantime read");
     assert!(
