@@ -12,7 +12,14 @@ use crate::presence::PresenceConfig;
 
 /// A small, fast "who's online" server: POST /join, then listen on GET /events.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "lobby", version, about, long_about = None)]
+#[command(
+    name = "lobby",
+    version,
+    about,
+    long_about = None,
+    after_help = "Durations are written like 5s, 500ms or 2m. Every flag can also be set by the \
+                  environment variable shown with it (a flag wins over its variable)."
+)]
 pub struct Config {
     /// Address and port to listen on.
     #[arg(

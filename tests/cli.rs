@@ -199,6 +199,24 @@ async fn help_exits_0_and_lists_every_flag_with_its_environment_variable() {
     }
 }
 
+#[tokio::test]
+async fn help_fits_in_100_columns_and_says_how_to_write_a_duration() {
+    let finished = run_to_end(&["--help"], &[]).await;
+
+    // Read through a pipe (`lobby --help | less`): no terminal width to go by.
+    for line in finished.stdout.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "a line over 100 columns: {line:?}"
+        );
+    }
+    assert!(
+        finished.stdout.contains("5s, 500ms or 2m"),
+        "{}",
+        finished.stdout
+    );
+}
+
 // ---- environment variables ----
 
 #[tokio::test]

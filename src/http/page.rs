@@ -1,17 +1,39 @@
 //! GET /: the page, rendered with maud with everyone online already in it, and
-//! its script and style, compiled into the binary so it runs from any directory.
+//! its script and style, compiled into the binary so it runs from any directory,
+//! each with an ETag so that a browser revalidates it for a 304.
+
+use std::sync::LazyLock;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
+use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::presence::{MAX_NAME_CHARS, UserView};
 
-const APP_JS: &str = include_str!("../../static/app.js");
-const STYLE_CSS: &str = include_str!("../../static/style.css");
-const FAVICON_SVG: &str = include_str!("../../static/favicon.svg");
+static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        include_str!("../../static/app.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
+static STYLE_CSS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        include_str!("../../static/style.css"),
+        "text/css; charset=utf-8",
+    )
+});
+static FAVICON_SVG: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new(include_str!("../../static/favicon.svg"), "image/svg+xml"));
+
+/// The static files' policy. Their URLs carry no version, so a browser must
+/// not keep one past an upgrade of lobby (whose page, never cached, would then
+/// run an old script): it asks every time, and gets a 304 with no body while
+/// the ETag still matches. A max-age would save that round trip but serve a
+/// stale script to a new page for as long as it lasts.
+const ASSET_CACHE_CONTROL: &str = "no-cache";
 
 /// The page runs the lobby's own script and style and nothing else: no inline
 /// script, no other site's, and no framing by another site.
@@ -31,24 +53,75 @@ pub async fn index(State(state): State<AppState>) -> Response {
     response
 }
 
-pub async fn script() -> Response {
-    asset(APP_JS, "text/javascript; charset=utf-8")
+pub async fn script(request: HeaderMap) -> Response {
+    APP_JS.answer(&request)
 }
 
-pub async fn style() -> Response {
-    asset(STYLE_CSS, "text/css; charset=utf-8")
+pub async fn style(request: HeaderMap) -> Response {
+    STYLE_CSS.answer(&request)
 }
 
-pub async fn favicon() -> Response {
-    asset(FAVICON_SVG, "image/svg+xml")
+pub async fn favicon(request: HeaderMap) -> Response {
+    FAVICON_SVG.answer(&request)
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+/// A file compiled into the binary, and its ETag, computed once.
+struct Asset {
+    body: &'static str,
+    content_type: &'static str,
+    etag: HeaderValue,
+}
+
+impl Asset {
+    /// The ETag is the start of the content's SHA-256: it changes exactly when
+    /// the file does, and is the same on every node of a cluster.
+    fn new(body: &'static str, content_type: &'static str) -> Asset {
+        let digest = Sha256::digest(body.as_bytes());
+        let hex: String = digest[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Asset {
+            body,
+            content_type,
+            etag: HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value"),
+        }
+    }
+
+    /// 304 with no body when the request's `If-None-Match` names this
+    /// version, else the file.
+    fn answer(&self, request: &HeaderMap) -> Response {
+        let mut response = if self.matches(request) {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            let mut response = self.body.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(self.content_type),
+            );
+            response
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(ASSET_CACHE_CONTROL),
+        );
+        response
+    }
+
+    /// Whether `If-None-Match` lists this ETag (compared weakly, as RFC 9110
+    /// asks for this header) or is `*`.
+    fn matches(&self, request: &HeaderMap) -> bool {
+        let ours = self.etag.as_bytes();
+        request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+    }
 }
 
 /// maud escapes every interpolated string, so a name is always text here.
@@ -97,6 +170,40 @@ fn render(users: &[UserView]) -> Markup {
 mod tests {
     use super::*;
     use crate::presence::{Name, UserId};
+
+    fn if_none_match(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(value).expect("a header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn an_asset_s_etag_is_a_quoted_hash_of_its_content() {
+        let a = Asset::new("one", "text/plain");
+        let b = Asset::new("two", "text/plain");
+        let tag = a.etag.to_str().expect("ascii");
+        assert!(
+            tag.starts_with('"') && tag.ends_with('"') && tag.len() == 18,
+            "{tag}"
+        );
+        assert_ne!(a.etag, b.etag);
+        assert_eq!(a.etag, Asset::new("one", "text/plain").etag);
+    }
+
+    #[test]
+    fn if_none_match_matches_the_etag_in_a_list_weak_or_strong_or_star() {
+        let asset = Asset::new("body", "text/plain");
+        let tag = asset.etag.to_str().expect("ascii").to_owned();
+        assert!(asset.matches(&if_none_match(&tag)));
+        assert!(asset.matches(&if_none_match(&format!("W/{tag}"))));
+        assert!(asset.matches(&if_none_match(&format!("\"other\", {tag}"))));
+        assert!(asset.matches(&if_none_match("*")));
+        assert!(!asset.matches(&if_none_match("\"other\"")));
+        assert!(!asset.matches(&HeaderMap::new()));
+    }
 
     #[test]
     fn a_name_that_looks_like_markup_is_escaped_as_text() {
