@@ -24,7 +24,9 @@ const SKIPPED: &str =
     "SKIPPED: the network test needs root and iproute2 (ip) and curl, to make a network namespace";
 
 /// A network namespace joined to the host by a veth pair: the host end is
-/// `10.213.N.1`, the namespace's `10.213.N.2`. Removed when dropped.
+/// `10.P.N.1`, the namespace's `10.P.N.2`, where P comes from the process id
+/// (test runs of other checkouts may run at once) and N counts this process's
+/// namespaces. Removed when dropped.
 struct Netns {
     name: String,
     inside: String,
@@ -67,14 +69,16 @@ impl Netns {
             return None;
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let pid = std::process::id();
+        let p = u8::try_from(100 + pid % 100).unwrap_or(213);
+        let tag = format!("{}x{n}", pid % 100_000);
         let netns = Netns {
             name: format!("lobby{tag}"),
             inside: format!("lbn{tag}"),
-            host_ip: Ipv4Addr::new(10, 213, n, 1),
+            host_ip: Ipv4Addr::new(10, p, n, 1),
         };
         let host = format!("lbh{tag}");
-        let (host_cidr, inside_cidr) = (format!("10.213.{n}.1/24"), format!("10.213.{n}.2/24"));
+        let (host_cidr, inside_cidr) = (format!("10.{p}.{n}.1/24"), format!("10.{p}.{n}.2/24"));
         ip(&["netns", "add", &netns.name]);
         ip(&[
             "link",
