@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -94,6 +95,15 @@ pub struct Config {
     /// dead, and its users start their grace period (from its last heartbeat).
     #[arg(long, env = "LOBBY_NODE_TIMEOUT", default_value = "3s", value_name = "DUR", value_parser = parse_positive_duration)]
     pub node_timeout: Duration,
+
+    /// Serve HTTPS, with HTTP/2 and HTTP/1.1 by ALPN, with this certificate
+    /// chain (PEM, the server's own certificate first). Needs --tls-key.
+    #[arg(long, env = "LOBBY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert's certificate (PEM). Needs --tls-cert.
+    #[arg(long, env = "LOBBY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {

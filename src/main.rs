@@ -28,6 +28,13 @@ async fn main() -> ExitCode {
         )
         .init();
     raise_open_file_limit();
+    let tls = match lobby::tls(&config) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("lobby: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let listener = match TcpListener::bind(config.bind).await {
         Ok(listener) => listener,
@@ -37,9 +44,10 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(config.bind);
-    tracing::info!("lobby listening on {addr}; open http://{addr}/ in a browser");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("lobby listening on {addr}; open {scheme}://{addr}/ in a browser");
 
-    match lobby::run(listener, config, shutdown_signal()).await {
+    match lobby::run_with_tls(listener, config, tls, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("lobby stopped");
             ExitCode::SUCCESS
@@ -63,9 +71,14 @@ fn flag_error(err: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = err.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("lobby: {first} (see lobby --help)");
+    // "the following required arguments were not provided:" names them below.
+    match lines.next().filter(|_| first.ends_with(':')) {
+        Some(what) => eprintln!("lobby: {first} {what} (see lobby --help)"),
+        None => eprintln!("lobby: {first} (see lobby --help)"),
+    }
     ExitCode::from(2)
 }
 

@@ -8,6 +8,7 @@ mod fanout;
 mod limits;
 mod page;
 mod serve;
+pub mod tls;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
