@@ -98,11 +98,21 @@ pub struct Config {
 
     /// Serve HTTPS, with HTTP/2 and HTTP/1.1 by ALPN, with this certificate
     /// chain (PEM, the server's own certificate first). Needs --tls-key.
-    #[arg(long, env = "LOBBY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "LOBBY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert's certificate (PEM). Needs --tls-cert.
-    #[arg(long, env = "LOBBY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "LOBBY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 }
 

@@ -98,12 +98,14 @@ pub async fn serve(
             continue;
         };
         configure(&socket, &accept);
-        let (state, router, watcher, stop) =
-            (state.clone(), router.clone(), graceful.watcher(), stop.clone());
+        let (state, router, watcher, stop) = (
+            state.clone(),
+            router.clone(),
+            graceful.watcher(),
+            stop.clone(),
+        );
         match &tls {
-            None => tokio::spawn(connection(
-                socket, peer, slot, state, router, watcher, stop,
-            )),
+            None => tokio::spawn(connection(socket, peer, slot, state, router, watcher, stop)),
             Some(tls) => tokio::spawn(tls_connection(
                 socket,
                 tls.clone(),
@@ -267,12 +269,8 @@ fn routed(
     router: Router,
     peer: SocketAddr,
     body_deadline: Duration,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
+) -> impl Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
 + Send
 + 'static {
     ServiceBuilder::new()

@@ -100,7 +100,10 @@ mod tests {
             .err()
             .expect("a missing file is refused")
             .to_string();
-        assert!(err.starts_with("cannot read the TLS certificate /nonexistent/lobby/cert.pem: "), "{err}");
+        assert!(
+            err.starts_with("cannot read the TLS certificate /nonexistent/lobby/cert.pem: "),
+            "{err}"
+        );
     }
 
     #[test]
