@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -131,6 +132,25 @@ pub struct Config {
     /// ones are dropped (and counted) rather than slow the lobby.
     #[arg(long, env = "LOBBY_WEBHOOK_QUEUE", default_value = "1000", value_name = "N", value_parser = parse_at_least_one::<NonZeroUsize>)]
     pub webhook_queue: NonZeroUsize,
+
+    /// Serve HTTPS, with HTTP/2 and HTTP/1.1 by ALPN, with this certificate
+    /// chain (PEM, the server's own certificate first). Needs --tls-key.
+    #[arg(
+        long,
+        env = "LOBBY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert's certificate (PEM). Needs --tls-cert.
+    #[arg(
+        long,
+        env = "LOBBY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {

@@ -21,6 +21,8 @@
 //! - [`config`]: the command line and its environment variables.
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
 //!   an SSE parser), which knows nothing of the server's insides.
+//! - `http::tls`: with `--tls-cert` and `--tls-key`, HTTPS with HTTP/2 and
+//!   HTTP/1.1 by ALPN; every connection then goes to hyper (no fast path).
 //! - `main.rs`: flags, logging, bind, then [`run`].
 //! - `bin/lobby-load.rs`: the load generator behind `make bench`.
 //! - `static/`: the page's script, style and icon, compiled into the binary.
@@ -37,6 +39,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use backend::Backend;
@@ -46,10 +49,32 @@ use observe::{Metrics, Observer, Webhooks};
 use presence::Presence;
 
 /// Serves the lobby on `listener` until `shutdown` completes; then every open
-/// stream ends, connections close, and this returns.
+/// stream ends, connections close, and this returns. With `--tls-cert` and
+/// `--tls-key` it serves HTTPS, and fails at once if they cannot be used.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tls = tls(&config).map_err(std::io::Error::other)?;
+    run_with_tls(listener, config, tls, shutdown).await
+}
+
+/// `--tls-cert` and `--tls-key` read into what serves HTTPS, or `None` for
+/// plain HTTP. `main` calls it before binding, so a bad file is told at once.
+pub fn tls(config: &Config) -> Result<Option<TlsAcceptor>, http::tls::TlsError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => http::tls::acceptor(cert, key).map(Some),
+        // The flags require each other, so one alone never gets here.
+        _ => Ok(None),
+    }
+}
+
+/// [`run`] with the TLS already read (by [`tls`]); `None` serves plain HTTP.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    config: Config,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
@@ -91,7 +116,7 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let served = http::serve(listener, state, stop).await;
+    let served = http::serve(listener, state, tls, stop).await;
     backend.stopped().await;
     served
 }

@@ -92,6 +92,13 @@ fn init_logging(format: LogFormat) {
 async fn serve(config: Config, log_format: LogFormat) -> ExitCode {
     init_logging(log_format);
     raise_open_file_limit();
+    let tls = match lobby::tls(&config) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("lobby: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let listener = match TcpListener::bind(config.bind).await {
         Ok(listener) => listener,
@@ -101,9 +108,10 @@ async fn serve(config: Config, log_format: LogFormat) -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(config.bind);
-    tracing::info!("lobby listening on {addr}; open http://{addr}/ in a browser");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("lobby listening on {addr}; open {scheme}://{addr}/ in a browser");
 
-    match lobby::run(listener, config, shutdown_signal()).await {
+    match lobby::run_with_tls(listener, config, tls, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("lobby stopped");
             ExitCode::SUCCESS

@@ -165,6 +165,34 @@ async fn a_port_already_taken_exits_non_zero_with_one_line_naming_the_address() 
     drop(taken);
 }
 
+#[tokio::test]
+async fn a_tls_certificate_without_its_key_exits_2_with_one_line_naming_the_missing_flag() {
+    let finished = run_to_end(&["--bind", "127.0.0.1:0", "--tls-cert", "cert.pem"], &[]).await;
+
+    finished.assert_flag_error_mentioning("--tls-key");
+}
+
+#[tokio::test]
+async fn a_tls_certificate_that_cannot_be_read_exits_1_with_one_line_naming_the_file() {
+    let missing = "/nonexistent/lobby-test/cert.pem";
+    let finished = run_to_end(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        ],
+        &[],
+    )
+    .await;
+
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.output());
+    let line = finished.the_one_error_line();
+    assert!(line.contains(missing), "it names {missing}: {line}");
+}
+
 // ---- asking it about itself ----
 
 #[tokio::test]

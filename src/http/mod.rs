@@ -9,6 +9,7 @@ mod limits;
 mod metrics;
 mod page;
 mod serve;
+pub mod tls;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

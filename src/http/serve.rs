@@ -3,8 +3,10 @@
 //! keeping nothing that reading its request needed (no hyper connection, no
 //! 8 KiB buffer, no task). Everything else goes to hyper and the router, one
 //! request per connection, so that a stream always arrives on a fresh
-//! connection and takes the fast path.
+//! connection and takes the fast path. With TLS there is no fast path: each
+//! connection is hyper's, HTTP/2 or HTTP/1.1 as ALPN chose, many requests long.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,16 +16,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use socket2::TcpKeepalive;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use super::events::{last_event_id, token_from};
@@ -60,10 +68,11 @@ const MAX_REFUSALS: usize = 64;
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Serves `state` on `listener` until `stop` is cancelled, then waits a short
-/// while for requests in flight.
+/// while for requests in flight. With `tls`, every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let router = super::app(state.clone());
@@ -87,19 +96,29 @@ pub async fn serve(
         };
         let Some(slot) = accept.connections.open() else {
             state.observer.metrics().refused(Limit::Connections);
-            refuse(socket, busy.clone(), &refusals);
+            refuse(socket, tls.clone(), busy.clone(), &refusals);
             continue;
         };
         configure(&socket, &accept);
-        tokio::spawn(connection(
-            socket,
-            peer,
-            slot,
+        let (state, router, watcher, stop) = (
             state.clone(),
             router.clone(),
             graceful.watcher(),
             stop.clone(),
-        ));
+        );
+        match &tls {
+            None => tokio::spawn(connection(socket, peer, slot, state, router, watcher, stop)),
+            Some(tls) => tokio::spawn(tls_connection(
+                socket,
+                tls.clone(),
+                peer,
+                slot,
+                state,
+                router,
+                watcher,
+                stop,
+            )),
+        };
     }
     drop(listener);
     tokio::select! {
@@ -134,7 +153,14 @@ fn configure(socket: &TcpStream, accept: &Accept) {
 
 /// Answers a connection past `--max-connections` with 503 at once, reading
 /// (and dropping) what it sent so that closing does not reset the answer away.
-fn refuse(socket: TcpStream, response: Bytes, refusals: &Arc<AtomicUsize>) {
+/// Over TLS the answer needs the handshake first, and hyper to speak whichever
+/// protocol ALPN chose.
+fn refuse(
+    socket: TcpStream,
+    tls: Option<TlsAcceptor>,
+    response: Bytes,
+    refusals: &Arc<AtomicUsize>,
+) {
     if refusals.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS {
         refusals.fetch_sub(1, Ordering::AcqRel);
         return;
@@ -143,11 +169,25 @@ fn refuse(socket: TcpStream, response: Bytes, refusals: &Arc<AtomicUsize>) {
     tokio::spawn(async move {
         let mut socket = socket;
         let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
-            socket.write_all(&response).await?;
-            socket.shutdown().await?;
-            let mut sink = [0u8; 1024];
-            while socket.read(&mut sink).await? > 0 {}
-            io::Result::Ok(())
+            let Some(tls) = tls else {
+                socket.write_all(&response).await?;
+                socket.shutdown().await?;
+                let mut sink = [0u8; 1024];
+                while socket.read(&mut sink).await? > 0 {}
+                return Ok(());
+            };
+            let stream = tls.accept(socket).await?;
+            let busy = hyper::service::service_fn(|_| {
+                std::future::ready(Ok::<_, Infallible>(
+                    ApiError::TooManyConnections.into_response(),
+                ))
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().keep_alive(false);
+            builder
+                .serve_connection(TokioIo::new(stream), busy)
+                .await
+                .map_err(io::Error::other)
         })
         .await;
         refusals.fetch_sub(1, Ordering::AcqRel);
@@ -205,15 +245,7 @@ async fn connection(
         prefix: buffer.freeze(),
         io: socket,
     });
-    // The body (4 KiB at most) gets as long again as the head had: a client
-    // that trickles it does not hold the connection for ever.
-    let service = ServiceBuilder::new()
-        .layer(RequestBodyDeadlineLayer::new(state.accept.header_timeout))
-        .map_request(move |mut request: Request<_>| {
-            request.extensions_mut().insert(Peer(peer));
-            request
-        })
-        .service(router);
+    let service = routed(router, peer, state.accept.header_timeout);
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
@@ -230,6 +262,169 @@ async fn connection(
         tracing::debug!("connection ended with an error: {err}");
     }
     drop(slot);
+}
+
+/// The router as one connection's hyper sees it: each request knows its
+/// client's address, and its body (4 KiB at most) gets as long again as the
+/// head had, so a client that trickles it does not hold the connection for ever.
+fn routed(
+    router: Router,
+    peer: SocketAddr,
+    body_deadline: Duration,
+) -> impl Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        .layer(RequestBodyDeadlineLayer::new(body_deadline))
+        .map_request(move |mut request: Request<_>| {
+            request.extensions_mut().insert(Peer(peer));
+            request
+        })
+        .service(router)
+}
+
+/// One HTTPS connection: the handshake, then hyper with HTTP/2 or HTTP/1.1
+/// (keep-alive on: there is no fast path to keep connections fresh for).
+/// What a plain connection gets applies here too: the handshake and then every
+/// request head must come within `--header-timeout`, and a connection with no
+/// request open for that long is closed, so an idle or silent client cannot
+/// hold one of the `--max-connections` for ever.
+#[allow(clippy::too_many_arguments)]
+async fn tls_connection(
+    socket: TcpStream,
+    tls: TlsAcceptor,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    state: AppState,
+    router: Router,
+    watcher: Watcher,
+    stop: CancellationToken,
+) {
+    let header_timeout = state.accept.header_timeout;
+    let stream = tokio::select! {
+        handshake = tokio::time::timeout(header_timeout, tls.accept(socket)) => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!("TLS handshake failed: {err}");
+                return;
+            }
+            Err(_) => return,
+        },
+        () = stop.cancelled() => return,
+    };
+    let (open, mut requests) = watch::channel(0usize);
+    let open = Arc::new(open);
+    let service = routed(router, peer, header_timeout);
+    let service = tower::service_fn(move |request: Request<Incoming>| {
+        let request_open = OpenRequest::new(&open);
+        let response = service.clone().oneshot(request);
+        async move {
+            let response = response.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _open: request_open,
+            }))
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // Pings find a vanished client even on a connection whose streams are
+    // all quiet, as TCP keep-alive does under it.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(state.accept.keepalive)
+        .keep_alive_timeout(state.accept.tcp_user_timeout);
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    // Once closing, HTTP/2 says GOAWAY and waits for the client to answer a
+    // ping; a client that never does is dropped after one more period.
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(err) = ended {
+                    tracing::debug!("connection ended with an error: {err}");
+                }
+                break;
+            }
+            () = stop.cancelled(), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + header_timeout);
+            }
+            () = idle_for(&mut requests, header_timeout), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + header_timeout);
+            }
+            () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => break,
+        }
+    }
+    // Held until here so that shutdown waits for this connection as it does
+    // for those hyper's graceful watcher wraps.
+    drop(watcher);
+    drop(slot);
+}
+
+/// Completes once no request has been open on the connection for `period`.
+async fn idle_for(requests: &mut watch::Receiver<usize>, period: Duration) {
+    loop {
+        if requests.wait_for(|open| *open == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(period, requests.changed()).await {
+            Err(_) => return,
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+        }
+    }
+}
+
+/// One request open on an HTTPS connection, from its head until its response
+/// body (a stream's, for as long as the stream lasts) is done with.
+struct OpenRequest(Arc<watch::Sender<usize>>);
+
+impl OpenRequest {
+    fn new(open: &Arc<watch::Sender<usize>>) -> OpenRequest {
+        open.send_modify(|count| *count += 1);
+        OpenRequest(open.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count -= 1);
+    }
+}
+
+/// A response body that keeps its request counted as open.
+struct Tracked {
+    body: Body,
+    _open: OpenRequest,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A stream's response head; it names the origin of an allowed site's page.

@@ -3,12 +3,15 @@
 //! every wait has a deadline, so a missing event fails a test instead of hanging it.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod browser;
 pub mod metrics;
 pub mod redis;
 
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -71,6 +74,65 @@ impl Joined {
     }
 }
 
+/// A certificate for 127.0.0.1 and localhost that a test makes itself, and
+/// its key, written as PEM files for `--tls-cert` and `--tls-key`. The files
+/// are removed when it is dropped.
+pub struct TestCert {
+    dir: PathBuf,
+    cert: String,
+    key: String,
+    /// The certificate, which clients of the test trust as their only root.
+    pub pem: String,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let made =
+            rcgen::generate_simple_self_signed(["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("a self-signed certificate");
+        let dir = std::env::temp_dir().join(format!(
+            "lobby-cert-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificate");
+        let pem = made.cert.pem();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &pem).expect("write cert.pem");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
+        let path = |path: PathBuf| path.to_str().expect("a UTF-8 temp path").to_owned();
+        TestCert {
+            dir,
+            cert: path(cert),
+            key: path(key),
+            pem,
+        }
+    }
+
+    pub fn cert_file(&self) -> &str {
+        &self.cert
+    }
+
+    pub fn key_file(&self) -> &str {
+        &self.key
+    }
+
+    /// A client builder that trusts this certificate and no other.
+    pub fn https_client(&self) -> reqwest::ClientBuilder {
+        let root = reqwest::Certificate::from_pem(self.pem.as_bytes()).expect("a PEM certificate");
+        reqwest::Client::builder()
+            .tls_certs_only([root])
+            .timeout(Duration::from_secs(30))
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A free address on 127.0.0.1: bound by the OS, then released for a server to take.
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -107,6 +169,25 @@ impl TestServer {
 
     /// One in-process lobby on a free port of `ip`, whatever the environment says.
     pub(crate) async fn one_node_on(ip: IpAddr, args: &[&str]) -> TestServer {
+        TestServer::one_node_with(ip, args, Client::new).await
+    }
+
+    /// One in-process lobby serving HTTPS on 127.0.0.1 with `cert` (plus
+    /// `args`); its client trusts `cert` and offers HTTP/2 and HTTP/1.1.
+    pub async fn https(cert: &TestCert, args: &[&str]) -> TestServer {
+        let mut args = args.to_vec();
+        args.extend(["--tls-cert", cert.cert_file(), "--tls-key", cert.key_file()]);
+        TestServer::one_node_with(IpAddr::V4(Ipv4Addr::LOCALHOST), &args, |addr| {
+            Client::https(addr, cert.https_client().build().expect("https client"))
+        })
+        .await
+    }
+
+    async fn one_node_with(
+        ip: IpAddr,
+        args: &[&str],
+        client: impl FnOnce(SocketAddr) -> Client,
+    ) -> TestServer {
         let mut args = args.to_vec();
         if !args.contains(&"--join-rate") {
             args.extend(["--join-rate", "1000000", "--join-burst", "1000000"]);
@@ -121,7 +202,7 @@ impl TestServer {
             let _ = stopped.await;
         }));
         TestServer {
-            api: Client::new(addr),
+            api: client(addr),
             stop: Some(stop),
             task: Some(task),
             cluster: None,
@@ -176,6 +257,16 @@ impl Client {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
+        }
+    }
+
+    /// A client of the lobby serving HTTPS at `addr`, sending through `client`.
+    pub fn https(addr: SocketAddr, client: reqwest::Client) -> Client {
+        let base = format!("https://{addr}");
+        Client {
+            base: base.clone(),
+            bases: vec![base],
+            client,
         }
     }
 
