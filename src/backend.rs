@@ -79,7 +79,7 @@ impl Backend {
 
     /// How many users are online (in the whole lobby) and how many streams
     /// are open (on this node).
-    pub async fn stats(&self) -> Stats {
+    pub fn stats(&self) -> Stats {
         match self {
             Backend::Local(presence) => presence.stats(),
             Backend::Cluster(cluster) => cluster.stats(),

@@ -8,9 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::browser::Chromedriver;
+use common::browser::{Chromedriver, submit_join_form};
 use common::{Sse, TestServer, User};
-use fantoccini::{Client, Locator};
+use fantoccini::Client;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -513,19 +513,7 @@ impl Person {
     /// Types the name into the form as a person would, submits it, and waits
     /// until the page shows the person's own box. Returns its id.
     async fn join(&self, name: &str) -> String {
-        let input = self
-            .client
-            .find(Locator::Css("form#join input[name=name]"))
-            .await
-            .expect("the name field");
-        input.send_keys(name).await.expect("type the name");
-        self.client
-            .find(Locator::Css("form#join button[type=submit]"))
-            .await
-            .expect("the join button")
-            .click()
-            .await
-            .expect("submit the form");
+        submit_join_form(&self.client, name).await;
         let view = self
             .wait_until(WAIT, &format!("{name:?} joined"), |view| {
                 view.my_names() == [name]

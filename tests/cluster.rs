@@ -9,12 +9,14 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{Cluster, Next, ProcessCluster, health, wait_for_health};
-use common::{Client, Joined, PATIENCE, Sse, User, user_in, users_in};
+use common::{
+    Client, Joined, PATIENCE, Sse, User, announcements_until, live_a_short_life, user_in, users_in,
+};
 use eventsource_stream::Event;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -362,32 +364,8 @@ async fn every_user_is_announced_joined_and_gone_exactly_once_on_every_node() {
         let cluster = cluster.clone();
         users.spawn(async move {
             // Each request of one user goes to another node than the last.
-            let [first, second, third] = [i % 3, (i + 1) % 3, (i + 2) % 3].map(|n| cluster.node(n));
-            let joined = first.join(&format!("user {i}")).await;
-            match i % 5 {
-                // Leaves on a third node while streaming on a second.
-                0 => {
-                    let _stream = second.subscribe(&joined.token, None).await;
-                    assert_eq!(third.leave(&joined.token).await, 204);
-                }
-                // Closes its stream and never comes back: grace expires.
-                1 => drop(second.subscribe(&joined.token, None).await),
-                // Never opens a stream: the join timeout expires.
-                2 => {}
-                // Closes its stream, then leaves within grace (or just after it).
-                3 => {
-                    drop(second.subscribe(&joined.token, None).await);
-                    let status = third.leave(&joined.token).await;
-                    assert!(status == 204 || status == 401, "leave answered {status}");
-                }
-                // Streams on two nodes, both closed: grace expires once.
-                _ => {
-                    let a = second.subscribe(&joined.token, None).await;
-                    let b = third.subscribe(&joined.token, None).await;
-                    drop((a, b));
-                }
-            }
-            joined.id
+            let nodes = [i % 3, (i + 1) % 3, (i + 2) % 3].map(|n| cluster.node(n));
+            live_a_short_life(i, nodes).await
         });
     }
     let ids = users.join_all().await;
@@ -397,21 +375,7 @@ async fn every_user_is_announced_joined_and_gone_exactly_once_on_every_node() {
     let sentinel = cluster.node(0).join("sentinel").await;
 
     for watcher in &mut watchers {
-        let mut counts: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
-        loop {
-            let event = watcher.stream.next_event().await;
-            let who = user_in(&event);
-            if who.id == sentinel.id {
-                break;
-            }
-            let id: u64 = event.id.parse().expect("decimal id");
-            let (joins, leaves) = counts.entry(who.id).or_default();
-            match event.event.as_str() {
-                "new_user" => joins.push(id),
-                "disconnect_user" => leaves.push(id),
-                other => panic!("unexpected {other} event"),
-            }
-        }
+        let counts = announcements_until(&mut watcher.stream, &sentinel.id).await;
         assert_eq!(
             counts.len(),
             ids.len(),
@@ -794,17 +758,7 @@ async fn a_redis_that_hangs_for_longer_than_the_node_timeout_takes_no_node_for_d
     for node in cluster.nodes() {
         wait_for_health(node, 200, RECONCILE).await;
     }
-    tokio::time::sleep(PAST_GRACE).await;
-    for node in cluster.nodes() {
-        assert!(
-            same_people(&node.users().await, &everyone),
-            "on {}",
-            node.base
-        );
-    }
-    for watcher in &mut watchers {
-        expect_quiet(&mut watcher.stream).await;
-    }
+    still_everyone_after(PAST_GRACE, &cluster, &everyone, &mut watchers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,18 +775,13 @@ async fn a_node_with_a_shorter_node_timeout_takes_no_healthy_node_for_dead() {
         .add_node(&["--grace", "100ms", "--node-timeout", "100ms"])
         .await;
     assert!(same_people(&quick.users().await, &everyone));
-    tokio::time::sleep(NODE_TIMEOUT + PAST_GRACE).await;
-
-    for node in cluster.nodes() {
-        assert!(
-            same_people(&node.users().await, &everyone),
-            "on {}",
-            node.base
-        );
-    }
-    for watcher in &mut watchers {
-        expect_quiet(&mut watcher.stream).await;
-    }
+    still_everyone_after(
+        NODE_TIMEOUT + PAST_GRACE,
+        &cluster,
+        &everyone,
+        &mut watchers,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,6 +917,27 @@ impl Watcher {
                 ),
             }
         }
+    }
+}
+
+/// Waits `wait` (long enough for a wrong leave to have been announced), then
+/// asserts that every node still lists `everyone` and no watcher heard a thing.
+async fn still_everyone_after(
+    wait: Duration,
+    cluster: &Cluster,
+    everyone: &[User],
+    watchers: &mut [Watcher],
+) {
+    tokio::time::sleep(wait).await;
+    for node in cluster.nodes() {
+        assert!(
+            same_people(&node.users().await, everyone),
+            "on {}",
+            node.base
+        );
+    }
+    for watcher in watchers {
+        expect_quiet(&mut watcher.stream).await;
     }
 }
 

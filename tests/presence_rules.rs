@@ -5,11 +5,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Joined, PATIENCE, Sse, TestServer, User, user_in, users_in};
+use common::{
+    Joined, PATIENCE, Sse, TestServer, User, announcements_until, live_a_short_life, user_in,
+    users_in,
+};
 use eventsource_stream::Event;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -316,53 +318,13 @@ async fn an_observer_sees_new_user_and_disconnect_user_exactly_once_per_user() {
     let mut users = JoinSet::new();
     for i in 0..30 {
         let server = server.clone();
-        users.spawn(async move {
-            let joined = server.join(&format!("user {i}")).await;
-            match i % 5 {
-                // Leaves with a stream open.
-                0 => {
-                    let _stream = server.subscribe(&joined.token, None).await;
-                    assert_eq!(server.leave(&joined.token).await, 204);
-                }
-                // Closes its stream and never comes back: grace expires.
-                1 => drop(server.subscribe(&joined.token, None).await),
-                // Never opens a stream: the join timeout expires.
-                2 => {}
-                // Closes its stream, then leaves within grace (or just after it).
-                3 => {
-                    drop(server.subscribe(&joined.token, None).await);
-                    let status = server.leave(&joined.token).await;
-                    assert!(status == 204 || status == 401, "leave answered {status}");
-                }
-                // Two streams, both closed: grace expires once.
-                _ => {
-                    let first = server.subscribe(&joined.token, None).await;
-                    let second = server.subscribe(&joined.token, None).await;
-                    drop((first, second));
-                }
-            }
-            joined.id
-        });
+        users.spawn(async move { live_a_short_life(i, [&server, &server, &server]).await });
     }
     let ids = users.join_all().await;
     wait_until_users(&server, |users| users.len() == 1).await;
     let sentinel = server.join("sentinel").await;
 
-    let mut counts: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
-    loop {
-        let event = observer_stream.next_event().await;
-        let who = user_in(&event);
-        if who.id == sentinel.id {
-            break;
-        }
-        let id: u64 = event.id.parse().expect("decimal id");
-        let (joins, leaves) = counts.entry(who.id).or_default();
-        match event.event.as_str() {
-            "new_user" => joins.push(id),
-            "disconnect_user" => leaves.push(id),
-            other => panic!("unexpected {other} event"),
-        }
-    }
+    let counts = announcements_until(&mut observer_stream, &sentinel.id).await;
 
     assert_eq!(counts.len(), ids.len(), "events about exactly the 30 users");
     for id in &ids {

@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::browser::Chromedriver;
+use common::browser::{Chromedriver, submit_join_form};
 use common::{PATIENCE, TestCert, TestServer, user_in, users_in};
-use fantoccini::{Client, Locator};
+use fantoccini::Client;
 use reqwest::Version;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
@@ -212,20 +212,7 @@ async fn eight_tabs_of_one_browser_on_one_https_origin_each_see_all_eight_joins(
 /// Types `name` into the page's form and submits it, and waits until the page
 /// shows its own box.
 async fn join(browser: &Client, name: &str) {
-    browser
-        .find(Locator::Css("form#join input[name=name]"))
-        .await
-        .expect("the name field")
-        .send_keys(name)
-        .await
-        .expect("type the name");
-    browser
-        .find(Locator::Css("form#join button[type=submit]"))
-        .await
-        .expect("the join button")
-        .click()
-        .await
-        .expect("submit the form");
+    submit_join_form(browser, name).await;
     let mine = "return [...document.querySelectorAll('#users .me')].map(box => box.textContent);";
     let deadline = Instant::now() + PATIENCE;
     loop {

@@ -402,7 +402,7 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
         cluster.in_step();
         backoff.reset();
         let problem = loop {
-            let after = shared.presence.stats().latest_event;
+            let after = shared.presence.latest();
             let read = tokio::select! {
                 read = tokio::time::timeout(
                     READ_BLOCK + store::RESPONSE_SLACK,
@@ -440,7 +440,7 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
 /// If the log began again, the users this node knew are put back first.
 async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::RedisResult<()> {
     let shared = &cluster.shared;
-    let latest = shared.presence.stats().latest_event;
+    let latest = shared.presence.latest();
     let fresh = uuid::Uuid::new_v4().simple().to_string();
     let current = shared.store.epoch(&fresh, latest).await?;
     let same_log = epoch.as_deref() == Some(current.as_str());

@@ -22,7 +22,7 @@ use crate::observe::{Limit, Metrics};
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let stats = state.presence.stats().await;
+    let stats = state.presence.stats();
     let text = state.observer.metrics().render(stats.users, stats.streams);
     ([(header::CONTENT_TYPE, OPENMETRICS)], text)
 }

@@ -428,6 +428,12 @@ impl Presence {
         self.shared.lock().users_json()
     }
 
+    /// The newest event id: cheap, unlike [`stats`](Self::stats), which
+    /// counts every user's streams.
+    pub fn latest(&self) -> EventId {
+        self.shared.lock().latest
+    }
+
     /// How many users, history entries and open streams the lobby holds:
     /// all three return to nothing but history once everyone has left.
     pub fn stats(&self) -> Stats {

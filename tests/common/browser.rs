@@ -11,7 +11,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -141,4 +141,22 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// Types `name` into the page's join form, as a person would, and submits it.
+pub async fn submit_join_form(browser: &Client, name: &str) {
+    browser
+        .find(Locator::Css("form#join input[name=name]"))
+        .await
+        .expect("the name field")
+        .send_keys(name)
+        .await
+        .expect("type the name");
+    browser
+        .find(Locator::Css("form#join button[type=submit]"))
+        .await
+        .expect("the join button")
+        .click()
+        .await
+        .expect("submit the form");
 }

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod metrics;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -452,6 +453,64 @@ pub fn users_in(event: &Event) -> Vec<User> {
 /// The user in a `new_user` or `disconnect_user` event.
 pub fn user_in(event: &Event) -> User {
     serde_json::from_str(&event.data).expect("event data is a user")
+}
+
+/// One of five short lives, chosen by `i`, each ending in exactly one leave:
+/// a leave with a stream open, grace after a closed stream, the join timeout,
+/// a leave within grace (or just after it), and grace after two streams. The
+/// user joins on `nodes[0]`, streams on `nodes[1]` and leaves on `nodes[2]`
+/// (one server thrice, or three nodes of a cluster). Returns their id.
+pub async fn live_a_short_life(i: usize, nodes: [&Client; 3]) -> String {
+    let [first, second, third] = nodes;
+    let joined = first.join(&format!("user {i}")).await;
+    match i % 5 {
+        // Leaves with a stream open.
+        0 => {
+            let _stream = second.subscribe(&joined.token, None).await;
+            assert_eq!(third.leave(&joined.token).await, 204);
+        }
+        // Closes its stream and never comes back: grace expires.
+        1 => drop(second.subscribe(&joined.token, None).await),
+        // Never opens a stream: the join timeout expires.
+        2 => {}
+        // Closes its stream, then leaves within grace (or just after it).
+        3 => {
+            drop(second.subscribe(&joined.token, None).await);
+            let status = third.leave(&joined.token).await;
+            assert!(status == 204 || status == 401, "leave answered {status}");
+        }
+        // Two streams, both closed: grace expires once.
+        _ => {
+            let a = second.subscribe(&joined.token, None).await;
+            let b = third.subscribe(&joined.token, None).await;
+            drop((a, b));
+        }
+    }
+    joined.id
+}
+
+/// Reads `stream` up to the `new_user` of `sentinel` (a user id); returns, for
+/// every user an event was about, the ids of its `new_user` and
+/// `disconnect_user` events.
+pub async fn announcements_until(
+    stream: &mut Sse,
+    sentinel: &str,
+) -> HashMap<String, (Vec<u64>, Vec<u64>)> {
+    let mut counts: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
+    loop {
+        let event = stream.next_event().await;
+        let who = user_in(&event);
+        if who.id == sentinel {
+            return counts;
+        }
+        let id: u64 = event.id.parse().expect("decimal id");
+        let (joins, leaves) = counts.entry(who.id).or_default();
+        match event.event.as_str() {
+            "new_user" => joins.push(id),
+            "disconnect_user" => leaves.push(id),
+            other => panic!("unexpected {other} event"),
+        }
+    }
 }
 
 /// Reads raw chunks of a response until `wait` passes or `enough` says stop.
