@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Joined, PATIENCE, Sse, TestServer, User, announcements_until, live_a_short_life, user_in,
-    users_in,
+    Joined, PATIENCE, Sse, TestServer, User, announcements_until, apply_to_view, live_a_short_life,
+    user_in,
 };
 use eventsource_stream::Event;
 use serde_json::Value;
@@ -398,27 +398,7 @@ impl Watcher {
     }
 
     fn apply(&mut self, event: &Event) {
-        match event.event.as_str() {
-            "existing_users" => self.view = users_in(event),
-            "new_user" => {
-                let user = user_in(event);
-                assert!(
-                    !self.view.iter().any(|u| u.id == user.id),
-                    "{}: new_user for {user:?}, already shown",
-                    self.name
-                );
-                self.view.push(user);
-            }
-            "disconnect_user" => {
-                let user = user_in(event);
-                let at = self.view.iter().position(|u| u.id == user.id);
-                let at = at.unwrap_or_else(|| {
-                    panic!("{}: disconnect_user for {user:?}, not shown", self.name)
-                });
-                self.view.remove(at);
-            }
-            other => panic!("{}: unexpected event {other:?}", self.name),
-        }
+        apply_to_view(&mut self.view, event, &self.name);
     }
 
     /// Reads and applies events until a `kind` event about the user `id`.

@@ -455,6 +455,30 @@ pub fn user_in(event: &Event) -> User {
     serde_json::from_str(&event.data).expect("event data is a user")
 }
 
+/// Applies one event of `who`'s stream to the users `view` it keeps, as the
+/// page does, asserting that the stream never announces a user already shown
+/// or removes one not shown.
+pub fn apply_to_view(view: &mut Vec<User>, event: &Event, who: &str) {
+    match event.event.as_str() {
+        "existing_users" => *view = users_in(event),
+        "new_user" => {
+            let user = user_in(event);
+            assert!(
+                !view.iter().any(|u| u.id == user.id),
+                "{who}: new_user for {user:?}, already shown"
+            );
+            view.push(user);
+        }
+        "disconnect_user" => {
+            let user = user_in(event);
+            let at = view.iter().position(|u| u.id == user.id);
+            let at = at.unwrap_or_else(|| panic!("{who}: disconnect_user for {user:?}, not shown"));
+            view.remove(at);
+        }
+        other => panic!("{who}: unexpected event {other:?}"),
+    }
+}
+
 /// One of five short lives, chosen by `i`, each ending in exactly one leave:
 /// a leave with a stream open, grace after a closed stream, the join timeout,
 /// a leave within grace (or just after it), and grace after two streams. The
