@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::cluster::{Cluster, Health};
 use crate::presence::{
-    Event, EventId, JoinError, Joined, Name, Presence, PresenceConfig, Stats, Subscription, Token,
-    TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, Name, Pieces, Presence, PresenceConfig, Stats, Subscription,
+    Token, TokenError, UserId, UserView,
 };
 
 /// Cheap to clone: every clone is a handle to the same lobby.
@@ -70,7 +69,7 @@ impl Backend {
         }
     }
 
-    pub async fn users_json(&self) -> Bytes {
+    pub async fn users_json(&self) -> Pieces {
         match self {
             Backend::Local(presence) => presence.users_json(),
             Backend::Cluster(cluster) => cluster.users_json().await,

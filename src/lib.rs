@@ -6,12 +6,17 @@
 //! - [`presence`]: the core. Who is online, the numbered event history, grace and
 //!   join timeouts, each event encoded once for every stream, and the users list
 //!   kept encoded in pieces. No HTTP in it.
-//! - [`http`]: translation only. `serve` reads the first request head of each
-//!   connection: a stream that subscribes goes, as a bare socket, to the fan-out
-//!   shards (`fanout`); everything else to hyper and the router (the JSON API,
-//!   the page, and the same SSE stream for whatever the fast path leaves).
-//!   `limits` holds what one client may ask: joins per address, connections
-//!   at once, and which other sites' pages may use the API.
+//! - [`server`]: transport. Accepts connections (their number, socket
+//!   options), speaks HTTP/1.1 with keep-alive, HTTP/2 without TLS (h2c) and
+//!   HTTPS with HTTP/2 by ALPN, and writes event streams: on a plain HTTP/1
+//!   connection the socket goes to the lean writer (`fanout`: shards of
+//!   streams with no task, parser or buffer of their own), otherwise the
+//!   stream is hyper's response body. Every request, streams included, goes
+//!   through the router once.
+//! - [`http`]: translation only: axum handlers for the JSON API, the page and
+//!   GET /events (which answers with a [`server::Handoff`]). `limits` holds
+//!   what one client may ask: joins per address, and which other sites' pages
+//!   may use the API.
 //! - [`cluster`]: with `--redis`, the lobby is shared by several nodes: each
 //!   follows one log in Redis into a local replica (a [`presence`] fed the
 //!   log's events), and deadlines and dead nodes are handled in Redis scripts.
@@ -21,8 +26,6 @@
 //! - [`config`]: the command line and its environment variables.
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
 //!   an SSE parser), which knows nothing of the server's insides.
-//! - `http::tls`: with `--tls-cert` and `--tls-key`, HTTPS with HTTP/2 and
-//!   HTTP/1.1 by ALPN; every connection then goes to hyper (no fast path).
 //! - `main.rs`: flags, logging, bind, then [`run`].
 //! - `bin/lobby-load.rs`: the load generator behind `make bench`.
 //! - `static/`: the page's script, style and icon, compiled into the binary.
@@ -33,6 +36,7 @@ pub mod config;
 pub mod http;
 pub mod observe;
 pub mod presence;
+pub mod server;
 pub mod watch;
 
 use std::future::Future;
@@ -62,9 +66,9 @@ pub async fn run(
 
 /// `--tls-cert` and `--tls-key` read into what serves HTTPS, or `None` for
 /// plain HTTP. `main` calls it before binding, so a bad file is told at once.
-pub fn tls(config: &Config) -> Result<Option<TlsAcceptor>, http::tls::TlsError> {
+pub fn tls(config: &Config) -> Result<Option<TlsAcceptor>, server::tls::TlsError> {
     match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => http::tls::acceptor(cert, key).map(Some),
+        (Some(cert), Some(key)) => server::tls::acceptor(cert, key).map(Some),
         // The flags require each other, so one alone never gets here.
         _ => Ok(None),
     }
@@ -82,7 +86,7 @@ pub async fn run_with_tls(
     let webhooks = config
         .webhook()
         .map(|webhook| Webhooks::start(webhook, metrics.clone()));
-    let observer = Observer::new(metrics, webhooks);
+    let observer = Observer::new(metrics.clone(), webhooks);
     // Bound before anything is served, so a taken port fails the start.
     let metrics_listener = match config.metrics_bind {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
@@ -116,7 +120,23 @@ pub async fn run_with_tls(
             stop.cancel();
         }
     });
-    let served = http::serve(listener, state, tls, stop).await;
+    let server = server::Server {
+        settings: server::Settings {
+            max_connections: config.max_connections(),
+            header_timeout: config.header_timeout,
+            tcp_user_timeout: config.tcp_user_timeout,
+            keepalive: config.keepalive,
+            write_timeout: config.write_timeout,
+            retry: config.retry(),
+            backlog: backend.config().backlog,
+        },
+        app: http::app(state),
+        busy: http::too_many_connections,
+        events: backend.events(),
+        metrics,
+        tls,
+    };
+    let served = server.serve(listener, stop).await;
     backend.stopped().await;
     served
 }

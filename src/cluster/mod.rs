@@ -30,15 +30,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::{LeaveReason, Observer};
 use crate::presence::{
-    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Presence, PresenceConfig, Stats,
-    StreamKey, Subscription, Token, TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Pieces, Presence,
+    PresenceConfig, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
 };
 use store::{Joining, Opening, Store};
 
@@ -265,7 +264,7 @@ impl Cluster {
         self.shared.presence.users()
     }
 
-    pub async fn users_json(&self) -> Bytes {
+    pub async fn users_json(&self) -> Pieces {
         self.sync().await;
         self.shared.presence.users_json()
     }

@@ -1,18 +1,20 @@
 //! The JSON API: POST /join, POST /leave, GET /users, GET /healthz.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
-use bytes::BytesMut;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 
-use super::limits::Peer;
 use super::{ApiError, AppState};
-use crate::presence::{Joined, Name, Token};
+use crate::presence::{Joined, Name, Pieces, Token};
 
 #[derive(Deserialize)]
 struct JoinBody {
@@ -39,7 +41,7 @@ pub async fn join(
     // Counted before anything else is done: a flood costs a lookup each.
     let peer = request
         .extensions()
-        .get::<Peer>()
+        .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip());
     state.joins.check(peer, request.headers())?;
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
@@ -54,13 +56,14 @@ pub async fn join(
     };
     let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
     let joined = state.presence.join(name).await?;
-    Ok((StatusCode::CREATED, json_body(join_reply(&joined))))
+    Ok((StatusCode::CREATED, json_body(join_reply(joined))))
 }
 
 /// `{"id","name","token","users":[…]}`, written around the users list that
-/// presence hands over already encoded (at thousands of users, re-encoding it
-/// for every join would cost more than everything else a join does).
-fn join_reply(joined: &Joined) -> Bytes {
+/// presence hands over already encoded, in shared pieces (at thousands of
+/// users, re-encoding it for every join would cost more than everything else
+/// a join does, and copying it would cost a megabyte per reply in flight).
+fn join_reply(joined: Joined) -> Pieces {
     #[derive(Serialize)]
     struct Head<'a> {
         id: String,
@@ -75,14 +78,14 @@ fn join_reply(joined: &Joined) -> Bytes {
         users: [],
     };
     // Serializing a struct of strings cannot fail.
-    let head = serde_json::to_vec(&head).unwrap_or_default();
+    let mut head = serde_json::to_vec(&head).unwrap_or_default();
     // `…,"users":[]}` becomes `…,"users":` + the list + `}`.
-    let head = &head[..head.len().saturating_sub(3)];
-    let mut body = BytesMut::with_capacity(head.len() + joined.users.len() + 1);
-    body.extend_from_slice(head);
-    body.extend_from_slice(&joined.users);
-    body.extend_from_slice(b"}");
-    body.freeze()
+    head.truncate(head.len().saturating_sub(3));
+    let mut body = Pieces::with_capacity(joined.users.parts().len() + 2);
+    body.push(Bytes::from(head));
+    body.append(joined.users);
+    body.push(Bytes::from_static(b"}"));
+    body
 }
 
 /// Says where the JSON breaks, or that it is JSON of the wrong shape; never
@@ -136,15 +139,54 @@ pub async fn leave(
 
 pub async fn users(State(state): State<AppState>) -> impl IntoResponse {
     let users = state.presence.users_json().await;
-    let mut body = BytesMut::with_capacity(users.len() + 10);
-    body.extend_from_slice(b"{\"users\":");
-    body.extend_from_slice(&users);
-    body.extend_from_slice(b"}");
-    json_body(body.freeze())
+    let mut body = Pieces::with_capacity(users.parts().len() + 2);
+    body.push(Bytes::from_static(b"{\"users\":"));
+    body.append(users);
+    body.push(Bytes::from_static(b"}"));
+    json_body(body)
 }
 
-fn json_body(body: Bytes) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], body)
+/// A JSON response whose body is written piece by piece, with its length.
+fn json_body(body: Pieces) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::new(PiecesBody {
+            remaining: body.len() as u64,
+            parts: body.into_parts().into_iter(),
+        }),
+    )
+        .into_response()
+}
+
+/// A body of shared pieces: hyper writes them with vectored writes, and
+/// knows the length up front.
+struct PiecesBody {
+    parts: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for PiecesBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        Poll::Ready(this.parts.next().map(|part| {
+            this.remaining -= part.len() as u64;
+            Ok(Frame::data(part))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// `{"status":"ok"}`; a cluster node adds whether Redis is up and its node

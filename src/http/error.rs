@@ -163,22 +163,3 @@ fn retry_after_secs(wait: std::time::Duration) -> u32 {
         .unwrap_or(u32::MAX)
         .max(1)
 }
-
-impl ApiError {
-    /// The whole HTTP/1.1 response, for a connection refused before hyper
-    /// sees it; the connection closes after it.
-    pub fn raw_response(&self) -> Vec<u8> {
-        let body = serde_json::to_string(&ErrorBody {
-            error: self.to_string(),
-        })
-        .unwrap_or_default();
-        let status = self.status();
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {FULL_RETRY_AFTER_SECS}\r\nconnection: close\r\n\r\n{body}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            body.len()
-        )
-        .into_bytes()
-    }
-}

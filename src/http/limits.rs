@@ -1,11 +1,9 @@
 //! What one client may ask of the lobby, and who the client is: joins per
-//! address (a token bucket from governor), connections open at once, and which
-//! other sites' pages may use the API.
+//! address (a token bucket from governor), and which other sites' pages may
+//! use the API. (Connections open at once are the transport's: `server`.)
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -87,41 +85,6 @@ fn bucket_of(ip: IpAddr) -> IpAddr {
 /// How often the join limiter forgets idle clients.
 pub const FORGET_EVERY: Duration = Duration::from_secs(60);
 
-/// Counts the connections open at once.
-#[derive(Clone)]
-pub struct Connections {
-    open: Arc<AtomicUsize>,
-    max: usize,
-}
-
-/// One open connection; it stops counting when dropped.
-pub struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl Connections {
-    pub fn new(max: usize) -> Connections {
-        Connections {
-            open: Arc::default(),
-            max,
-        }
-    }
-
-    /// A slot for one more connection, unless `max` are already open.
-    pub fn open(&self) -> Option<ConnectionSlot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| ConnectionSlot(self.open.clone()))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Which other sites' pages may use the API (CORS). Browsers say where a
 /// request comes from in `Sec-Fetch-Site`, which proxies leave alone; requests
 /// without it (curl, servers) are not a browser's and are let through.
@@ -167,10 +130,6 @@ impl Origins {
             .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
     }
 }
-
-/// The socket's peer, for handlers: every connection's requests carry it.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
 
 #[cfg(test)]
 mod tests {
@@ -238,16 +197,6 @@ mod tests {
         let other: IpAddr = "10.0.0.2".parse().expect("an address");
         assert!(limiter.check(other, &none).is_ok());
         assert_eq!(limiter.clients(), 2);
-    }
-
-    #[test]
-    fn connections_past_the_maximum_get_no_slot_until_one_closes() {
-        let connections = Connections::new(2);
-        let first = connections.open().expect("a slot");
-        let _second = connections.open().expect("a slot");
-        assert!(connections.open().is_none());
-        drop(first);
-        assert!(connections.open().is_some());
     }
 
     #[test]

@@ -1,15 +1,14 @@
-//! HTTP, and only translation: requests are parsed into presence's domain types,
-//! presence is called, and its answers are written out as JSON, SSE or HTML.
+//! HTTP, and only translation: axum handlers parse requests into presence's
+//! domain types, call the backend, and answer with JSON or HTML; a stream's
+//! answer is a [`Handoff`](crate::server::Handoff) that the transport
+//! (`server`) writes. No sockets here.
 
 mod api;
 mod error;
 mod events;
-mod fanout;
 mod limits;
 mod metrics;
 mod page;
-mod serve;
-pub mod tls;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,8 +20,6 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use bytes::Bytes;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -30,13 +27,11 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 pub use metrics::serve_metrics;
-pub use serve::serve;
 
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::observe::Observer;
-use fanout::{Fanout, StreamLimits};
-use limits::{Connections, JoinLimiter, Origins};
+use limits::{JoinLimiter, Origins};
 
 /// Bodies larger than this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -45,36 +40,18 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     presence: Backend,
-    /// Ticks once per keep-alive period for every stream at once; its sender is
-    /// dropped at shutdown, which is how open streams learn to end.
-    heartbeat: watch::Receiver<()>,
-    /// `retry: <ms>`, the line every stream opens with.
-    retry_line: Bytes,
-    /// Writes events to the streams opened on the fast path.
-    fanout: Arc<Fanout>,
     /// Joins per client address.
     joins: Arc<JoinLimiter>,
     /// Which other sites' pages may use the API.
     origins: Origins,
-    /// What `serve` needs to accept a connection.
-    accept: Accept,
     /// The metrics (and webhooks) of this node.
     observer: Observer,
     /// Whether GET /metrics is served here (no `--metrics-bind`).
     metrics_here: bool,
 }
 
-/// How connections are accepted.
-#[derive(Clone)]
-struct Accept {
-    connections: Connections,
-    header_timeout: Duration,
-    tcp_user_timeout: Duration,
-    keepalive: Duration,
-}
-
 impl AppState {
-    /// Starts the shared keep-alive ticker and the fan-out shards; both stop
+    /// Starts the task that forgets quiet clients' join buckets; it stops
     /// when `stop` is cancelled.
     pub fn new(
         presence: Backend,
@@ -82,20 +59,6 @@ impl AppState {
         observer: Observer,
         stop: CancellationToken,
     ) -> AppState {
-        let heartbeat = events::start_heartbeat(config.keepalive, stop.clone());
-        // A few shards per core: each wake-up is short, and the cores share the work.
-        let shards = std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4);
-        let limits = StreamLimits {
-            write_timeout: config.write_timeout,
-            backlog: presence.config().backlog,
-        };
-        let fanout = Fanout::start(
-            shards,
-            &presence.events(),
-            &heartbeat,
-            limits,
-            observer.metrics(),
-        );
         let joins = Arc::new(JoinLimiter::new(
             config.join_rate,
             config.join_burst,
@@ -104,17 +67,8 @@ impl AppState {
         tokio::spawn(forget_idle_clients(Arc::downgrade(&joins), stop.clone()));
         AppState {
             presence,
-            heartbeat,
-            retry_line: events::retry_line(config.retry()),
-            fanout: Arc::new(fanout),
             joins,
             origins: Origins::new(&config.cors_origins),
-            accept: Accept {
-                connections: Connections::new(config.max_connections()),
-                header_timeout: config.header_timeout,
-                tcp_user_timeout: config.tcp_user_timeout,
-                keepalive: config.keepalive,
-            },
             observer,
             metrics_here: config.metrics_bind.is_none(),
         }
@@ -204,6 +158,11 @@ pub fn app(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// The answer to a connection past `--max-connections`.
+pub fn too_many_connections() -> Response {
+    axum::response::IntoResponse::into_response(ApiError::TooManyConnections)
 }
 
 /// Refuses a request from another site's page unless its origin is allowed.

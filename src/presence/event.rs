@@ -2,11 +2,12 @@
 //! happens, into the exact Server-Sent Events bytes every stream writes, so a
 //! fan-out to N streams shares one buffer instead of serializing N times.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use super::name::{Name, UserId};
+use super::pieces::Pieces;
 
 /// An event's position in the lobby's history. Strictly increasing, starting at 1.
 pub type EventId = u64;
@@ -58,12 +59,13 @@ impl Event {
 
 impl Event {
     /// Everyone online as of event `latest`, for every open stream at once.
-    pub(crate) fn reset(latest: EventId, users: &[u8]) -> Event {
+    pub(crate) fn reset(latest: EventId, users: Pieces) -> Event {
         Event {
             id: latest,
             kind: EventKind::Reset,
             user: UserId::nil(),
-            frame: snapshot_frame(latest, users),
+            // Built once for every stream: one copy is no cost here.
+            frame: snapshot_frame(latest, users).to_bytes(),
             at: Instant::now(),
         }
     }
@@ -94,15 +96,16 @@ fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
     serializer.collect_str(value)
 }
 
-/// The `existing_users` frame: everyone online as of event `id`, oldest first.
-/// `users` is the JSON array, already encoded.
-pub(crate) fn snapshot_frame(id: EventId, users: &[u8]) -> Bytes {
-    let head = format!("id: {id}\nevent: existing_users\ndata: {{\"users\":");
-    let mut frame = BytesMut::with_capacity(head.len() + users.len() + 3);
-    frame.extend_from_slice(head.as_bytes());
-    frame.extend_from_slice(users);
-    frame.extend_from_slice(b"}\n\n");
-    frame.freeze()
+/// The `existing_users` frame: everyone online as of event `id`, oldest first,
+/// around `users`, the JSON array, in the roster's shared pieces.
+pub(crate) fn snapshot_frame(id: EventId, users: Pieces) -> Pieces {
+    let mut frame = Pieces::with_capacity(users.parts().len() + 2);
+    frame.push(Bytes::from(format!(
+        "id: {id}\nevent: existing_users\ndata: {{\"users\":"
+    )));
+    frame.append(users);
+    frame.push(Bytes::from_static(b"}\n\n"));
+    frame
 }
 
 /// One SSE frame. `data` is JSON on one line: serde_json escapes every line

@@ -2,7 +2,38 @@
 //! frames a stream writes, parsed as a client reads them, and users as the
 //! wire shows them.
 
-use super::{EventId, UserView};
+use bytes::Bytes;
+
+use super::{EventId, Pieces, UserView};
+
+/// What the wire may hand a test: one buffer or shared pieces.
+pub trait Wire {
+    fn wire(&self) -> Bytes;
+}
+
+impl Wire for [u8] {
+    fn wire(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl Wire for Vec<u8> {
+    fn wire(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl Wire for Bytes {
+    fn wire(&self) -> Bytes {
+        self.clone()
+    }
+}
+
+impl Wire for Pieces {
+    fn wire(&self) -> Bytes {
+        self.to_bytes()
+    }
+}
 
 /// A user as the wire shows them: (id, name).
 pub type Person = (String, String);
@@ -16,8 +47,9 @@ pub struct Frame {
 }
 
 /// Splits SSE bytes into frames of `id:`, `event:` and `data:` lines.
-pub fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
-    let text = std::str::from_utf8(bytes).expect("frames are UTF-8");
+pub fn parse_frames(bytes: &(impl Wire + ?Sized)) -> Vec<Frame> {
+    let bytes = bytes.wire();
+    let text = std::str::from_utf8(&bytes).expect("frames are UTF-8");
     text.split("\n\n")
         .filter(|block| !block.is_empty())
         .map(|block| {
@@ -53,7 +85,7 @@ pub fn people(users: &[UserView]) -> Vec<Person> {
 }
 
 /// The people in a JSON array of users, as a join reply carries them.
-pub fn people_in_json(users: &[u8]) -> Vec<Person> {
-    let list: Vec<serde_json::Value> = serde_json::from_slice(users).expect("a JSON array");
+pub fn people_in_json(users: &(impl Wire + ?Sized)) -> Vec<Person> {
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&users.wire()).expect("a JSON array");
     list.iter().map(person).collect()
 }

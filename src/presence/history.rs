@@ -5,9 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-
 use super::event::{Event, EventId};
+use super::pieces::Pieces;
 
 #[derive(Debug)]
 pub(crate) struct History {
@@ -33,27 +32,27 @@ impl History {
         self.events.push_back(event);
     }
 
-    /// Every frame after `after`, in order and joined into one buffer, when the
+    /// Every frame after `after`, in order and sharing the events' buffers, when the
     /// history still holds all of them. `latest` is the newest event id issued.
     /// `None` when `after` is older than what is kept, or newer than `latest`
     /// (an id this server never gave out).
-    pub(crate) fn replay_after(&self, after: EventId, latest: EventId) -> Option<Bytes> {
+    pub(crate) fn replay_after(&self, after: EventId, latest: EventId) -> Option<Pieces> {
         if after > latest {
             return None;
         }
         if after == latest {
-            return Some(Bytes::new());
+            return Some(Pieces::default());
         }
         let oldest = self.events.front()?.id;
         if after + 1 < oldest {
             return None;
         }
         let skip = usize::try_from(after + 1 - oldest).ok()?;
-        let mut out = BytesMut::new();
+        let mut out = Pieces::with_capacity(self.events.len() - skip.min(self.events.len()));
         for event in self.events.iter().skip(skip) {
-            out.extend_from_slice(&event.frame);
+            out.push(event.frame.clone());
         }
-        Some(out.freeze())
+        Some(out)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -81,8 +80,8 @@ mod tests {
         history
     }
 
-    fn ids_in(frames: &Bytes) -> Vec<EventId> {
-        std::str::from_utf8(frames)
+    fn ids_in(frames: &Pieces) -> Vec<EventId> {
+        std::str::from_utf8(&frames.to_bytes())
             .expect("utf-8")
             .lines()
             .filter_map(|line| line.strip_prefix("id: "))
@@ -106,7 +105,7 @@ mod tests {
     #[test]
     fn replay_from_the_latest_event_is_empty() {
         let history = history_of(1..=5, 10);
-        assert_eq!(history.replay_after(5, 5), Some(Bytes::new()));
+        assert_eq!(history.replay_after(5, 5), Some(Pieces::default()));
     }
 
     #[test]

@@ -18,11 +18,13 @@
 mod event;
 mod history;
 mod name;
+mod pieces;
 mod replica;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
+pub use pieces::Pieces;
 pub use replica::{Change, Known, OutOfOrder, Reload, StreamKey};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -107,22 +109,22 @@ pub struct Joined {
     pub token: Token,
     /// Those online before this join, oldest first, as a JSON array of
     /// `{"id","name"}`: already encoded, since it can list thousands.
-    pub users: Bytes,
+    pub users: Pieces,
 }
 
 /// How a stream starts.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Start {
     /// An `existing_users` frame: everyone online, the subscriber included.
-    Snapshot(Bytes),
+    Snapshot(Pieces),
     /// The frames after the client's `Last-Event-ID`, possibly none.
-    Resume(Bytes),
+    Resume(Pieces),
 }
 
 impl Start {
-    pub fn into_bytes(self) -> Bytes {
+    pub fn into_pieces(self) -> Pieces {
         match self {
-            Start::Snapshot(bytes) | Start::Resume(bytes) => bytes,
+            Start::Snapshot(pieces) | Start::Resume(pieces) => pieces,
         }
     }
 }
@@ -153,8 +155,8 @@ pub enum Waiting {
 
 impl Subscription {
     /// The frames the stream opens with: a snapshot or a replay. Taken once.
-    pub fn take_start(&mut self) -> Bytes {
-        std::mem::replace(&mut self.start, Start::Resume(Bytes::new())).into_bytes()
+    pub fn take_start(&mut self) -> Pieces {
+        std::mem::replace(&mut self.start, Start::Resume(Pieces::default())).into_pieces()
     }
 
     /// Adds `event`, which the stream has received, to `batch`.
@@ -235,7 +237,7 @@ struct State {
     sender: broadcast::Sender<Arc<Event>>,
     /// A replica's joins waiting for their `new_user`: each gets the users list
     /// as it was just before.
-    joining: HashMap<UserId, oneshot::Sender<Bytes>>,
+    joining: HashMap<UserId, oneshot::Sender<Pieces>>,
 }
 
 #[derive(Debug)]
@@ -384,7 +386,7 @@ impl Presence {
             last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
         let start = match replay {
             Some(frames) => Start::Resume(frames),
-            None => Start::Snapshot(event::snapshot_frame(state.latest, &state.users_json())),
+            None => Start::Snapshot(event::snapshot_frame(state.latest, state.users_json())),
         };
         if last_event_id.is_some() {
             let replayed = matches!(start, Start::Resume(_));
@@ -424,7 +426,7 @@ impl Presence {
     }
 
     /// Everyone online, oldest first, as a JSON array of `{"id","name"}`.
-    pub fn users_json(&self) -> Bytes {
+    pub fn users_json(&self) -> Pieces {
         self.shared.lock().users_json()
     }
 
@@ -517,7 +519,7 @@ impl State {
             .collect()
     }
 
-    fn users_json(&mut self) -> Bytes {
+    fn users_json(&mut self) -> Pieces {
         let users = &self.users;
         self.roster
             .json(|range| users.range(range).map(|(_, user)| (&user.id, &user.name)))

@@ -701,7 +701,7 @@ impl Run {
         prop_assert_eq!((stats.users, stats.streams), (0, 0), "{:?}", stats);
         prop_assert!(stats.history <= HISTORY, "the history stays bounded");
         prop_assert!(self.presence.users().is_empty());
-        prop_assert_eq!(&self.presence.users_json()[..], b"[]");
+        prop_assert_eq!(&self.presence.users_json().to_bytes()[..], b"[]");
         Ok(())
     }
 }

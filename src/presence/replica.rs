@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use super::pieces::Pieces;
 use tokio::sync::oneshot;
 
 use super::Presence;
@@ -151,14 +151,14 @@ impl Presence {
         let users = state.users_json();
         let _ = state
             .sender
-            .send(Arc::new(Event::reset(state.latest, &users)));
+            .send(Arc::new(Event::reset(state.latest, users.clone())));
         self.shared.applied.send_replace(state.latest);
     }
 
     /// The users list as it is just before `user`'s `new_user` is applied.
     /// Ask before the join is sent to the cluster; the receiver fails if the
     /// replica is reloaded first.
-    pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Bytes> {
+    pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Pieces> {
         let (sender, receiver) = oneshot::channel();
         self.shared.lock().joining.insert(user, sender);
         receiver
@@ -410,7 +410,7 @@ mod tests {
         let resumed = replica
             .subscribe(&cat.token, Some(1_000_003))
             .expect("known");
-        let replayed: Vec<EventId> = parse_frames(&resumed.start.into_bytes())
+        let replayed: Vec<EventId> = parse_frames(&resumed.start.into_pieces())
             .iter()
             .map(|frame| frame.id)
             .collect();

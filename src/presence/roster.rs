@@ -1,16 +1,18 @@
 //! The JSON list of who is online, cached in pieces. Every join reply, every
 //! snapshot and GET /users carry the whole list, so at thousands of users its
 //! encoding would dominate; here a join or leave re-encodes only its own piece
-//! of at most `PIECE` users, and an unchanged list is not re-assembled at all.
+//! of at most `PIECE` users, and the list is handed out as those shared pieces
+//! (see [`Pieces`]), never assembled into a copy of its own.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::io::Write;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::event::EventId;
 use super::name::{Name, UserId};
+use super::pieces::Pieces;
 
 /// Users are grouped by the id of their `new_user` event: ids `k*PIECE ..
 /// (k+1)*PIECE` form piece `k`, so pieces stay in join order.
@@ -19,8 +21,6 @@ const PIECE: EventId = 128;
 #[derive(Debug, Default)]
 pub(crate) struct Roster {
     pieces: BTreeMap<EventId, Piece>,
-    /// The assembled `[…]`, while nothing changed since it was built.
-    whole: Option<Bytes>,
 }
 
 #[derive(Debug, Default)]
@@ -36,7 +36,6 @@ impl Roster {
         let piece = self.pieces.entry(seq / PIECE).or_default();
         piece.users += 1;
         piece.json = None;
-        self.whole = None;
     }
 
     /// The user whose `new_user` event is `seq` went offline.
@@ -49,37 +48,27 @@ impl Roster {
                 entry.remove();
             }
         }
-        self.whole = None;
     }
 
-    /// The JSON array of everyone online, oldest first. `lookup` yields the
-    /// users whose `new_user` ids fall in a range, in order.
-    pub(crate) fn json<'a, I>(&mut self, lookup: impl Fn(std::ops::Range<EventId>) -> I) -> Bytes
+    /// The JSON array of everyone online, oldest first, as shared pieces.
+    /// `lookup` yields the users whose `new_user` ids fall in a range, in order.
+    pub(crate) fn json<'a, I>(&mut self, lookup: impl Fn(std::ops::Range<EventId>) -> I) -> Pieces
     where
         I: Iterator<Item = (&'a UserId, &'a Name)>,
     {
-        if let Some(whole) = &self.whole {
-            return whole.clone();
-        }
-        let mut length = 2;
-        for (&key, piece) in &mut self.pieces {
+        let mut out = Pieces::with_capacity(2 * self.pieces.len() + 1);
+        out.push(Bytes::from_static(b"["));
+        for (index, (&key, piece)) in self.pieces.iter_mut().enumerate() {
+            if index > 0 {
+                out.push(Bytes::from_static(b","));
+            }
             let json = piece
                 .json
                 .get_or_insert_with(|| encode(lookup(key * PIECE..(key + 1) * PIECE)));
-            length += json.len() + 1;
+            out.push(json.clone());
         }
-        let mut out = BytesMut::with_capacity(length);
-        out.put_u8(b'[');
-        for (index, piece) in self.pieces.values().enumerate() {
-            if index > 0 {
-                out.put_u8(b',');
-            }
-            out.extend_from_slice(piece.json.as_deref().unwrap_or_default());
-        }
-        out.put_u8(b']');
-        let whole = out.freeze();
-        self.whole = Some(whole.clone());
-        whole
+        out.push(Bytes::from_static(b"]"));
+        out
     }
 }
 
@@ -130,7 +119,8 @@ mod tests {
             let json = self
                 .roster
                 .json(|range| users.range(range).map(|(_, (id, name))| (id, name)));
-            let list: Vec<serde_json::Value> = serde_json::from_slice(&json).expect("a JSON array");
+            let list: Vec<serde_json::Value> =
+                serde_json::from_slice(&json.to_bytes()).expect("a JSON array");
             list.iter()
                 .map(|user| user["name"].as_str().expect("a name").to_owned())
                 .collect()

@@ -197,7 +197,7 @@ async fn the_token_is_never_in_an_event_or_a_snapshot() {
     let Start::Snapshot(snapshot) = &stream.start else {
         panic!("expected a snapshot");
     };
-    let mut wire = String::from_utf8(snapshot.to_vec()).expect("UTF-8");
+    let mut wire = String::from_utf8(snapshot.to_bytes().to_vec()).expect("UTF-8");
     while let Ok(event) = stream.events.try_recv() {
         wire.push_str(std::str::from_utf8(&event.frame).expect("UTF-8"));
     }
@@ -683,7 +683,7 @@ async fn resuming_from_the_latest_event_gives_an_empty_resume() {
         .subscribe(&alice.token, Some(latest))
         .expect("alice is online");
 
-    assert_eq!(resumed.start, Start::Resume(Bytes::new()));
+    assert_eq!(resumed.start, Start::Resume(Pieces::default()));
 }
 
 fn lobby_with_short_history() -> Presence {

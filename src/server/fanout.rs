@@ -9,23 +9,24 @@
 //! `Last-Event-ID`). Nothing waits on a slow socket, and no lock is held while
 //! writing.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 
-use super::events::MAX_BATCH;
 use super::limits::ConnectionSlot;
+use super::stream::{Framing, MAX_BATCH, SizeLine};
 use crate::observe::{Metrics, SlowCause};
-use crate::presence::{Event, Subscription, Waiting};
+use crate::presence::{Event, Pieces, Subscription, Waiting};
 
 /// While events keep coming (a pass found more than one waiting), a shard
 /// waits this many times its last pass's length, at most `MAX_WAIT`, before
@@ -53,8 +54,9 @@ const STREAMS_PER_TURN: usize = 256;
 /// room for hundreds of events, and all a stalled reader can hold.
 const STREAM_SEND_BUFFER: usize = 32 * 1024;
 
-/// The comment every stream gets once per keep-alive period.
-const KEEPALIVE: &[u8] = b":\n\n";
+/// At most this many buffers go into one vectored write (the kernel takes
+/// up to 1024); a snapshot of 18,000 users is about 300.
+const MAX_SLICES: usize = 512;
 
 /// Hands streams to the shards, in turn.
 pub struct Fanout {
@@ -62,12 +64,14 @@ pub struct Fanout {
     next: AtomicUsize,
 }
 
-/// A stream joining a shard: its socket, its subscription, and the bytes it
-/// opens with (response head, `retry:` and the snapshot or replay).
+/// A stream joining a shard: its socket, its subscription, the bytes it
+/// opens with (response head, `retry:` and the snapshot or replay, framed),
+/// and how its writes are framed.
 struct Arrival {
     socket: TcpStream,
     subscription: Subscription,
-    opening: [Bytes; 3],
+    opening: Pieces,
+    framing: Framing,
     slot: ConnectionSlot,
 }
 
@@ -115,12 +119,14 @@ impl Fanout {
         }
     }
 
-    /// Takes over `socket`: writes `opening`, then every event of `subscription`.
+    /// Takes over `socket`: writes `opening`, then every event of
+    /// `subscription`, each write framed by `framing`.
     pub fn add(
         &self,
         socket: TcpStream,
         subscription: Subscription,
-        opening: [Bytes; 3],
+        opening: Pieces,
+        framing: Framing,
         slot: ConnectionSlot,
     ) {
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
@@ -129,6 +135,7 @@ impl Fanout {
             socket,
             subscription,
             opening,
+            framing,
             slot,
         });
     }
@@ -173,6 +180,9 @@ struct Shard {
     tally: Tally,
     /// Reused for every batch, so delivering allocates nothing.
     batch: Vec<Bytes>,
+    /// The chunk size line last written, shared by the streams that write
+    /// the same batch.
+    size_line: SizeLine,
     /// Reused to take the ready keys out from under their lock.
     woken: Vec<usize>,
 }
@@ -181,8 +191,10 @@ struct Stream {
     socket: TcpStream,
     subscription: Subscription,
     waker: Waker,
-    /// What a write left unwritten; empty (and unallocated) while idle.
-    pending: Bytes,
+    /// What a write left unwritten, sharing the buffers it came from; empty
+    /// (and unallocated) while idle.
+    pending: VecDeque<Bytes>,
+    framing: Framing,
     /// Set when the stream's own user left or it lagged: close once `pending`
     /// is written.
     closing: bool,
@@ -273,7 +285,8 @@ impl Shard {
             streams: Slab::new(),
             limits,
             ready: Arc::default(),
-            batch: Vec::with_capacity(MAX_BATCH),
+            batch: Vec::with_capacity(MAX_BATCH + 3),
+            size_line: SizeLine::default(),
             woken: Vec::new(),
         }
     }
@@ -327,17 +340,18 @@ impl Shard {
             socket: arrival.socket,
             subscription: arrival.subscription,
             waker,
-            pending: Bytes::new(),
+            pending: VecDeque::new(),
+            framing: arrival.framing,
             closing: false,
             opened: false,
             blocked_since: None,
             _slot: arrival.slot,
         });
         let stream = &mut self.streams[key];
-        let mut flow = stream.write(&arrival.opening);
+        let mut flow = stream.write(arrival.opening.parts());
         // Events sent between the subscription and now wait in its receiver.
         if flow == Flow::Open {
-            flow = stream.deliver(&mut self.batch, &mut self.tally);
+            flow = stream.deliver(&mut self.batch, &mut self.size_line, &mut self.tally);
         }
         if flow == Flow::Open {
             flow = stream.watch_for_close();
@@ -359,7 +373,8 @@ impl Shard {
     async fn deliver_all(&mut self) {
         let mut closed = Vec::new();
         for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
-            if stream.deliver(&mut self.batch, &mut self.tally) == Flow::Close {
+            if stream.deliver(&mut self.batch, &mut self.size_line, &mut self.tally) == Flow::Close
+            {
                 closed.push(key);
             }
             if index % STREAMS_PER_TURN == STREAMS_PER_TURN - 1 {
@@ -375,7 +390,7 @@ impl Shard {
         for (key, stream) in &mut self.streams {
             // A stream with bytes still pending is not idle: skip it.
             if stream.pending.is_empty()
-                && stream.write(&[Bytes::from_static(KEEPALIVE)]) == Flow::Close
+                && stream.write(&[stream.framing.keepalive()]) == Flow::Close
             {
                 closed.push(key);
             }
@@ -442,7 +457,7 @@ impl Shard {
             if flow == Flow::Open && !stream.pending.is_empty() {
                 flow = stream.flush();
                 if flow == Flow::Open && stream.pending.is_empty() {
-                    flow = stream.deliver(&mut self.batch, &mut self.tally);
+                    flow = stream.deliver(&mut self.batch, &mut self.size_line, &mut self.tally);
                 }
             }
             if flow == Flow::Close {
@@ -462,21 +477,39 @@ impl Shard {
 
 impl Stream {
     /// Writes the events waiting in this stream's receiver, a batch at a time,
-    /// while the socket takes them.
-    fn deliver(&mut self, batch: &mut Vec<Bytes>, tally: &mut Tally) -> Flow {
+    /// while the socket takes them. A stream that ends (its user left, or it
+    /// fell past the backlog) writes the end of its body after its last batch.
+    fn deliver(
+        &mut self,
+        batch: &mut Vec<Bytes>,
+        size_line: &mut SizeLine,
+        tally: &mut Tally,
+    ) -> Flow {
         while self.pending.is_empty() && !self.closing {
             batch.clear();
-            let waiting = self.subscription.read_waiting(batch, MAX_BATCH);
+            // Room for the chunk's size line, pushed to the front once the
+            // batch's length is known.
+            batch.push(Bytes::new());
+            let waiting = self.subscription.read_waiting(batch, MAX_BATCH + 1);
             self.closing = waiting != Waiting::Open;
             tally.lagged += u64::from(waiting == Waiting::Lagged);
-            if batch.is_empty() {
+            let events = batch.len() - 1;
+            if events > 0 {
+                let len = batch[1..].iter().map(Bytes::len).sum();
+                batch[0] = self.framing.before(len, size_line).unwrap_or_default();
+                batch.extend(self.framing.after());
+            }
+            if self.closing {
+                batch.extend(self.framing.end());
+            }
+            if batch.iter().all(Bytes::is_empty) {
                 break;
             }
             if self.write(batch) == Flow::Close {
                 return Flow::Close;
             }
-            tally.sent += batch.len() as u64;
-            if batch.len() < MAX_BATCH {
+            tally.sent += events as u64;
+            if events < MAX_BATCH {
                 break;
             }
         }
@@ -484,16 +517,18 @@ impl Stream {
     }
 
     /// Writes `bufs` as far as the socket takes them; keeps the rest pending
-    /// and asks to be woken when the socket can take more.
+    /// (sharing their buffers) and asks to be woken when the socket can take more.
     fn write(&mut self, bufs: &[Bytes]) -> Flow {
         debug_assert!(self.pending.is_empty());
-        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-        let count = bufs.len().min(MAX_BATCH);
-        for (slice, buf) in slices.iter_mut().zip(bufs) {
-            *slice = IoSlice::new(buf);
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for buf in bufs.iter().filter(|buf| !buf.is_empty()).take(MAX_SLICES) {
+            slices[count] = IoSlice::new(buf);
+            count += 1;
         }
-        let result = match bufs {
-            [one] => self.socket.try_write(one),
+        let result = match count {
+            0 => Ok(0),
+            1 => self.socket.try_write(&slices[0]),
             _ => self.socket.try_write_vectored(&slices[..count]),
         };
         let written = match result {
@@ -501,7 +536,7 @@ impl Stream {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => return Flow::Close,
         };
-        self.pending = unwritten(&bufs[..count], written);
+        keep_unwritten(&mut self.pending, bufs, written);
         if self.pending.is_empty() {
             self.written_all();
             return self.close_if_done();
@@ -515,6 +550,10 @@ impl Stream {
     /// Everything handed to the socket so far is in it.
     fn written_all(&mut self) {
         self.blocked_since = None;
+        if self.pending.capacity() > 0 {
+            // Release the queue's memory now, not at the next write.
+            self.pending = VecDeque::new();
+        }
         if !self.opened {
             // The opening (a snapshot can be a megabyte) needed a large send
             // buffer; events need little, and a reader that stops must not
@@ -527,12 +566,15 @@ impl Stream {
     /// Writes what is pending, when the socket said it can take more.
     fn flush(&mut self) -> Flow {
         loop {
-            match self.socket.try_write(&self.pending) {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = self.pending.len().min(MAX_SLICES);
+            for (slice, buf) in slices.iter_mut().zip(&self.pending) {
+                *slice = IoSlice::new(buf);
+            }
+            match self.socket.try_write_vectored(&slices[..count]) {
                 Ok(written) => {
-                    let _ = self.pending.split_to(written);
+                    advance(&mut self.pending, written);
                     if self.pending.is_empty() {
-                        // Release the buffer's memory now, not at the next write.
-                        self.pending = Bytes::new();
                         self.written_all();
                         return self.close_if_done();
                     }
@@ -583,54 +625,64 @@ impl Stream {
     }
 }
 
-/// The part of `bufs` after the first `written` bytes, sharing their memory
-/// when it lies in one buffer (the common case: one big snapshot).
-fn unwritten(bufs: &[Bytes], mut written: usize) -> Bytes {
-    let first = bufs.iter().position(|buf| {
-        if written < buf.len() {
-            return true;
+/// Puts into `pending` what is left of `bufs` after their first `written`
+/// bytes, sharing their buffers (a megabyte snapshot is never copied).
+fn keep_unwritten(pending: &mut VecDeque<Bytes>, bufs: &[Bytes], mut written: usize) {
+    for buf in bufs {
+        if written >= buf.len() {
+            written -= buf.len();
+        } else {
+            pending.push_back(buf.slice(written..));
+            written = 0;
         }
-        written -= buf.len();
-        false
-    });
-    let Some(first) = first else {
-        return Bytes::new();
-    };
-    let head = bufs[first].slice(written..);
-    let tail = &bufs[first + 1..];
-    if tail.is_empty() {
-        return head;
     }
-    let mut joined =
-        BytesMut::with_capacity(head.len() + tail.iter().map(Bytes::len).sum::<usize>());
-    joined.extend_from_slice(&head);
-    for buf in tail {
-        joined.extend_from_slice(buf);
+}
+
+/// Drops the first `written` bytes of `pending`.
+fn advance(pending: &mut VecDeque<Bytes>, mut written: usize) {
+    while let Some(front) = pending.front_mut() {
+        if written < front.len() {
+            let _ = front.split_to(written);
+            return;
+        }
+        written -= front.len();
+        pending.pop_front();
     }
-    joined.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_unwritten_part_of_one_buffer_is_a_slice_of_it() {
-        let bufs = [Bytes::from_static(b"head"), Bytes::from_static(b"snapshot")];
-        assert_eq!(unwritten(&bufs, 6), Bytes::from_static(b"apshot"));
-        assert_eq!(unwritten(&bufs, 12), Bytes::new());
+    fn unwritten(bufs: &[Bytes], written: usize) -> Vec<Bytes> {
+        let mut pending = VecDeque::new();
+        keep_unwritten(&mut pending, bufs, written);
+        pending.into()
     }
 
     #[test]
-    fn the_unwritten_parts_of_several_buffers_are_joined_in_order() {
-        let bufs = [
+    fn what_a_write_leaves_is_kept_as_slices_of_the_same_buffers() {
+        let bufs = [Bytes::from_static(b"head"), Bytes::from_static(b"snapshot")];
+        assert_eq!(unwritten(&bufs, 6), [Bytes::from_static(b"apshot")]);
+        assert!(unwritten(&bufs, 12).is_empty());
+        let three = [
             Bytes::from_static(b"ab"),
             Bytes::from_static(b"cd"),
             Bytes::from_static(b"ef"),
         ];
-        assert_eq!(unwritten(&bufs, 1), Bytes::from_static(b"bcdef"));
-        assert_eq!(unwritten(&bufs, 0), Bytes::from_static(b"abcdef"));
+        assert_eq!(unwritten(&three, 1), [&b"b"[..], b"cd", b"ef"]);
     }
+
+    #[test]
+    fn advancing_drops_written_buffers_and_cuts_the_first_unwritten_one() {
+        let mut pending: VecDeque<Bytes> =
+            [Bytes::from_static(b"ab"), Bytes::from_static(b"cde")].into();
+        advance(&mut pending, 3);
+        assert_eq!(pending, [Bytes::from_static(b"de")]);
+        advance(&mut pending, 2);
+        assert!(pending.is_empty());
+    }
+
     fn ms(millis: u64) -> Duration {
         Duration::from_millis(millis)
     }

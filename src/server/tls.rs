@@ -1,15 +1,18 @@
 //! HTTPS: a certificate chain and its key, read once from PEM files, become a
 //! rustls acceptor that offers HTTP/2 and HTTP/1.1 by ALPN. HTTP/2 is the
 //! point: a browser opens at most six HTTP/1.1 connections to one origin, and
-//! every lobby tab holds one of them open for its stream.
+//! every lobby tab holds one of them open for its stream. Each connection's
+//! handshake must finish within `--header-timeout`; hyper then serves it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
 
 /// Why `--tls-cert` and `--tls-key` could not be used; each says which file.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,34 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// One HTTPS connection: the handshake, then hyper with HTTP/2 or HTTP/1.1
+/// as ALPN chose.
+pub(super) async fn serve(socket: TcpStream, tls: TlsAcceptor, connection: super::Connection) {
+    let timeout = connection.shared.settings.header_timeout;
+    let stream = tokio::select! {
+        handshake = tokio::time::timeout(timeout, tls.accept(socket)) => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!("TLS handshake failed: {err}");
+                return;
+            }
+            Err(_) => return,
+        },
+        () = connection.stop.cancelled() => return,
+    };
+    let protocol = if speaks_h2(&stream) {
+        super::served::Protocol::Http2
+    } else {
+        super::served::Protocol::Http1
+    };
+    super::served::serve(stream, protocol, connection).await;
+}
+
+/// Whether ALPN chose HTTP/2 for `stream`.
+pub(super) fn speaks_h2(stream: &TlsStream<TcpStream>) -> bool {
+    stream.get_ref().1.alpn_protocol() == Some(b"h2")
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
