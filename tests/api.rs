@@ -288,6 +288,42 @@ async fn malformed_json_is_refused_with_400_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_json_body_that_is_not_an_object_is_refused_with_400_and_changes_nothing() {
+    let bodies = [
+        r#"["arr"]"#,
+        r#"[{"name":"alice"}]"#,
+        "[]",
+        r#""x""#,
+        "3",
+        "null",
+        "true",
+    ];
+
+    let sentences = assert_joins_refused(400, bodies.map(|body| (JSON, body))).await;
+
+    for sentence in sentences {
+        assert!(sentence.contains("must be an object"), "{sentence}");
+        assert!(sentence.contains(r#"{"name":"alice"}"#), "{sentence}");
+    }
+}
+
+#[tokio::test]
+async fn a_form_that_is_not_utf8_once_percent_decoded_is_refused_with_400_and_changes_nothing() {
+    let bodies: [&'static [u8]; 4] = [
+        b"name=%ff%fe",
+        b"name=al%C3ice",
+        b"name=\xff\xfe",
+        b"nome=%ff&name=alice",
+    ];
+
+    let sentences = assert_joins_refused(400, bodies.map(|body| (FORM, body))).await;
+
+    for sentence in sentences {
+        assert!(sentence.contains("UTF-8"), "{sentence}");
+    }
+}
+
+#[tokio::test]
 async fn a_body_without_a_name_field_is_refused_with_400_and_changes_nothing() {
     assert_joins_refused(400, [(JSON, r#"{"nome":"alice"}"#), (FORM, "nome=alice")]).await;
 }
@@ -546,6 +582,23 @@ async fn leaving_with_no_token_or_an_unknown_one_is_refused_with_401_and_changes
 }
 
 #[tokio::test]
+async fn a_leave_body_that_is_not_utf8_is_refused_with_400_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let leave = |content_type, body: &'static [u8]| post(&server, "/leave", content_type, body);
+
+    let requests = [
+        ("a form, percent-encoded", leave(FORM, b"token=%ff%fe")),
+        ("a form, raw", leave(FORM, b"token=\xff")),
+        ("beacon text", leave(BEACON_TEXT, b"\xff\xfe")),
+    ];
+    let sentences = assert_refused_changing_nothing(&server, 400, requests).await;
+
+    for sentence in sentences {
+        assert!(sentence.contains("UTF-8"), "{sentence}");
+    }
+}
+
+#[tokio::test]
 async fn leaving_twice_is_refused_the_second_time_with_401() {
     let server = TestServer::start().await;
     let alice = join_and_leave(&server, "alice").await;
@@ -737,6 +790,8 @@ async fn a_token_never_appears_in_an_error_reply() {
 
 const JSON: Option<&str> = Some("application/json");
 const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+/// What `navigator.sendBeacon` sends a string as.
+const BEACON_TEXT: Option<&str> = Some("text/plain;charset=UTF-8");
 
 /// A joined user with an open stream who watches a request that must change nothing.
 struct Onlooker {
@@ -818,14 +873,12 @@ enum TokenIn {
 }
 
 fn leave_request(server: &TestServer, way: TokenIn, token: &str) -> reqwest::RequestBuilder {
-    let request = server.client.post(server.url("/leave"));
+    let leave = || server.client.post(server.url("/leave"));
     match way {
-        TokenIn::Bearer => request.header(AUTHORIZATION, format!("Bearer {token}")),
-        TokenIn::Form => request.form(&[("token", token)]),
-        TokenIn::BeaconText => request
-            .header(CONTENT_TYPE, "text/plain;charset=UTF-8")
-            .body(token.to_owned()),
-        TokenIn::Nowhere => request,
+        TokenIn::Bearer => leave().header(AUTHORIZATION, format!("Bearer {token}")),
+        TokenIn::Form => leave().form(&[("token", token)]),
+        TokenIn::BeaconText => post(server, "/leave", BEACON_TEXT, token.to_owned()),
+        TokenIn::Nowhere => leave(),
     }
 }
 
@@ -835,7 +888,17 @@ fn join_request(
     content_type: Option<&str>,
     body: impl Into<reqwest::Body>,
 ) -> reqwest::RequestBuilder {
-    let request = server.client.post(server.url("/join")).body(body);
+    post(server, "/join", content_type, body)
+}
+
+/// POST `path` with this body, and this `Content-Type` if any.
+fn post(
+    server: &TestServer,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    let request = server.client.post(server.url(path)).body(body);
     match content_type {
         Some(content_type) => request.header(CONTENT_TYPE, content_type),
         None => request,
