@@ -29,19 +29,10 @@ const UNUSUAL_NAMES: [&str; 5] = [
 #[tokio::test]
 async fn the_page_is_html_with_the_users_online_already_in_it() {
     let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    let bob = server.join("bob").await;
+    let [alice, bob] = join_each(&server, ["alice", "bob"]).await;
 
-    let response = server
-        .client
-        .get(server.url("/"))
-        .send()
-        .await
-        .expect("GET /");
+    let page = served(&server, "/", "text/html").await;
 
-    assert_eq!(response.status(), 200);
-    assert!(content_type(response.headers()).starts_with("text/html"));
-    let page = response.text().await.expect("page text");
     assert_eq!(
         users_on_page(&page),
         [(alice.id, "alice".to_owned()), (bob.id, "bob".to_owned())]
@@ -91,38 +82,18 @@ async fn the_page_loads_its_script_and_stylesheet() {
 async fn the_script_is_served_as_javascript() {
     let server = TestServer::start().await;
 
-    let response = server
-        .client
-        .get(server.url("/static/app.js"))
-        .send()
-        .await
-        .expect("GET");
+    let script = served(&server, "/static/app.js", "text/javascript").await;
 
-    assert_eq!(response.status(), 200);
-    assert!(content_type(response.headers()).starts_with("text/javascript"));
-    assert!(
-        response
-            .text()
-            .await
-            .expect("script")
-            .contains("EventSource")
-    );
+    assert!(script.contains("EventSource"));
 }
 
 #[tokio::test]
 async fn the_stylesheet_is_served_as_css() {
     let server = TestServer::start().await;
 
-    let response = server
-        .client
-        .get(server.url("/static/style.css"))
-        .send()
-        .await
-        .expect("GET");
+    let stylesheet = served(&server, "/static/style.css", "text/css").await;
 
-    assert_eq!(response.status(), 200);
-    assert!(content_type(response.headers()).starts_with("text/css"));
-    assert!(!response.text().await.expect("stylesheet").trim().is_empty());
+    assert!(!stylesheet.trim().is_empty());
 }
 
 // ---- POST /join ----
@@ -131,7 +102,7 @@ async fn the_stylesheet_is_served_as_css() {
 async fn joining_with_json_replies_201_with_id_name_token_and_users() {
     let server = TestServer::start().await;
 
-    let response = post_join(&server, Some("application/json"), r#"{"name":"alice"}"#).await;
+    let response = send(join_request(&server, JSON, r#"{"name":"alice"}"#)).await;
 
     assert_eq!(response.status(), 201);
     assert!(content_type(response.headers()).starts_with("application/json"));
@@ -145,12 +116,7 @@ async fn joining_with_json_replies_201_with_id_name_token_and_users() {
 async fn joining_with_a_form_body_works_like_curl_dash_d() {
     let server = TestServer::start().await;
 
-    let response = post_join(
-        &server,
-        Some("application/x-www-form-urlencoded"),
-        "name=alice",
-    )
-    .await;
+    let response = send(join_request(&server, FORM, "name=alice")).await;
 
     assert_eq!(response.status(), 201);
     let reply: Value = response.json().await.expect("JSON reply");
@@ -168,14 +134,9 @@ async fn joining_with_a_form_body_works_like_curl_dash_d() {
 #[tokio::test]
 async fn a_form_name_is_percent_decoded() {
     let server = TestServer::start().await;
+    let form = [("name", "山田 & <b>")];
 
-    let response = server
-        .client
-        .post(server.url("/join"))
-        .form(&[("name", "山田 & <b>")])
-        .send()
-        .await
-        .expect("POST /join");
+    let response = send(server.client.post(server.url("/join")).form(&form)).await;
 
     assert_eq!(response.status(), 201);
     let reply: Value = response.json().await.expect("JSON reply");
@@ -185,13 +146,9 @@ async fn a_form_name_is_percent_decoded() {
 #[tokio::test]
 async fn a_json_content_type_with_a_charset_is_accepted() {
     let server = TestServer::start().await;
+    let utf8_json = Some("application/json; charset=utf-8");
 
-    let response = post_join(
-        &server,
-        Some("application/json; charset=utf-8"),
-        r#"{"name":"alice"}"#,
-    )
-    .await;
+    let response = send(join_request(&server, utf8_json, r#"{"name":"alice"}"#)).await;
 
     assert_eq!(response.status(), 201);
 }
@@ -243,8 +200,7 @@ async fn every_join_gets_a_different_token() {
 #[tokio::test]
 async fn the_join_reply_lists_those_online_before_oldest_first_without_the_joiner() {
     let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    let bob = server.join("bob").await;
+    let [alice, bob] = join_each(&server, ["alice", "bob"]).await;
 
     let carol = server.join("carol").await;
 
@@ -319,7 +275,7 @@ async fn a_body_of_exactly_4_kib_is_not_too_large() {
     let server = TestServer::start().await;
     let body = json_of_length(4096);
 
-    let response = post_join(&server, Some("application/json"), body).await;
+    let response = send(join_request(&server, JSON, body)).await;
 
     assert_eq!(response.status(), 201);
 }
@@ -328,179 +284,99 @@ async fn a_body_of_exactly_4_kib_is_not_too_large() {
 
 #[tokio::test]
 async fn malformed_json_is_refused_with_400_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let response = post_join(&server, Some("application/json"), r#"{"name":"#).await;
-
-    assert_error(response, 400).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(400, [(JSON, r#"{"name":"#), (JSON, "name=alice")]).await;
 }
 
 #[tokio::test]
 async fn a_json_body_that_is_not_an_object_is_refused_with_400_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+    let bodies = [
+        r#"["arr"]"#,
+        r#"[{"name":"alice"}]"#,
+        "[]",
+        r#""x""#,
+        "3",
+        "null",
+        "true",
+    ];
 
-    let response = post_join(&server, Some("application/json"), "name=alice").await;
+    let sentences = assert_joins_refused(400, bodies.map(|body| (JSON, body))).await;
 
-    assert_error(response, 400).await;
-    onlooker.sees_nothing_changed(&server).await;
+    for sentence in sentences {
+        assert!(sentence.contains("must be an object"), "{sentence}");
+        assert!(sentence.contains(r#"{"name":"alice"}"#), "{sentence}");
+    }
 }
 
 #[tokio::test]
-async fn a_json_body_without_a_name_field_is_refused_with_400_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+async fn a_form_that_is_not_utf8_once_percent_decoded_is_refused_with_400_and_changes_nothing() {
+    let bodies: [&'static [u8]; 4] = [
+        b"name=%ff%fe",
+        b"name=al%C3ice",
+        b"name=\xff\xfe",
+        b"nome=%ff&name=alice",
+    ];
 
-    let response = post_join(&server, Some("application/json"), r#"{"nome":"alice"}"#).await;
+    let sentences = assert_joins_refused(400, bodies.map(|body| (FORM, body))).await;
 
-    assert_error(response, 400).await;
-    onlooker.sees_nothing_changed(&server).await;
+    for sentence in sentences {
+        assert!(sentence.contains("UTF-8"), "{sentence}");
+    }
 }
 
 #[tokio::test]
-async fn a_form_body_without_a_name_field_is_refused_with_400_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let response = post_join(
-        &server,
-        Some("application/x-www-form-urlencoded"),
-        "nome=alice",
-    )
-    .await;
-
-    assert_error(response, 400).await;
-    onlooker.sees_nothing_changed(&server).await;
+async fn a_body_without_a_name_field_is_refused_with_400_and_changes_nothing() {
+    assert_joins_refused(400, [(JSON, r#"{"nome":"alice"}"#), (FORM, "nome=alice")]).await;
 }
 
 #[tokio::test]
 async fn an_empty_body_is_refused_with_400_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let json = post_join(&server, Some("application/json"), "").await;
-    let form = post_join(&server, Some("application/x-www-form-urlencoded"), "").await;
-
-    assert_error(json, 400).await;
-    assert_error(form, 400).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(400, [(JSON, ""), (FORM, "")]).await;
 }
 
 #[tokio::test]
 async fn an_empty_name_is_refused_with_422_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let json = post_join(&server, Some("application/json"), r#"{"name":""}"#).await;
-    let form = post_join(&server, Some("application/x-www-form-urlencoded"), "name=").await;
-
-    assert_error(json, 422).await;
-    assert_error(form, 422).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(422, [(JSON, r#"{"name":""}"#), (FORM, "name=")]).await;
 }
 
 #[tokio::test]
 async fn a_blank_name_is_refused_with_422_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+    let json = r#"{"name":" \t\n\u3000 "}"#;
 
-    let json = post_join(
-        &server,
-        Some("application/json"),
-        r#"{"name":" \t\n\u3000 "}"#,
-    )
-    .await;
-    let form = post_join(
-        &server,
-        Some("application/x-www-form-urlencoded"),
-        "name=+++",
-    )
-    .await;
-
-    assert_error(json, 422).await;
-    assert_error(form, 422).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(422, [(JSON, json), (FORM, "name=+++")]).await;
 }
 
 #[tokio::test]
 async fn a_name_of_33_characters_is_refused_with_422_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+    let names = ["a".repeat(33), "名".repeat(33)];
 
-    let ascii = server.post_join(&"a".repeat(33)).await;
-    let cjk = server.post_join(&"名".repeat(33)).await;
-
-    assert_error(ascii, 422).await;
-    assert_error(cjk, 422).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(422, names.map(|name| (JSON, json_name(&name)))).await;
 }
 
 #[tokio::test]
 async fn a_name_with_a_control_character_is_refused_with_422_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    for name in [
+    let names = [
         "al\nice",
         "al\tice",
         "al\u{0}ice",
         "\u{7}bell",
         "al\u{7f}ice",
         "al\u{9b}ice",
-    ] {
-        let response = server.post_join(name).await;
+    ];
+    let in_a_form = (FORM, "name=al%0Aice".to_owned());
 
-        assert_eq!(response.status(), 422, "{name:?}");
-        assert_error(response, 422).await;
-    }
-    onlooker.sees_nothing_changed(&server).await;
+    let requests = names.map(|name| (JSON, json_name(name)));
+    assert_joins_refused(422, requests.into_iter().chain([in_a_form])).await;
 }
 
 #[tokio::test]
-async fn a_form_name_with_a_control_character_is_refused_with_422_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+async fn a_body_over_4_kib_is_refused_with_413_and_changes_nothing() {
+    let form = format!("name=alice&pad={}", "x".repeat(5000));
 
-    let response = post_join(
-        &server,
-        Some("application/x-www-form-urlencoded"),
-        "name=al%0Aice",
-    )
-    .await;
-
-    assert_error(response, 422).await;
-    onlooker.sees_nothing_changed(&server).await;
-}
-
-#[tokio::test]
-async fn a_json_body_over_4_kib_is_refused_with_413_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let response = post_join(&server, Some("application/json"), json_of_length(4097)).await;
-
-    assert_error(response, 413).await;
-    onlooker.sees_nothing_changed(&server).await;
-}
-
-#[tokio::test]
-async fn a_form_body_over_4_kib_is_refused_with_413_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-    let body = format!("name=alice&pad={}", "x".repeat(5000));
-
-    let response = post_join(&server, Some("application/x-www-form-urlencoded"), body).await;
-
-    assert_error(response, 413).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(413, [(JSON, json_of_length(4097)), (FORM, form)]).await;
 }
 
 #[tokio::test]
 async fn a_chunked_body_over_4_kib_is_refused_with_413_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
     let mut chunks = vec![br#"{"name":"alice","pad":""#.to_vec()];
     chunks.extend(std::iter::repeat_n(vec![b'x'; 1024], 5));
     chunks.push(br#""}"#.to_vec());
@@ -508,40 +384,25 @@ async fn a_chunked_body_over_4_kib_is_refused_with_413_and_changes_nothing() {
         chunks.into_iter().map(Ok::<_, std::io::Error>),
     ));
 
-    let response = post_join(&server, Some("application/json"), body).await;
-
-    assert_error(response, 413).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(413, [(JSON, body)]).await;
 }
 
 #[tokio::test]
 async fn another_content_type_is_refused_with_415_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    for content_type in [
+    let content_types = [
         "text/plain",
         "text/html",
         "application/xml",
         "multipart/form-data; boundary=x",
-    ] {
-        let response = post_join(&server, Some(content_type), r#"{"name":"alice"}"#).await;
+    ];
 
-        assert_eq!(response.status(), 415, "{content_type}");
-        assert_error(response, 415).await;
-    }
-    onlooker.sees_nothing_changed(&server).await;
+    let requests = content_types.map(|content_type| (Some(content_type), r#"{"name":"alice"}"#));
+    assert_joins_refused(415, requests).await;
 }
 
 #[tokio::test]
 async fn a_body_without_a_content_type_is_refused_with_415_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let response = post_join(&server, None, "name=alice").await;
-
-    assert_error(response, 415).await;
-    onlooker.sees_nothing_changed(&server).await;
+    assert_joins_refused(415, [(None, "name=alice")]).await;
 }
 
 #[tokio::test]
@@ -566,8 +427,7 @@ async fn a_join_to_a_full_lobby_is_refused_with_503_and_retry_after_and_changes_
 #[tokio::test]
 async fn a_seat_freed_by_a_leave_can_be_taken_again() {
     let server = TestServer::with_args(&["--max-users", "1"]).await;
-    let alice = server.join("alice").await;
-    assert_eq!(server.leave(&alice.token).await, 204);
+    join_and_leave(&server, "alice").await;
 
     let response = server.post_join("bob").await;
 
@@ -577,59 +437,27 @@ async fn a_seat_freed_by_a_leave_can_be_taken_again() {
 // ---- GET /events ----
 
 #[tokio::test]
-async fn events_with_an_unknown_token_is_refused_with_401_json() {
+async fn events_without_a_token_or_with_an_unknown_one_is_refused_with_401_json_and_changes_nothing()
+ {
     let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+    let unknown = "0".repeat(64);
+    let events = || server.client.get(server.url("/events"));
 
-    let response = server.open_events(&"0".repeat(64), None).await;
-
-    assert_error(response, 401).await;
-    onlooker.sees_nothing_changed(&server).await;
-}
-
-#[tokio::test]
-async fn events_without_a_token_is_refused_with_401_json() {
-    let server = TestServer::start().await;
-
-    let bare = server
-        .client
-        .get(server.url("/events"))
-        .send()
-        .await
-        .expect("GET /events");
-    let empty = server
-        .client
-        .get(server.url("/events?token="))
-        .send()
-        .await
-        .expect("GET /events");
-
-    assert_error(bare, 401).await;
-    assert_error(empty, 401).await;
+    let requests = [
+        ("no token", events()),
+        ("an empty token", events().query(&[("token", "")])),
+        ("an unknown token", events().query(&[("token", &unknown)])),
+        ("an unknown Bearer token", events().bearer_auth(&unknown)),
+    ];
+    assert_refused_changing_nothing(&server, 401, requests).await;
 }
 
 #[tokio::test]
 async fn events_with_the_token_of_someone_who_left_is_refused_with_401_json() {
     let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    assert_eq!(server.leave(&alice.token).await, 204);
+    let alice = join_and_leave(&server, "alice").await;
 
     let response = server.open_events(&alice.token, None).await;
-
-    assert_error(response, 401).await;
-}
-
-#[tokio::test]
-async fn events_with_an_unknown_bearer_token_is_refused_with_401_json() {
-    let server = TestServer::start().await;
-
-    let response = server
-        .client
-        .get(server.url("/events"))
-        .bearer_auth("f".repeat(64))
-        .send()
-        .await
-        .expect("GET /events");
 
     assert_error(response, 401).await;
 }
@@ -638,15 +466,16 @@ async fn events_with_an_unknown_bearer_token_is_refused_with_401_json() {
 async fn events_accepts_the_token_as_a_bearer_header() {
     let server = TestServer::start().await;
     let alice = server.join("alice").await;
+    let bearer = format!("Bearer {}", alice.token);
 
-    let response = server
-        .client
-        .get(server.url("/events"))
-        .header(AUTHORIZATION, format!("Bearer {}", alice.token))
-        .timeout(Duration::from_secs(3600))
-        .send()
-        .await
-        .expect("GET /events");
+    let response = send(
+        server
+            .client
+            .get(server.url("/events"))
+            .header(AUTHORIZATION, bearer)
+            .timeout(Duration::from_secs(3600)),
+    )
+    .await;
 
     assert_eq!(response.status(), 200);
     let snapshot = Sse::new(response).next_event().await;
@@ -699,59 +528,20 @@ async fn the_stream_starts_with_a_retry_line_then_existing_users() {
 // ---- POST /leave ----
 
 #[tokio::test]
-async fn leaving_with_a_bearer_token_replies_204_and_announces_disconnect_user() {
-    let server = TestServer::start().await;
-    let (alice, _alice_stream, _) = server.join_and_subscribe("alice").await;
-    let (_, mut bob_stream, _) = server.join_and_subscribe("bob").await;
-
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .header(AUTHORIZATION, format!("Bearer {}", alice.token))
-        .send()
-        .await
-        .expect("POST /leave");
-
-    assert_eq!(response.status(), 204);
-    assert_disconnect(&mut bob_stream, &alice).await;
-}
-
-#[tokio::test]
-async fn leaving_with_a_form_token_replies_204_and_announces_disconnect_user() {
-    let server = TestServer::start().await;
-    let (alice, _alice_stream, _) = server.join_and_subscribe("alice").await;
-    let (_, mut bob_stream, _) = server.join_and_subscribe("bob").await;
-
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .form(&[("token", alice.token.as_str())])
-        .send()
-        .await
-        .expect("POST /leave");
-
-    assert_eq!(response.status(), 204);
-    assert_disconnect(&mut bob_stream, &alice).await;
-}
-
-#[tokio::test]
-async fn leaving_with_a_text_plain_body_as_send_beacon_sends_replies_204_and_announces_disconnect_user()
+async fn leaving_with_the_token_as_bearer_form_or_beacon_text_replies_204_and_announces_disconnect_user()
  {
     let server = TestServer::start().await;
-    let (alice, _alice_stream, _) = server.join_and_subscribe("alice").await;
     let (_, mut bob_stream, _) = server.join_and_subscribe("bob").await;
 
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .header(CONTENT_TYPE, "text/plain;charset=UTF-8")
-        .body(alice.token.clone())
-        .send()
-        .await
-        .expect("POST /leave");
+    for way in [TokenIn::Bearer, TokenIn::Form, TokenIn::BeaconText] {
+        let (alice, _alice_stream, _) = server.join_and_subscribe("alice").await;
+        assert_eq!(user_in(&bob_stream.next_event().await), alice.user());
 
-    assert_eq!(response.status(), 204);
-    assert_disconnect(&mut bob_stream, &alice).await;
+        let response = send(leave_request(&server, way, &alice.token)).await;
+
+        assert_eq!(response.status(), 204, "{way:?}");
+        assert_disconnect(&mut bob_stream, &alice).await;
+    }
 }
 
 #[tokio::test]
@@ -777,86 +567,43 @@ async fn leaving_ends_the_leavers_own_stream_after_their_disconnect_user() {
 }
 
 #[tokio::test]
-async fn leaving_with_an_unknown_token_is_refused_with_401_and_changes_nothing() {
+async fn leaving_with_no_token_or_an_unknown_one_is_refused_with_401_and_changes_nothing() {
     let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+    let unknown = "0".repeat(64);
+    let ways = [
+        TokenIn::Bearer,
+        TokenIn::Form,
+        TokenIn::BeaconText,
+        TokenIn::Nowhere,
+    ];
 
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .bearer_auth("0".repeat(64))
-        .send()
-        .await
-        .expect("POST /leave");
-
-    assert_error(response, 401).await;
-    onlooker.sees_nothing_changed(&server).await;
+    let requests = ways.map(|way| (format!("{way:?}"), leave_request(&server, way, &unknown)));
+    assert_refused_changing_nothing(&server, 401, requests).await;
 }
 
 #[tokio::test]
-async fn leaving_with_no_token_at_all_is_refused_with_401_and_changes_nothing() {
+async fn a_leave_body_that_is_not_utf8_is_refused_with_400_and_changes_nothing() {
     let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
+    let leave = |content_type, body: &'static [u8]| post(&server, "/leave", content_type, body);
 
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .send()
-        .await
-        .expect("POST /leave");
+    let requests = [
+        ("a form, percent-encoded", leave(FORM, b"token=%ff%fe")),
+        ("a form, raw", leave(FORM, b"token=\xff")),
+        ("beacon text", leave(BEACON_TEXT, b"\xff\xfe")),
+    ];
+    let sentences = assert_refused_changing_nothing(&server, 400, requests).await;
 
-    assert_error(response, 401).await;
-    onlooker.sees_nothing_changed(&server).await;
-}
-
-#[tokio::test]
-async fn leaving_with_an_unknown_text_plain_token_is_refused_with_401_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .header(CONTENT_TYPE, "text/plain;charset=UTF-8")
-        .body("0".repeat(64))
-        .send()
-        .await
-        .expect("POST /leave");
-
-    assert_error(response, 401).await;
-    onlooker.sees_nothing_changed(&server).await;
-}
-
-#[tokio::test]
-async fn leaving_with_an_unknown_form_token_is_refused_with_401_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut onlooker = Onlooker::arrive(&server).await;
-
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .form(&[("token", "0".repeat(64))])
-        .send()
-        .await
-        .expect("POST /leave");
-
-    assert_error(response, 401).await;
-    onlooker.sees_nothing_changed(&server).await;
+    for sentence in sentences {
+        assert!(sentence.contains("UTF-8"), "{sentence}");
+    }
 }
 
 #[tokio::test]
 async fn leaving_twice_is_refused_the_second_time_with_401() {
     let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    assert_eq!(server.leave(&alice.token).await, 204);
+    let alice = join_and_leave(&server, "alice").await;
 
-    let response = server
-        .client
-        .post(server.url("/leave"))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .expect("POST /leave");
+    let response = send(leave_request(&server, TokenIn::Bearer, &alice.token)).await;
 
     assert_error(response, 401).await;
 }
@@ -866,20 +613,11 @@ async fn leaving_twice_is_refused_the_second_time_with_401() {
 #[tokio::test]
 async fn users_lists_everyone_online_oldest_first() {
     let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    let bob = server.join("bob").await;
-    let carol = server.join("carol").await;
+    let [alice, bob, carol] = join_each(&server, ["alice", "bob", "carol"]).await;
 
-    let response = server
-        .client
-        .get(server.url("/users"))
-        .send()
-        .await
-        .expect("GET /users");
+    let body = served(&server, "/users", "application/json").await;
 
-    assert_eq!(response.status(), 200);
-    assert!(content_type(response.headers()).starts_with("application/json"));
-    let body: Value = response.json().await.expect("JSON");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(keys(&body), ["users"]);
     let users: Vec<User> = serde_json::from_value(body["users"].clone()).expect("users");
     assert_eq!(users, [alice.user(), bob.user(), carol.user()]);
@@ -898,12 +636,7 @@ async fn users_is_an_empty_list_when_nobody_is_online() {
 async fn healthz_answers_200_while_serving() {
     let server = TestServer::start().await;
 
-    let response = server
-        .client
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .expect("GET /healthz");
+    let response = get(&server, "/healthz").await;
 
     assert_eq!(response.status(), 200);
 }
@@ -914,10 +647,7 @@ async fn healthz_answers_200_while_serving() {
 async fn unusual_names_come_back_byte_for_byte_in_the_join_reply_and_users() {
     let server = TestServer::start().await;
 
-    let mut joined = Vec::new();
-    for name in UNUSUAL_NAMES {
-        joined.push(server.join(name).await);
-    }
+    let joined = join_each(&server, UNUSUAL_NAMES).await;
 
     let names: Vec<String> = joined.iter().map(|j| j.name.clone()).collect();
     assert_eq!(names, UNUSUAL_NAMES);
@@ -929,10 +659,7 @@ async fn unusual_names_come_back_byte_for_byte_in_the_join_reply_and_users() {
 async fn unusual_names_come_back_byte_for_byte_in_every_event() {
     let server = TestServer::start().await;
     let (_, mut watcher, _) = server.join_and_subscribe("watcher").await;
-    let mut joined = Vec::new();
-    for name in UNUSUAL_NAMES {
-        joined.push(server.join(name).await);
-    }
+    let joined = join_each(&server, UNUSUAL_NAMES).await;
 
     let mut late = server.subscribe(&joined[0].token, None).await;
     for someone in &joined {
@@ -960,10 +687,7 @@ async fn unusual_names_come_back_byte_for_byte_in_every_event() {
 #[tokio::test]
 async fn unusual_names_are_shown_on_the_page_as_escaped_text() {
     let server = TestServer::start().await;
-    let mut joined = Vec::new();
-    for name in UNUSUAL_NAMES {
-        joined.push(server.join(name).await);
-    }
+    let joined = join_each(&server, UNUSUAL_NAMES).await;
 
     let page = server.get_text("/").await;
 
@@ -982,25 +706,16 @@ async fn unusual_names_are_shown_on_the_page_as_escaped_text() {
 // ---- tokens never leak ----
 
 #[tokio::test]
-async fn a_token_never_appears_in_users() {
+async fn a_token_never_appears_in_users_or_the_page() {
     let server = TestServer::start().await;
     let alice = server.join("alice").await;
     let _alice_stream = server.subscribe(&alice.token, None).await;
 
-    let users = server.get_text("/users").await;
+    for path in ["/users", "/"] {
+        let text = server.get_text(path).await;
 
-    assert!(!users.contains(&alice.token), "{users}");
-}
-
-#[tokio::test]
-async fn a_token_never_appears_in_the_page() {
-    let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    let _alice_stream = server.subscribe(&alice.token, None).await;
-
-    let page = server.get_text("/").await;
-
-    assert!(!page.contains(&alice.token));
+        assert!(!text.contains(&alice.token), "{path}: {text}");
+    }
 }
 
 #[tokio::test]
@@ -1060,31 +775,23 @@ async fn a_token_never_appears_in_any_event_on_any_stream() {
 #[tokio::test]
 async fn a_token_never_appears_in_an_error_reply() {
     let server = TestServer::start().await;
-    let alice = server.join("alice").await;
-    assert_eq!(server.leave(&alice.token).await, 204);
+    let alice = join_and_leave(&server, "alice").await;
 
-    let events = server
-        .open_events(&alice.token, None)
-        .await
-        .text()
-        .await
-        .expect("body");
-    let leave = server
-        .client
-        .post(server.url("/leave"))
-        .form(&[("token", alice.token.as_str())])
-        .send()
-        .await
-        .expect("POST /leave")
-        .text()
-        .await
-        .expect("body");
+    let events = server.open_events(&alice.token, None).await;
+    let leave = send(leave_request(&server, TokenIn::Form, &alice.token)).await;
 
+    let events = events.text().await.expect("body");
+    let leave = leave.text().await.expect("body");
     assert!(!events.contains(&alice.token), "{events}");
     assert!(!leave.contains(&alice.token), "{leave}");
 }
 
 // ---- helpers local to this file ----
+
+const JSON: Option<&str> = Some("application/json");
+const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+/// What `navigator.sendBeacon` sends a string as.
+const BEACON_TEXT: Option<&str> = Some("text/plain;charset=UTF-8");
 
 /// A joined user with an open stream who watches a request that must change nothing.
 struct Onlooker {
@@ -1109,16 +816,128 @@ impl Onlooker {
     }
 }
 
-async fn post_join(
+/// Sends each `(content type, body)` to POST /join of a fresh server, which
+/// must refuse each with `status` and change nothing. Returns the sentences.
+async fn assert_joins_refused<'a, B: Into<reqwest::Body> + std::fmt::Debug>(
+    status: u16,
+    requests: impl IntoIterator<Item = (Option<&'a str>, B)>,
+) -> Vec<String> {
+    let server = TestServer::start().await;
+    let requests = requests.into_iter().map(|(content_type, body)| {
+        let label = format!("{content_type:?} {body:?}");
+        (label, join_request(&server, content_type, body))
+    });
+    assert_refused_changing_nothing(&server, status, requests).await
+}
+
+/// Sends each labelled request with an onlooker watching; asserts that each
+/// is refused with `status` and a JSON sentence, and that nothing changed.
+/// Returns the sentences.
+async fn assert_refused_changing_nothing(
+    server: &TestServer,
+    status: u16,
+    requests: impl IntoIterator<Item = (impl std::fmt::Display, reqwest::RequestBuilder)>,
+) -> Vec<String> {
+    let mut onlooker = Onlooker::arrive(server).await;
+    let mut sentences = Vec::new();
+    for (label, request) in requests {
+        let response = send(request).await;
+
+        assert_eq!(response.status(), status, "{label}");
+        sentences.push(assert_error(response, status).await);
+    }
+    onlooker.sees_nothing_changed(server).await;
+    sentences
+}
+
+/// Joins these names one after another, so that the first is the oldest.
+async fn join_each<const N: usize>(server: &TestServer, names: [&str; N]) -> [common::Joined; N] {
+    let mut joined = Vec::with_capacity(N);
+    for name in names {
+        joined.push(server.join(name).await);
+    }
+    joined.try_into().expect("one reply a name")
+}
+
+/// Where POST /leave carries the token.
+#[derive(Debug, Clone, Copy)]
+enum TokenIn {
+    /// `Authorization: Bearer …`.
+    Bearer,
+    /// A form `token=…`.
+    Form,
+    /// A `text/plain` body holding only the token, as `navigator.sendBeacon` sends it.
+    BeaconText,
+    /// Nowhere at all: no header and no body.
+    Nowhere,
+}
+
+fn leave_request(server: &TestServer, way: TokenIn, token: &str) -> reqwest::RequestBuilder {
+    let leave = || server.client.post(server.url("/leave"));
+    match way {
+        TokenIn::Bearer => leave().header(AUTHORIZATION, format!("Bearer {token}")),
+        TokenIn::Form => leave().form(&[("token", token)]),
+        TokenIn::BeaconText => post(server, "/leave", BEACON_TEXT, token.to_owned()),
+        TokenIn::Nowhere => leave(),
+    }
+}
+
+/// POST /join with this body, and this `Content-Type` if any.
+fn join_request(
     server: &TestServer,
     content_type: Option<&str>,
     body: impl Into<reqwest::Body>,
-) -> reqwest::Response {
-    let mut request = server.client.post(server.url("/join")).body(body);
-    if let Some(content_type) = content_type {
-        request = request.header(CONTENT_TYPE, content_type);
+) -> reqwest::RequestBuilder {
+    post(server, "/join", content_type, body)
+}
+
+/// POST `path` with this body, and this `Content-Type` if any.
+fn post(
+    server: &TestServer,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    let request = server.client.post(server.url(path)).body(body);
+    match content_type {
+        Some(content_type) => request.header(CONTENT_TYPE, content_type),
+        None => request,
     }
-    request.send().await.expect("POST /join")
+}
+
+/// Joins, then leaves with the token as Bearer: the token is now unknown.
+async fn join_and_leave(server: &TestServer, name: &str) -> common::Joined {
+    let joined = server.join(name).await;
+    assert_eq!(
+        server.leave(&joined.token).await,
+        204,
+        "leaving as {name:?}"
+    );
+    joined
+}
+
+/// GET `path`, whatever the reply.
+async fn get(server: &TestServer, path: &str) -> reqwest::Response {
+    send(server.client.get(server.url(path))).await
+}
+
+/// GET `path`, which must answer 200 with this media type; its body as text.
+async fn served(server: &TestServer, path: &str, media_type: &str) -> String {
+    let response = get(server, path).await;
+    assert_eq!(response.status(), 200, "GET {path}");
+    let got = content_type(response.headers());
+    assert!(got.starts_with(media_type), "GET {path}: {got}");
+    response.text().await.expect("body")
+}
+
+/// Sends the request, whatever the reply; panics only if there is no reply.
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("the server replies")
+}
+
+/// `{"name":<name>}`, the way `Client::post_join` sends it.
+fn json_name(name: &str) -> String {
+    json!({ "name": name }).to_string()
 }
 
 /// Asserts this status and a JSON body `{"error": "<a sentence>"}`; returns the sentence.

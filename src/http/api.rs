@@ -11,6 +11,8 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
+use percent_encoding::percent_decode;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
@@ -46,13 +48,8 @@ pub async fn join(
     state.joins.check(peer, request.headers())?;
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
     let parsed: JoinBody = match format {
-        BodyFormat::Json => serde_json::from_slice(&body).map_err(json_error)?,
-        BodyFormat::Form | BodyFormat::Text => {
-            serde_urlencoded::from_bytes(&body).map_err(|err| ApiError::MalformedBody {
-                format: "a form",
-                detail: err.to_string(),
-            })?
-        }
+        BodyFormat::Json => parse_json_object(&body)?,
+        BodyFormat::Form | BodyFormat::Text => parse_form(&body)?,
     };
     let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
     let joined = state.presence.join(name).await?;
@@ -88,19 +85,53 @@ fn join_reply(joined: Joined) -> Pieces {
     body
 }
 
+/// A JSON body as `T`, which must be an object: serde also fills a struct from
+/// an array (`["alice"]` would join "alice"), and the contract is an object.
+fn parse_json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let parsed = serde_json::from_slice(body).map_err(json_error)?;
+    // serde_json has just read the body as JSON, so its first byte that is not
+    // JSON white space opens the value.
+    let opening = body
+        .iter()
+        .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    match opening {
+        Some(b'{') => Ok(parsed),
+        _ => Err(json_of_the_wrong_shape()),
+    }
+}
+
 /// Says where the JSON breaks, or that it is JSON of the wrong shape; never
 /// the name of a Rust type.
 fn json_error(err: serde_json::Error) -> ApiError {
-    let detail = match err.classify() {
-        serde_json::error::Category::Data => {
-            "it must be an object whose \"name\" is a string".to_owned()
-        }
-        _ => err.to_string(),
-    };
+    match err.classify() {
+        serde_json::error::Category::Data => json_of_the_wrong_shape(),
+        _ => ApiError::MalformedBody {
+            format: "JSON",
+            detail: err.to_string(),
+        },
+    }
+}
+
+fn json_of_the_wrong_shape() -> ApiError {
     ApiError::MalformedBody {
         format: "JSON",
-        detail,
+        detail: "it must be an object whose \"name\" is a string".to_owned(),
     }
+}
+
+/// A form body as `T`. serde_urlencoded (through form_urlencoded) replaces
+/// bytes that are not UTF-8 with U+FFFD, so `name=%ff%fe` would join as "��"
+/// and a token would become another one: such a body is refused first. `&`,
+/// `=` and `+` are ASCII, so the whole body decodes to UTF-8 exactly when
+/// every name and value in it does.
+fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if percent_decode(body).decode_utf8().is_err() {
+        return Err(ApiError::FormNotUtf8);
+    }
+    serde_urlencoded::from_bytes(body).map_err(|err| ApiError::MalformedBody {
+        format: "a form",
+        detail: err.to_string(),
+    })
 }
 
 /// The token may come as `Authorization: Bearer`, as a form `token=…`, or as a
@@ -118,14 +149,11 @@ pub async fn leave(
         None => {
             let (format, body) = read_body(request, &[BodyFormat::Form, BodyFormat::Text]).await?;
             let text = match format {
-                BodyFormat::Form => serde_urlencoded::from_bytes::<LeaveForm>(&body)
-                    .map_err(|err| ApiError::MalformedBody {
-                        format: "a form",
-                        detail: err.to_string(),
-                    })?
-                    .token
-                    .unwrap_or_default(),
-                BodyFormat::Text | BodyFormat::Json => String::from_utf8_lossy(&body).into_owned(),
+                BodyFormat::Form => parse_form::<LeaveForm>(&body)?.token.unwrap_or_default(),
+                // Not replaced lossily: U+FFFD in place of a byte is another token.
+                BodyFormat::Text | BodyFormat::Json => std::str::from_utf8(&body)
+                    .map_err(|_| ApiError::TextNotUtf8)?
+                    .to_owned(),
             };
             if text.trim().is_empty() {
                 return Err(ApiError::MissingToken);

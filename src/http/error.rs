@@ -25,6 +25,14 @@ pub enum ApiError {
         "The request has no name field. Send {{\"name\":\"alice\"}} as JSON or name=alice as a form."
     )]
     MissingName,
+    #[error(
+        "The form is not UTF-8 once percent-decoded. Percent-encode the UTF-8 bytes of each value (é is %C3%A9), as browsers and curl --data-urlencode do."
+    )]
+    FormNotUtf8,
+    #[error(
+        "The request body is not UTF-8 text. Send the token exactly as POST /join returned it."
+    )]
+    TextNotUtf8,
     #[error("{0}")]
     InvalidName(#[from] NameError),
     #[error("The request body is larger than 4 KiB. Send only the name (or the token).")]
@@ -77,6 +85,8 @@ impl ApiError {
         match self {
             ApiError::MalformedBody { .. }
             | ApiError::MissingName
+            | ApiError::FormNotUtf8
+            | ApiError::TextNotUtf8
             | ApiError::BodyUnreadable(_)
             | ApiError::MalformedQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidName(_) => StatusCode::UNPROCESSABLE_ENTITY,
