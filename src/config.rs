@@ -76,6 +76,14 @@ pub struct Config {
     #[arg(long, env = "LOBBY_HEADER_TIMEOUT", default_value = "5s", value_name = "DUR", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
 
+    /// How long a kept-alive connection may wait, with no request open, for
+    /// its next request. Longer than the 60 s that nginx and load balancers
+    /// keep an idle upstream connection, so that they close first: a server
+    /// that closes a connection just as a request is sent on it fails that
+    /// request.
+    #[arg(long, env = "LOBBY_IDLE_TIMEOUT", default_value = "75s", value_name = "DUR", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
     /// How long a stream's socket may take nothing before the stream is ended
     /// (its reader has stopped reading; it resumes with Last-Event-ID if it comes back).
     #[arg(long, env = "LOBBY_WRITE_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_positive_duration)]

@@ -124,6 +124,7 @@ pub async fn run_with_tls(
         settings: server::Settings {
             max_connections: config.max_connections(),
             header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
             tcp_user_timeout: config.tcp_user_timeout,
             keepalive: config.keepalive,
             write_timeout: config.write_timeout,

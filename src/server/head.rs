@@ -8,12 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, Response, Version};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// A request head larger than this is refused (431), by hyper.
 pub(super) const MAX_HEAD: usize = 8 * 1024;
@@ -149,7 +151,9 @@ pub(super) async fn whole_response(response: Response<Body>) -> Bytes {
 /// but each request head is looked at first. When the next request is a
 /// stream's, it is held back (hyper sees no more bytes), and `found` is set,
 /// so that the connection task can take the socket back from hyper, which is
-/// idle between requests, and hand it to the lean writer.
+/// idle between requests, and hand it to the lean writer. It also keeps the
+/// connection's two waits: for a head once begun (`--header-timeout`), and
+/// for the next request (`--idle-timeout`), which hyper cannot tell apart.
 pub(super) struct Sniffed {
     socket: TcpStream,
     /// Read from the socket, not yet handed to hyper.
@@ -160,15 +164,40 @@ pub(super) struct Sniffed {
     passing: Option<usize>,
     /// Set when a stream request is held back.
     found: Arc<AtomicBool>,
+    timeouts: Timeouts,
+    /// What the connection waits for, and until when.
+    waiting: Option<(Wait, Pin<Box<Sleep>>)>,
+}
+
+/// How long a client may take to begin its next request, and to finish its head.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    pub(super) idle: Duration,
+    pub(super) head: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// For the first byte of the next request.
+    Idle,
+    /// For the rest of a head.
+    Head,
 }
 
 impl Sniffed {
-    pub(super) fn new(socket: TcpStream, buffer: BytesMut, found: Arc<AtomicBool>) -> Sniffed {
+    pub(super) fn new(
+        socket: TcpStream,
+        buffer: BytesMut,
+        found: Arc<AtomicBool>,
+        timeouts: Timeouts,
+    ) -> Sniffed {
         Sniffed {
             socket,
             buffer,
             passing: Some(0),
             found,
+            timeouts,
+            waiting: None,
         }
     }
 
@@ -180,12 +209,49 @@ impl Sniffed {
             buffer,
             passing: None,
             found: Arc::default(),
+            // Never used: nothing is waited for between requests here.
+            timeouts: Timeouts {
+                idle: Duration::MAX,
+                head: Duration::MAX,
+            },
+            waiting: None,
         }
     }
 
     /// The socket, and the stream request held back (with anything after it).
     pub(super) fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.socket, self.buffer)
+    }
+
+    /// Whether the client took too long to begin its next request, or to
+    /// finish the head it began; otherwise the clock is watched (`cx`).
+    fn waited_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let wait = match self.passing {
+            Some(0) if self.buffer.is_empty() => Wait::Idle,
+            Some(0) => Wait::Head,
+            // A body: its own deadline is the router's.
+            _ => {
+                self.waiting = None;
+                return false;
+            }
+        };
+        if self
+            .waiting
+            .as_ref()
+            .is_none_or(|(current, _)| *current != wait)
+        {
+            let period = match wait {
+                Wait::Idle => self.timeouts.idle,
+                Wait::Head => self.timeouts.head,
+            };
+            // A period too long for the clock is as good as none.
+            let period = period.min(Duration::from_secs(86_400 * 365));
+            let sleep = tokio::time::sleep_until(Instant::now() + period);
+            self.waiting = Some((wait, Box::pin(sleep)));
+        }
+        self.waiting
+            .as_mut()
+            .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready())
     }
 
     /// Hands hyper what it may have of `self.buffer`: true when something
@@ -255,7 +321,12 @@ impl AsyncRead for Sniffed {
             let read =
                 tokio_util::io::poll_read_buf(Pin::new(&mut this.socket), cx, &mut this.buffer);
             match read {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.waited_too_long(cx) {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 // Closed: hyper gets what there is, then the end.
                 Poll::Ready(Ok(0)) if this.buffer.len() == before => {

@@ -71,9 +71,10 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_connections: usize,
-    /// A request head (and a TLS handshake) must come within this; a
-    /// connection with no request open for this long is closed.
+    /// A request head (and a TLS handshake) must come within this, once begun.
     pub header_timeout: Duration,
+    /// A connection with no request open for this long is closed.
+    pub idle_timeout: Duration,
     /// How long the kernel waits for a vanished client's acknowledgement.
     pub tcp_user_timeout: Duration,
     /// How often every stream gets a comment, and idle sockets a TCP probe.
@@ -245,7 +246,9 @@ fn http1(settings: &Settings) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        // Also how long a kept-alive connection may sit idle between requests.
+        // hyper's timer would also close a kept-alive connection after this
+        // long idle; over TLS the idle wait is `served`'s, and on a plain
+        // connection the sniffer keeps both.
         .header_read_timeout(settings.header_timeout)
         .max_headers(head::MAX_HEADERS)
         .max_header_size(head::MAX_HEAD);

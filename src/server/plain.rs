@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use super::head::{self, Next, Sniffed};
+use super::head::{self, Next, Sniffed, Timeouts};
 use super::stream::{self, Framing, Handoff};
 use super::{Connection, served};
 use crate::presence::Pieces;
@@ -72,10 +72,17 @@ async fn serve_http1(
     buffer: BytesMut,
     connection: &Connection,
 ) -> Option<(TcpStream, BytesMut)> {
+    let settings = &connection.shared.settings;
     let found = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(Sniffed::new(socket, buffer, found.clone()));
-    let mut served =
-        super::http1(&connection.shared.settings).serve_connection(io, connection.service());
+    let timeouts = Timeouts {
+        idle: settings.idle_timeout,
+        head: settings.header_timeout,
+    };
+    let io = TokioIo::new(Sniffed::new(socket, buffer, found.clone(), timeouts));
+    let mut served = super::http1(settings)
+        // The sniffer keeps the head's wait and the idle wait apart.
+        .header_read_timeout(None)
+        .serve_connection(io, connection.service());
     let mut stop = pin!(connection.stop.cancelled());
     let mut closing = false;
     let ended = poll_fn(|cx| {

@@ -1,9 +1,9 @@
 //! A connection hyper serves to its end: HTTP/2 (h2c or over TLS) and HTTPS
 //! with HTTP/1.1. Its streams are hyper's response bodies. What a plain
 //! connection gets applies here too: every request head must come within
-//! `--header-timeout`, and a connection with no request open for that long
-//! is closed, so an idle or silent client cannot hold one of the
-//! `--max-connections` for ever.
+//! `--header-timeout`, and a connection with no request open for
+//! `--idle-timeout` is closed, so an idle or silent client cannot hold one
+//! of the `--max-connections` for ever.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -68,7 +68,7 @@ where
                 served.as_mut().graceful_shutdown();
                 closing = Some(tokio::time::Instant::now() + header_timeout);
             }
-            () = idle_for(&mut requests, header_timeout), if closing.is_none() => {
+            () = idle_for(&mut requests, settings.idle_timeout), if closing.is_none() => {
                 served.as_mut().graceful_shutdown();
                 closing = Some(tokio::time::Instant::now() + header_timeout);
             }
