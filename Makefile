@@ -43,7 +43,7 @@ bench:
 	done; \
 	{ echo "# Benchmarks"; echo; \
 	  echo "Written by \`make bench\` on $$(date -u '+%Y-%m-%d %H:%M UTC'), $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/ {print $$2}') GiB,"; \
-	  echo "release build, lobby-load on the same machine. See the README's Performance section for what each figure means."; \
+	  echo "release build, lobby-load on the same machine. See docs/performance.md for what each figure means."; \
 	  for n in $(BENCH_SIZES); do echo; echo "## N = $$n"; echo; echo '```'; grep -v '^lobby-load:' $$out/load-$$n.txt; echo '```'; done; \
 	} > BENCHMARKS.md; \
 	echo "wrote BENCHMARKS.md"
@@ -115,7 +115,7 @@ bench-cluster:
 	  echo "another, to its node; every process times their arrival on its subscribers on the wall"; \
 	  echo "clock. The burst's joins and leaves are shared out, each process sending its share to"; \
 	  echo "its own node. The single-node figures are those of BENCHMARKS.md at N = 18000 (one"; \
-	  echo "probe). See the README's Performance section for what each figure means."; \
+	  echo "probe). See docs/performance.md for what each figure means."; \
 	  echo; echo "redis-server CPU while the load ran: $$redis_cpu s over $$(( $$(date +%s) - started )) s. The nodes logged"; \
 	  echo "$$warnings warnings and errors."; \
 	  echo; echo "| figure | one node, N = 18000 | cluster, all nodes |"; echo "| --- | --- | --- |"; \
