@@ -35,10 +35,10 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::{LeaveReason, Observer};
+use crate::observe::Observer;
 use crate::presence::{
-    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Presence, PresenceConfig, Stats,
-    StreamKey, Subscription, Token, TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe, Presence,
+    PresenceConfig, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
 };
 use store::{Joining, Opening, Store};
 
@@ -184,7 +184,7 @@ impl Cluster {
             Ok(Ok(users)) => users,
             _ => shared.presence.users_json(),
         };
-        shared.config.observer.joined(id, name.as_str(), None);
+        shared.config.observer.joined(id, &name, None);
         Ok(Joined {
             id,
             name,
@@ -204,7 +204,7 @@ impl Cluster {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;
-                observer.left(user.id, user.name.as_str(), LeaveReason::Leave, Some(seq));
+                observer.left(user.id, &user.name, LeaveReason::Leave, Some(seq));
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -599,10 +599,7 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
                 for (id, name, reason) in &reaped.gone {
-                    match LeaveReason::from_script(reason) {
-                        Some(reason) => config.observer.left(id, name, reason, None),
-                        None => tracing::warn!(%id, ?name, %reason, "left, for a reason unknown"),
-                    }
+                    config.observer.left(*id, name, *reason, None);
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

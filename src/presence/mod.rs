@@ -18,11 +18,13 @@
 mod event;
 mod history;
 mod name;
+mod observer;
 mod replica;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
+pub use observer::{LeaveReason, Observe};
 pub use replica::{Change, Known, OutOfOrder, Reload, StreamKey};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,8 +35,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::observe::{LeaveReason, Observer};
 use history::History;
+use observer::Unobserved;
 use roster::Roster;
 
 /// How many streams one token may hold open at once.
@@ -215,7 +217,7 @@ struct Shared {
     /// The newest event applied, for those waiting until an event is.
     applied: watch::Sender<EventId>,
     /// Told of each join and leave this lobby decides, and of each resume.
-    observer: Observer,
+    observer: Box<dyn Observe>,
 }
 
 #[derive(Debug)]
@@ -256,11 +258,11 @@ impl Presence {
     /// Creates an empty lobby and its expiry task, which ends when the last
     /// handle (and the last open stream) is dropped. Needs a tokio runtime.
     pub fn new(config: PresenceConfig) -> Presence {
-        Presence::observed(config, Observer::default())
+        Presence::observed(config, Unobserved)
     }
 
     /// [`new`](Self::new), telling `observer` of every join, leave and resume.
-    pub fn observed(config: PresenceConfig, observer: Observer) -> Presence {
+    pub fn observed(config: PresenceConfig, observer: impl Observe) -> Presence {
         let presence = Presence::with(config, None, observer);
         let shared = &presence.shared;
         tokio::spawn(expire_users(Arc::downgrade(shared), shared.expiry.clone()));
@@ -274,7 +276,7 @@ impl Presence {
     pub fn replica(
         config: PresenceConfig,
         closed: mpsc::UnboundedSender<StreamKey>,
-        observer: Observer,
+        observer: impl Observe,
     ) -> Presence {
         Presence::with(config, Some(closed), observer)
     }
@@ -282,7 +284,7 @@ impl Presence {
     fn with(
         config: PresenceConfig,
         holding: Option<mpsc::UnboundedSender<StreamKey>>,
-        observer: Observer,
+        observer: impl Observe,
     ) -> Presence {
         // tokio's broadcast channel rounds its capacity up to a power of two; the
         // history is kept at least twice that long, so a lagged stream, just past
@@ -304,7 +306,7 @@ impl Presence {
             config,
             holding,
             applied: watch::Sender::new(0),
-            observer,
+            observer: Box::new(observer),
         });
         Presence { shared }
     }
@@ -338,7 +340,7 @@ impl Presence {
         state.deadlines.insert((deadline, seq));
         drop(state);
         self.shared.expiry.notify_one();
-        self.shared.observer.joined(id, name.as_str(), Some(seq));
+        self.shared.observer.joined(id, &name, Some(seq));
         Ok(Joined {
             id,
             name,
@@ -388,7 +390,7 @@ impl Presence {
         };
         if last_event_id.is_some() {
             let replayed = matches!(start, Start::Resume(_));
-            self.shared.observer.metrics().resumed(replayed);
+            self.shared.observer.resumed(replayed);
         }
         Ok(Subscription {
             user: id,
@@ -414,7 +416,7 @@ impl Presence {
         let reason = LeaveReason::Leave;
         self.shared
             .observer
-            .left(user.id, user.name.as_str(), reason, Some(event));
+            .left(user.id, &user.name, reason, Some(event));
         Ok(user.id)
     }
 
@@ -495,8 +497,7 @@ impl Shared {
         };
         drop(state);
         for (user, reason, event) in gone {
-            self.observer
-                .left(user.id, user.name.as_str(), reason, Some(event));
+            self.observer.left(user.id, &user.name, reason, Some(event));
         }
         next
     }

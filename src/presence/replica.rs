@@ -270,7 +270,7 @@ mod tests {
     fn replica(config: PresenceConfig) -> (Presence, mpsc::UnboundedReceiver<StreamKey>) {
         let (closed, reports) = mpsc::unbounded_channel();
         (
-            Presence::replica(config, closed, crate::observe::Observer::default()),
+            Presence::replica(config, closed, super::super::Unobserved),
             reports,
         )
     }
