@@ -1,6 +1,7 @@
 //! Cluster mode (`--redis`): several lobby nodes, one lobby. Redis holds the
-//! truth; each node keeps a replica of it in a local [`Presence`] and serves
-//! its streams from there, exactly as a single process does.
+//! truth; each node keeps a copy of it in a [`Replica`] (the same core as a
+//! single process's lobby, fed the log instead of deciding) and serves its
+//! streams from there, exactly as a single process does.
 //!
 //! - **One log.** Every join and leave is a Lua script that numbers the event
 //!   (`INCR lobby:seq`) and appends it to a Redis stream whose entry id is that
@@ -37,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::observe::Observer;
 use crate::presence::{
-    Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe, Presence,
-    PresenceConfig, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe,
+    PresenceConfig, Replica, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
 };
 use store::{Joining, Opening, Store};
 
@@ -71,7 +72,8 @@ pub struct Cluster {
 }
 
 struct Shared {
-    presence: Presence,
+    /// This node's copy of the lobby, which serves its streams.
+    presence: Replica,
     store: Store,
     config: ClusterConfig,
     node: String,
@@ -105,7 +107,7 @@ impl Cluster {
     pub fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
         let (closed, reports) = mpsc::unbounded_channel();
-        let presence = Presence::replica(
+        let presence = Replica::new(
             config.presence.clone(),
             closed.clone(),
             config.observer.clone(),
@@ -240,14 +242,14 @@ impl Cluster {
                 }
             }
             _ => {
-                let subscription = shared.presence.open(token, last_event_id, Some(stream))?;
+                let subscription = shared.presence.open(token, last_event_id, stream)?;
                 shared.resync.notify_one();
                 return Ok(subscription);
             }
         };
         shared
             .presence
-            .open(token, last_event_id, Some(stream))
+            .open(token, last_event_id, stream)
             .inspect_err(|_| {
                 // Counted in Redis but not here (the replica lags, or was
                 // reloaded since): take it back.
