@@ -35,7 +35,9 @@ impl<K: Kind> Clone for Lobby<K> {
 }
 
 /// What one kind of lobby keeps beside the shared part, and what it does when
-/// one of a user's streams opens or closes.
+/// one of a user's streams opens or closes. (Its methods name [`State`] and
+/// [`Shared`], so those are `pub` too; this module is private, so nothing
+/// outside presence can name any of them.)
 pub trait Kind: fmt::Debug + Send + Sync + Sized + 'static {
     /// Kept for each user.
     type User: fmt::Debug + Send;

@@ -149,6 +149,7 @@ impl Replica {
         }
         match change {
             Change::Joined { user, name, token } => {
+                // A join made on this node, waiting for its event (`expect_join`).
                 if let Some(waiting) = state.own.remove(&user) {
                     let _ = waiting.send(state.users_json());
                 }
