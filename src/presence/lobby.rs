@@ -166,22 +166,22 @@ impl<K: Kind> Lobby<K> {
             Some(frames) => Start::Resume(frames),
             None => Start::Snapshot(event::snapshot_frame(state.latest, &state.users_json())),
         };
-        let events = state.sender.subscribe();
-        drop(guard);
-        if last_event_id.is_some() {
-            let replayed = matches!(start, Start::Resume(_));
-            self.shared.observer.resumed(replayed);
-        }
-        Ok(Subscription {
+        let subscription = Subscription {
             user: id,
             start,
-            events,
+            events: state.sender.subscribe(),
             open: Box::new(OpenStream {
                 shared: self.shared.clone(),
                 token: key,
                 stream,
             }),
-        })
+        };
+        drop(guard);
+        if last_event_id.is_some() {
+            let replayed = matches!(subscription.start, Start::Resume(_));
+            self.shared.observer.resumed(replayed);
+        }
+        Ok(subscription)
     }
 
     /// Everyone online, oldest first.
