@@ -5,7 +5,10 @@
 //! # Layout
 //! - [`presence`]: the core. Who is online, the numbered event history, grace and
 //!   join timeouts, each event encoded once for every stream, and the users list
-//!   kept encoded in pieces. No HTTP in it.
+//!   kept encoded in pieces. No HTTP in it. One shared core, two kinds of lobby:
+//!   `Presence` (this process decides) and `Replica` (a cluster's log decides).
+//!   It owns its words (`EventId`, `LeaveReason`) and defines what it tells an
+//!   observer (`Observe`); it imports nothing from the rest of the crate.
 //! - [`server`]: transport. Accepts connections (their number, socket
 //!   options), speaks HTTP/1.1 with keep-alive, HTTP/2 without TLS (h2c) and
 //!   HTTPS with HTTP/2 by ALPN, and writes event streams: on a plain HTTP/1
@@ -18,11 +21,12 @@
 //!   what one client may ask: joins per address, and which other sites' pages
 //!   may use the API.
 //! - [`cluster`]: with `--redis`, the lobby is shared by several nodes: each
-//!   follows one log in Redis into a local replica (a [`presence`] fed the
-//!   log's events), and deadlines and dead nodes are handled in Redis scripts.
+//!   follows one log in Redis into its `presence::Replica`, and deadlines and
+//!   dead nodes are handled in Redis scripts.
 //! - [`backend`]: what HTTP talks to, one process's presence or a cluster node.
-//! - [`observe`]: told of each join and leave where it is decided (presence, or
-//!   the cluster node that made it): Prometheus metrics and `--webhook`.
+//! - [`observe`]: implements presence's `Observe`, so it is told of each join
+//!   and leave where it is decided (presence, or the cluster node that made
+//!   it): Prometheus metrics and `--webhook`.
 //! - [`config`]: the command line and its environment variables.
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
 //!   an SSE parser), which knows nothing of the server's insides.

@@ -429,10 +429,10 @@ impl Lobby {
     async fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + STARTUP;
         loop {
-            if let Ok(response) = self.client.get(self.url("/healthz")).send().await {
-                if response.status() == 200 {
-                    return;
-                }
+            if let Ok(response) = self.client.get(self.url("/healthz")).send().await
+                && response.status() == 200
+            {
+                return;
             }
             if let Some(status) = self.process.exit_status() {
                 panic!("lobby exited with {status} before answering");

@@ -981,10 +981,10 @@ fn hand_made_malformed_heads_get_an_answer_or_a_close_and_never_stop_the_server(
             }
             if let (Some(expected), Some((status, content_type, body))) = (expected, answer) {
                 assert_eq!(status, *expected, "{:?}", Raw(head.clone()));
-                if status >= 400 {
-                    if let Err(problem) = error_body(&content_type, &body) {
-                        panic!("{:?}: {problem}", Raw(head.clone()));
-                    }
+                if status >= 400
+                    && let Err(problem) = error_body(&content_type, &body)
+                {
+                    panic!("{:?}: {problem}", Raw(head.clone()));
                 }
             }
             assert_eq!(server.get_text("/healthz").await, r#"{"status":"ok"}"#);
@@ -1625,13 +1625,13 @@ fn parse_block(block: &[u8]) -> Result<Block, String> {
     if lines.iter().any(|line| line.is_empty()) {
         return Err(format!("an empty line inside a block: {text:?}"));
     }
-    if let [line] = lines[..] {
-        if let Some(retry) = line.strip_prefix("retry: ") {
-            return retry
-                .parse()
-                .map(Block::Retry)
-                .map_err(|err| format!("{line:?}: {err}"));
-        }
+    if let [line] = lines[..]
+        && let Some(retry) = line.strip_prefix("retry: ")
+    {
+        return retry
+            .parse()
+            .map(Block::Retry)
+            .map_err(|err| format!("{line:?}: {err}"));
     }
     if lines.iter().all(|line| line.starts_with(':')) {
         return Ok(Block::Comment);

@@ -174,10 +174,8 @@ impl Soak {
                     let catch_up = matches!(outcome, Ok(Some(_)));
                     let _ = settled_tx.send(Settled { index, outcome }).await;
                     drop(settled_tx);
-                    if catch_up {
-                        if let Err(why) = person.catch_up(&mut target).await {
-                            person.broken = Some(why);
-                        }
+                    if catch_up && let Err(why) = person.catch_up(&mut target).await {
+                        person.broken = Some(why);
                     }
                     person
                 })
@@ -253,10 +251,10 @@ impl Soak {
 
         let users = users_by_id(&self.api).await;
         for person in &people {
-            if let Some(view) = person.view() {
-                if view != &users {
-                    report.describe(&format!("client {}'s view", person.index), view, &users);
-                }
+            if let Some(view) = person.view()
+                && view != &users
+            {
+                report.describe(&format!("client {}'s view", person.index), view, &users);
             }
         }
         report.online_at_end = users.len();
@@ -555,7 +553,7 @@ impl Person {
             bookmark => {
                 self.bookmark = bookmark;
                 if self.bookmark.is_none()
-                    && self.index % BOOKMARKERS == 0
+                    && self.index.is_multiple_of(BOOKMARKERS)
                     && seen.last_id.is_some()
                 {
                     self.bookmark = Some(seen.clone());

@@ -1,6 +1,7 @@
 //! Cluster mode (`--redis`): several lobby nodes, one lobby. Redis holds the
-//! truth; each node keeps a replica of it in a local [`Presence`] and serves
-//! its streams from there, exactly as a single process does.
+//! truth; each node keeps a copy of it in a [`Replica`] (the same core as a
+//! single process's lobby, fed the log instead of deciding) and serves its
+//! streams from there, exactly as a single process does.
 //!
 //! - **One log.** Every join and leave is a Lua script that numbers the event
 //!   (`INCR lobby:seq`) and appends it to a Redis stream whose entry id is that
@@ -34,10 +35,10 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::{LeaveReason, Observer};
+use crate::observe::Observer;
 use crate::presence::{
-    Event, EventId, JoinError, Joined, MAX_STREAMS_PER_USER, Name, Pieces, Presence,
-    PresenceConfig, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe, Pieces,
+    PresenceConfig, Replica, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
 };
 use store::{Joining, Opening, Store};
 
@@ -70,7 +71,8 @@ pub struct Cluster {
 }
 
 struct Shared {
-    presence: Presence,
+    /// This node's copy of the lobby, which serves its streams.
+    presence: Replica,
     store: Store,
     config: ClusterConfig,
     node: String,
@@ -104,7 +106,7 @@ impl Cluster {
     pub fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
         let (closed, reports) = mpsc::unbounded_channel();
-        let presence = Presence::replica(
+        let presence = Replica::new(
             config.presence.clone(),
             closed.clone(),
             config.observer.clone(),
@@ -183,7 +185,7 @@ impl Cluster {
             Ok(Ok(users)) => users,
             _ => shared.presence.users_json(),
         };
-        shared.config.observer.joined(id, name.as_str(), None);
+        shared.config.observer.joined(id, &name, None);
         Ok(Joined {
             id,
             name,
@@ -203,7 +205,7 @@ impl Cluster {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;
-                observer.left(user.id, user.name.as_str(), LeaveReason::Leave, Some(seq));
+                observer.left(user.id, &user.name, LeaveReason::Leave, Some(seq));
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -239,14 +241,14 @@ impl Cluster {
                 }
             }
             _ => {
-                let subscription = shared.presence.open(token, last_event_id, Some(stream))?;
+                let subscription = shared.presence.open(token, last_event_id, stream)?;
                 shared.resync.notify_one();
                 return Ok(subscription);
             }
         };
         shared
             .presence
-            .open(token, last_event_id, Some(stream))
+            .open(token, last_event_id, stream)
             .inspect_err(|_| {
                 // Counted in Redis but not here (the replica lags, or was
                 // reloaded since): take it back.
@@ -422,10 +424,8 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                     break;
                 }
             }
-            if !in_order {
-                if let Err(err) = catch_up(&cluster, &mut epoch).await {
-                    break format!("cannot reload the lobby: {err}");
-                }
+            if !in_order && let Err(err) = catch_up(&cluster, &mut epoch).await {
+                break format!("cannot reload the lobby: {err}");
             }
         };
         cluster.out_of_step(problem);
@@ -598,10 +598,7 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
                 for (id, name, reason) in &reaped.gone {
-                    match LeaveReason::from_script(reason) {
-                        Some(reason) => config.observer.left(id, name, reason, None),
-                        None => tracing::warn!(%id, ?name, %reason, "left, for a reason unknown"),
-                    }
+                    config.observer.left(*id, name, *reason, None);
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

@@ -10,7 +10,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncConnectionConfig, AsyncTypedCommands, Client, RedisResult, Script, Value};
 
-use crate::presence::{Change, EventId, Known, Name, Reload, StreamKey, TokenKey, UserId};
+use crate::presence::{
+    Change, EventId, Known, LeaveReason, Name, Reload, StreamKey, TokenKey, UserId,
+};
 
 /// The stream that holds the log.
 const LOG: &str = "lobby:log";
@@ -73,7 +75,7 @@ pub(super) enum Opening {
 pub(super) struct Reaped {
     pub lost_nodes: u64,
     /// Each user taken offline: id, name and why.
-    pub gone: Vec<(String, String, String)>,
+    pub gone: Vec<(UserId, Name, LeaveReason)>,
     /// How long until the next deadline, if there is one.
     pub next: Option<Duration>,
 }
@@ -282,8 +284,13 @@ impl Store {
         let gone = values[1..values.len() - 1]
             .chunks(3)
             .filter_map(|triple| {
-                let text = |i: usize| redis::from_redis_value_ref::<String>(triple.get(i)?).ok();
-                Some((text(0)?, text(1)?, text(2)?))
+                let gone = parse_gone(triple);
+                if gone.is_none() {
+                    // The user is gone from Redis all the same; only the
+                    // metrics and the webhook miss this one leave.
+                    tracing::warn!(?triple, "a user left, for a reason lobby cannot read");
+                }
+                gone
             })
             .collect();
         Ok(Reaped {
@@ -409,6 +416,21 @@ fn parse_user(user: &str, entry: &str) -> Option<(EventId, UserId, Name, TokenKe
     Some((seq, UserId::parse(user)?, name, token))
 }
 
+/// `<user id>, <name>, <reason>`, as the reap script lists each user it took offline.
+fn parse_gone(triple: &[Value]) -> Option<(UserId, Name, LeaveReason)> {
+    let text = |i: usize| redis::from_redis_value_ref::<String>(triple.get(i)?).ok();
+    let user = UserId::parse(&text(0)?)?;
+    let name = Name::parse(&text(1)?).ok()?;
+    Some((user, name, leave_reason(&text(2)?)?))
+}
+
+/// A leave reason as the Lua scripts write it ("grace expired", …).
+fn leave_reason(text: &str) -> Option<LeaveReason> {
+    LeaveReason::ALL
+        .into_iter()
+        .find(|reason| reason.as_str().replace('_', " ") == text)
+}
+
 /// A log entry: id `<event id>-0`; fields `k` (kind), `u` (user), `n` (name),
 /// and `t` (token key) for a join or `s` (id of the user's new_user) for a leave.
 fn parse_entry(entry: &StreamId) -> Option<(EventId, Change)> {
@@ -459,4 +481,21 @@ fn malformed(what: &'static str) -> redis::RedisError {
         "lobby found something it did not write",
         what.to_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_the_cluster_scripts_write_is_understood() {
+        for (text, reason) in [
+            ("grace expired", LeaveReason::GraceExpired),
+            ("join timeout", LeaveReason::JoinTimeout),
+            ("node lost", LeaveReason::NodeLost),
+        ] {
+            assert_eq!(leave_reason(text), Some(reason));
+        }
+        assert_eq!(leave_reason("bored"), None);
+    }
 }

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::LeaveReason;
+use crate::presence::LeaveReason;
 
 /// A request refused because a limit was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

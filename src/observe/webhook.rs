@@ -14,9 +14,8 @@ use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::LeaveReason;
 use super::metrics::{Metrics, WebhookOutcome};
-use crate::presence::EventId;
+use crate::presence::{EventId, LeaveReason};
 
 /// How many times one event is tried before it is given up.
 pub const ATTEMPTS: u32 = 5;

@@ -290,7 +290,7 @@ impl Client {
         loop {
             let mut batch = Vec::new();
             let waiting = self.subscription.read_waiting(&mut batch, BATCH);
-            frames.extend(batch.iter().flat_map(|bytes| parse_frames(bytes)));
+            frames.extend(batch.iter().flat_map(parse_frames));
             if waiting != Waiting::Open || batch.len() < BATCH {
                 return (frames, waiting);
             }

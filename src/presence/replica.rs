@@ -1,23 +1,74 @@
 //! A lobby kept as a replica of a log that a cluster numbers elsewhere: the
-//! cluster feeds it each event in order ([`Presence::apply`]), or its whole
-//! state after a gap ([`Presence::reload`]). The cluster numbers each stream it
-//! opens here ([`Presence::open`]), and the replica reports each one that closes
+//! cluster feeds it each event in order ([`Replica::apply`]), or its whole
+//! state after a gap ([`Replica::reload`]). The cluster numbers each stream it
+//! opens here ([`Replica::open`]), and the replica reports each one that closes
 //! ([`StreamKey`]), so that the cluster can count every user's streams on every
-//! node and keep the deadlines. Streams are served from it exactly as from a
-//! local lobby.
+//! node and keep the deadlines; a replica keeps none itself. Streams are served
+//! from it exactly as from a local lobby: the core is the same.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use super::pieces::Pieces;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Presence;
+use super::PresenceConfig;
 use super::event::{Event, EventId, EventKind, UserView};
 use super::history::History;
+use super::lobby::{Kind, Lobby, Shared, State};
 use super::name::{Name, Token, TokenKey, UserId};
+use super::observer::Observe;
 use super::roster::Roster;
+
+/// A replica of the lobby a cluster keeps. Cheap to clone: every clone is a
+/// handle to the same replica.
+pub type Replica = Lobby<Replicated>;
+
+/// What a replica adds to the shared part: where it reports its streams, and
+/// how far it has applied the log.
+#[derive(Debug)]
+pub struct Replicated {
+    /// Where each stream that closes on this node is reported, for the
+    /// cluster to count.
+    closed: mpsc::UnboundedSender<StreamKey>,
+    /// The newest event applied, for those waiting until an event is.
+    applied: watch::Sender<EventId>,
+}
+
+impl Kind for Replicated {
+    /// The cluster's ids of the user's streams open on this node.
+    type User = Vec<u64>;
+    /// Joins waiting for their `new_user`: each gets the users list as it was
+    /// just before.
+    type State = HashMap<UserId, oneshot::Sender<Pieces>>;
+    /// The cluster's id for the stream.
+    type Stream = u64;
+
+    fn opened(state: &mut State<Replicated>, seq: EventId, stream: u64) {
+        if let Some(user) = state.users.get_mut(&seq) {
+            user.own.push(stream);
+        }
+    }
+
+    fn closed(
+        shared: &Shared<Replicated>,
+        mut state: MutexGuard<'_, State<Replicated>>,
+        seq: EventId,
+        stream: u64,
+    ) {
+        let Some(user) = state.users.get_mut(&seq) else {
+            return;
+        };
+        user.own.retain(|&id| id != stream);
+        let closed = StreamKey {
+            user: user.id,
+            stream,
+        };
+        // An error only means the cluster is gone (the lobby is stopping).
+        let _ = shared.kind.closed.send(closed);
+    }
+}
 
 /// One stream a cluster opened on this node: whose, and the cluster's id for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,8 +118,25 @@ pub struct Known {
     pub token: TokenKey,
 }
 
-/// A replica: the cluster feeds it the shared log and asks what it holds.
-impl Presence {
+impl Replica {
+    /// Creates an empty replica: it keeps no deadlines and numbers nothing
+    /// itself. It sends each stream it closes to `closed`.
+    /// Its joins and leaves are the cluster's to observe; it tells `observer`
+    /// only of resumes.
+    pub fn new(
+        config: PresenceConfig,
+        closed: mpsc::UnboundedSender<StreamKey>,
+        observer: impl Observe,
+    ) -> Replica {
+        let applied = watch::Sender::new(0);
+        Lobby::with(
+            config,
+            observer,
+            Replicated { closed, applied },
+            HashMap::new(),
+        )
+    }
+
     /// Applies the next event of the shared log: `id` must follow the newest
     /// one applied, or nothing changes and the cluster must [`reload`](Self::reload).
     pub fn apply(&self, id: EventId, change: Change) -> Result<(), OutOfOrder> {
@@ -81,11 +149,12 @@ impl Presence {
         }
         match change {
             Change::Joined { user, name, token } => {
-                if let Some(waiting) = state.joining.remove(&user) {
+                // A join made on this node, waiting for its event (`expect_join`).
+                if let Some(waiting) = state.own.remove(&user) {
                     let _ = waiting.send(state.users_json());
                 }
                 state.publish(EventKind::NewUser, user, &name);
-                state.add(id, user, name, token);
+                state.add(id, user, name, token, Vec::new());
             }
             Change::Left { user, name, joined } => {
                 if state
@@ -102,7 +171,7 @@ impl Presence {
             }
         }
         drop(state);
-        self.shared.applied.send_replace(id);
+        self.shared.kind.applied.send_replace(id);
         Ok(())
     }
 
@@ -118,14 +187,13 @@ impl Presence {
             .values_mut()
             .filter(|user| user.streams > 0)
             .map(|user| {
-                let ids = std::mem::take(&mut user.stream_ids);
+                let ids = std::mem::take(&mut user.own);
                 (user.token, (user.streams, ids))
             })
             .collect();
         state.users.clear();
         state.tokens.clear();
-        state.deadlines.clear();
-        state.joining.clear();
+        state.own.clear();
         state.roster = Roster::default();
         state.history = History::new(self.shared.config.history_len());
         for (id, change) in reload.history {
@@ -139,20 +207,17 @@ impl Presence {
         }
         state.latest = reload.latest;
         for (seq, user, name, token) in reload.users {
-            state.add(seq, user, name, token);
-            if let (Some((count, ids)), Some(user)) =
-                (streams.remove(&token), state.users.get_mut(&seq))
-            {
+            let (count, ids) = streams.remove(&token).unwrap_or_default();
+            state.add(seq, user, name, token, ids);
+            if let Some(user) = state.users.get_mut(&seq) {
                 user.streams = count;
-                user.stream_ids = ids;
-                user.ever_streamed = true;
             }
         }
         let users = state.users_json();
         let _ = state
             .sender
             .send(Arc::new(Event::reset(state.latest, users.clone())));
-        self.shared.applied.send_replace(state.latest);
+        self.shared.kind.applied.send_replace(state.latest);
     }
 
     /// The users list as it is just before `user`'s `new_user` is applied.
@@ -160,13 +225,13 @@ impl Presence {
     /// replica is reloaded first.
     pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Pieces> {
         let (sender, receiver) = oneshot::channel();
-        self.shared.lock().joining.insert(user, sender);
+        self.shared.lock().own.insert(user, sender);
         receiver
     }
 
     /// Forgets a join that [`expect_join`](Self::expect_join) waited for.
     pub fn forget_join(&self, user: UserId) {
-        self.shared.lock().joining.remove(&user);
+        self.shared.lock().own.remove(&user);
     }
 
     /// The user holding `token`, as far as this lobby knows.
@@ -187,7 +252,7 @@ impl Presence {
             .users
             .values()
             .flat_map(|user| {
-                user.stream_ids.iter().map(|&stream| StreamKey {
+                user.own.iter().map(|&stream| StreamKey {
                     user: user.id,
                     stream,
                 })
@@ -212,7 +277,7 @@ impl Presence {
     /// Waits (at most `patience`) until event `id` has been applied; says
     /// whether it was.
     pub async fn applied(&self, id: EventId, patience: Duration) -> bool {
-        let mut applied = self.shared.applied.subscribe();
+        let mut applied = self.shared.kind.applied.subscribe();
         tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= id))
             .await
             .is_ok_and(|result| result.is_ok())
@@ -222,7 +287,8 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::super::frames::{Frame, parse_frames, people_in_json, person};
-    use super::super::{PresenceConfig, Subscription, Waiting};
+    use super::super::observer::Unobserved;
+    use super::super::{Start, Subscription, Waiting};
     use super::*;
     use tokio::sync::mpsc;
     use tokio::sync::mpsc::error::TryRecvError;
@@ -267,12 +333,9 @@ mod tests {
         }
     }
 
-    fn replica(config: PresenceConfig) -> (Presence, mpsc::UnboundedReceiver<StreamKey>) {
+    fn replica(config: PresenceConfig) -> (Replica, mpsc::UnboundedReceiver<StreamKey>) {
         let (closed, reports) = mpsc::unbounded_channel();
-        (
-            Presence::replica(config, closed, crate::observe::Observer::default()),
-            reports,
-        )
+        (Replica::new(config, closed, Unobserved), reports)
     }
 
     /// What a stream would write now, frame by frame, and whether it goes on.
@@ -332,8 +395,8 @@ mod tests {
         let (replica, mut reports) = replica(config);
         let ann = Someone::new("ann");
         replica.apply(1, ann.joined()).expect("in order");
-        let first = replica.open(&ann.token, None, Some(7)).expect("known");
-        let second = replica.open(&ann.token, None, Some(8)).expect("known");
+        let first = replica.open(&ann.token, None, 7).expect("known");
+        let second = replica.open(&ann.token, None, 8).expect("known");
         let key = |stream| StreamKey {
             user: ann.user,
             stream,
@@ -362,8 +425,8 @@ mod tests {
         );
         replica.apply(1, ann.joined()).expect("in order");
         replica.apply(2, bob.joined()).expect("in order");
-        let mut ann_stream = replica.open(&ann.token, None, Some(1)).expect("known");
-        let mut bob_stream = replica.open(&bob.token, None, Some(2)).expect("known");
+        let mut ann_stream = replica.open(&ann.token, None, 1).expect("known");
+        let mut bob_stream = replica.open(&bob.token, None, 2).expect("known");
 
         // The log began again: ann is back under a new id, bob is gone, cat came.
         replica.reload(Reload {
@@ -407,16 +470,14 @@ mod tests {
         assert_eq!(reports.try_recv(), Err(TryRecvError::Empty));
 
         // The new history replays; an id of the old log gets a snapshot.
-        let resumed = replica
-            .subscribe(&cat.token, Some(1_000_003))
-            .expect("known");
+        let resumed = replica.open(&cat.token, Some(1_000_003), 3).expect("known");
         let replayed: Vec<EventId> = parse_frames(&resumed.start.into_pieces())
             .iter()
             .map(|frame| frame.id)
             .collect();
         assert_eq!(replayed, [1_000_004, 1_000_005]);
-        let old = replica.subscribe(&cat.token, Some(2)).expect("known");
-        assert!(matches!(old.start, super::super::Start::Snapshot(_)));
+        let old = replica.open(&cat.token, Some(2), 4).expect("known");
+        assert!(matches!(old.start, Start::Snapshot(_)));
         replica
             .apply(1_000_006, cat.left(1_000_005))
             .expect("in order");

@@ -606,10 +606,10 @@ impl LobbyProcess {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(response) = lobby.client.get(lobby.url("/healthz")).send().await {
-                if response.status() == 200 {
-                    return lobby;
-                }
+            if let Ok(response) = lobby.client.get(lobby.url("/healthz")).send().await
+                && response.status() == 200
+            {
+                return lobby;
             }
             if let Ok(Some(status)) = lobby.child.try_wait() {
                 panic!("lobby exited with {status} before answering");

@@ -394,10 +394,10 @@ pub async fn wait_for_health(node: &Client, status: u16, within: Duration) -> Va
     let deadline = Instant::now() + within;
     loop {
         // A node still starting may not answer at all yet.
-        if let Ok(response) = node.client.get(node.url("/healthz")).send().await {
-            if response.status() == status {
-                return response.json().await.expect("/healthz answers JSON");
-            }
+        if let Ok(response) = node.client.get(node.url("/healthz")).send().await
+            && response.status() == status
+        {
+            return response.json().await.expect("/healthz answers JSON");
         }
         assert!(
             Instant::now() < deadline,

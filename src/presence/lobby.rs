@@ -1,0 +1,319 @@
+//! What a local lobby and a cluster's replica share, under one lock: who is
+//! online (found by their token's key), the users list kept encoded, the
+//! numbered history, the channel every stream reads, and how a stream starts
+//! (a replay or a snapshot) and is counted. What only one kind of lobby keeps
+//! and does when a stream opens or closes, it adds through [`Kind`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::pieces::Pieces;
+use tokio::sync::broadcast;
+
+use super::event::{self, Event, EventId, EventKind, UserView};
+use super::history::History;
+use super::name::{Name, Token, TokenKey, UserId};
+use super::observer::Observe;
+use super::roster::Roster;
+use super::{MAX_STREAMS_PER_USER, PresenceConfig, Start, Stats, Subscription, TokenError};
+
+/// A lobby of one kind: [`Presence`](super::Presence), which decides for
+/// itself, or [`Replica`](super::Replica), which follows a cluster's log.
+/// Cheap to clone: every clone is a handle to the same lobby.
+#[derive(Debug)]
+pub struct Lobby<K: Kind> {
+    pub(super) shared: Arc<Shared<K>>,
+}
+
+impl<K: Kind> Clone for Lobby<K> {
+    fn clone(&self) -> Self {
+        Lobby {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// What one kind of lobby keeps beside the shared part, and what it does when
+/// one of a user's streams opens or closes. (Its methods name [`State`] and
+/// [`Shared`], so those are `pub` too; this module is private, so nothing
+/// outside presence can name any of them.)
+pub trait Kind: fmt::Debug + Send + Sync + Sized + 'static {
+    /// Kept for each user.
+    type User: fmt::Debug + Send;
+    /// Kept for the whole lobby, under the same lock as the shared part.
+    type State: fmt::Debug + Send;
+    /// What it knows of one open stream.
+    type Stream: fmt::Debug + Copy + Send + Sync;
+
+    /// A stream of the user whose `new_user` is `seq` opened (and is counted).
+    fn opened(state: &mut State<Self>, seq: EventId, stream: Self::Stream);
+
+    /// A stream of the user whose `new_user` is `seq` closed (and is counted
+    /// off); the user is still online.
+    fn closed(
+        shared: &Shared<Self>,
+        state: MutexGuard<'_, State<Self>>,
+        seq: EventId,
+        stream: Self::Stream,
+    );
+}
+
+#[derive(Debug)]
+pub struct Shared<K: Kind> {
+    /// A std mutex, not a tokio one: it is never held across an await, and every
+    /// critical section is a few map operations, so an async mutex would only add cost.
+    state: Mutex<State<K>>,
+    pub(super) config: PresenceConfig,
+    /// Told of each join and leave this lobby decides, and of each resume.
+    pub(super) observer: Box<dyn Observe>,
+    /// What the kind keeps outside the lock.
+    pub(super) kind: K,
+}
+
+#[derive(Debug)]
+pub struct State<K: Kind> {
+    /// Keyed by the id of the user's `new_user` event, so iteration is oldest first.
+    pub(super) users: BTreeMap<EventId, User<K::User>>,
+    /// Found by the token's key, never by the token itself.
+    pub(super) tokens: HashMap<TokenKey, EventId>,
+    /// The JSON list of everyone online, cached for the next reader.
+    pub(super) roster: Roster,
+    pub(super) history: History,
+    pub(super) latest: EventId,
+    /// Sent to while the lock is held, so that a snapshot taken under the lock and
+    /// the events received after it meet exactly: nothing missed, nothing twice.
+    pub(super) sender: broadcast::Sender<Arc<Event>>,
+    /// What only this kind of lobby keeps.
+    pub(super) own: K::State,
+}
+
+#[derive(Debug)]
+pub struct User<X> {
+    pub(super) id: UserId,
+    pub(super) name: Name,
+    pub(super) token: TokenKey,
+    pub(super) streams: u8,
+    /// What only this kind of lobby keeps of the user.
+    pub(super) own: X,
+}
+
+impl<K: Kind> Lobby<K> {
+    /// An empty lobby of kind `kind`, which keeps `own` beside the shared part.
+    pub(super) fn with(
+        config: PresenceConfig,
+        observer: impl Observe,
+        kind: K,
+        own: K::State,
+    ) -> Lobby<K> {
+        // tokio's broadcast channel rounds its capacity up to a power of two; the
+        // history is kept at least twice that long, so a lagged stream, just past
+        // the backlog, can resume.
+        let backlog = config.backlog.max(1).next_power_of_two();
+        let (sender, _) = broadcast::channel(backlog);
+        let state = State {
+            users: BTreeMap::new(),
+            tokens: HashMap::new(),
+            roster: Roster::default(),
+            history: History::new(config.history_len()),
+            latest: 0,
+            sender,
+            own,
+        };
+        Lobby {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                config,
+                observer: Box::new(observer),
+                kind,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &PresenceConfig {
+        &self.shared.config
+    }
+
+    /// A receiver of every event from now on, for a task that fans events out
+    /// and wants waking when there are some (each stream reads its own receiver).
+    pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.lock().sender.subscribe()
+    }
+
+    /// Opens a stream for the user holding `token`. With `last_event_id`, the
+    /// stream resumes after that event when the history still holds what came
+    /// since; otherwise (and without it) it starts with a snapshot.
+    pub(crate) fn open(
+        &self,
+        token: &Token,
+        last_event_id: Option<EventId>,
+        stream: K::Stream,
+    ) -> Result<Subscription, TokenError> {
+        let key = token.key();
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
+        let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
+        let user = state.users.get_mut(&seq).ok_or(TokenError::Unknown)?;
+        if user.streams >= MAX_STREAMS_PER_USER {
+            return Err(TokenError::TooManyStreams);
+        }
+        user.streams += 1;
+        let id = user.id;
+        K::opened(state, seq, stream);
+        let replay =
+            last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
+        let start = match replay {
+            Some(frames) => Start::Resume(frames),
+            None => Start::Snapshot(event::snapshot_frame(state.latest, state.users_json())),
+        };
+        let subscription = Subscription {
+            user: id,
+            start,
+            events: state.sender.subscribe(),
+            open: Box::new(OpenStream {
+                shared: self.shared.clone(),
+                token: key,
+                stream,
+            }),
+        };
+        drop(guard);
+        if last_event_id.is_some() {
+            let replayed = matches!(subscription.start, Start::Resume(_));
+            self.shared.observer.resumed(replayed);
+        }
+        Ok(subscription)
+    }
+
+    /// Everyone online, oldest first.
+    pub fn users(&self) -> Vec<UserView> {
+        self.shared.lock().views()
+    }
+
+    /// Everyone online, oldest first, as a JSON array of `{"id","name"}`.
+    pub fn users_json(&self) -> Pieces {
+        self.shared.lock().users_json()
+    }
+
+    /// The newest event id: cheap, unlike [`stats`](Self::stats), which
+    /// counts every user's streams.
+    pub fn latest(&self) -> EventId {
+        self.shared.lock().latest
+    }
+
+    /// How many users, history entries and open streams the lobby holds:
+    /// all three return to nothing but history once everyone has left.
+    pub fn stats(&self) -> Stats {
+        let state = self.shared.lock();
+        Stats {
+            users: state.users.len(),
+            streams: state.users.values().map(|u| usize::from(u.streams)).sum(),
+            history: state.history.len(),
+            latest_event: state.latest,
+        }
+    }
+}
+
+impl<K: Kind> Shared<K> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State<K>> {
+        // A panic while holding the lock cannot leave the maps half-updated in a
+        // way later calls would misread, so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<K: Kind> State<K> {
+    pub(super) fn views(&self) -> Vec<UserView> {
+        self.users
+            .values()
+            .map(|u| UserView::new(u.id, &u.name))
+            .collect()
+    }
+
+    pub(super) fn users_json(&mut self) -> Pieces {
+        let users = &self.users;
+        self.roster
+            .json(|range| users.range(range).map(|(_, user)| (&user.id, &user.name)))
+    }
+
+    /// Adds a user whose `new_user` event is `seq`, with no stream.
+    pub(super) fn add(
+        &mut self,
+        seq: EventId,
+        id: UserId,
+        name: Name,
+        token: TokenKey,
+        own: K::User,
+    ) {
+        self.users.insert(
+            seq,
+            User {
+                id,
+                name,
+                token,
+                streams: 0,
+                own,
+            },
+        );
+        self.tokens.insert(token, seq);
+        self.roster.added(seq);
+    }
+
+    pub(super) fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
+        self.latest += 1;
+        let event = Arc::new(Event::new(self.latest, kind, user, name));
+        self.history.push(event.clone());
+        // An error only means that no stream is open; the history still has it.
+        let _ = self.sender.send(event);
+        self.latest
+    }
+
+    /// Takes the user whose `new_user` is `seq` offline and announces it.
+    pub(super) fn remove(&mut self, seq: EventId) -> Option<User<K::User>> {
+        let user = self.users.remove(&seq)?;
+        self.tokens.remove(&user.token);
+        self.roster.removed(seq);
+        self.publish(EventKind::DisconnectUser, user.id, &user.name);
+        Some(user)
+    }
+}
+
+/// What a [`Subscription`] holds of its lobby, whatever the lobby's kind.
+pub(super) trait Open: fmt::Debug + Send + Sync {
+    /// Whether the stream's user is still online.
+    fn online(&self) -> bool;
+}
+
+/// Counts one open stream; dropping it is how the lobby learns the stream
+/// closed. Found by the token's key, which (unlike the id of the user's
+/// `new_user`) stays the same when a replica reloads.
+#[derive(Debug)]
+struct OpenStream<K: Kind> {
+    shared: Arc<Shared<K>>,
+    token: TokenKey,
+    stream: K::Stream,
+}
+
+impl<K: Kind> Open for OpenStream<K> {
+    fn online(&self) -> bool {
+        self.shared.lock().tokens.contains_key(&self.token)
+    }
+}
+
+impl<K: Kind> Drop for OpenStream<K> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        // The user may be gone already (they left); then there is nothing to do.
+        let Some(&seq) = state.tokens.get(&self.token) else {
+            return;
+        };
+        // A reload may have found the user gone and a later one put them
+        // back, with no streams counted here: then this one is not counted.
+        let Some(user) = state.users.get_mut(&seq).filter(|user| user.streams > 0) else {
+            return;
+        };
+        user.streams -= 1;
+        K::closed(&self.shared, state, seq, self.stream);
+    }
+}
