@@ -28,7 +28,7 @@ use hyper_util::service::TowerToHyperService;
 use socket2::TcpKeepalive;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -154,7 +154,10 @@ fn configure(socket: &TcpStream, accept: &Accept) {
 /// Answers a connection past `--max-connections` with 503 at once, reading
 /// (and dropping) what it sent so that closing does not reset the answer away.
 /// Over TLS the answer needs the handshake first, and hyper to speak whichever
-/// protocol ALPN chose.
+/// protocol ALPN chose. Over HTTP/2 the first answer also starts a graceful
+/// close (GOAWAY, then close_notify): a client would otherwise keep the
+/// connection for its next requests, get 503 on each, and see it cut without
+/// close_notify when the refusal's time runs out, failing a request in flight.
 fn refuse(
     socket: TcpStream,
     tls: Option<TlsAcceptor>,
@@ -177,17 +180,27 @@ fn refuse(
                 return Ok(());
             };
             let stream = tls.accept(socket).await?;
-            let busy = hyper::service::service_fn(|_| {
-                std::future::ready(Ok::<_, Infallible>(
-                    ApiError::TooManyConnections.into_response(),
-                ))
+            let answered = Arc::new(Notify::new());
+            let busy = hyper::service::service_fn({
+                let answered = answered.clone();
+                move |_| {
+                    answered.notify_one();
+                    std::future::ready(Ok::<_, Infallible>(
+                        ApiError::TooManyConnections.into_response(),
+                    ))
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().keep_alive(false);
-            builder
-                .serve_connection(TokioIo::new(stream), busy)
-                .await
-                .map_err(io::Error::other)
+            let connection = builder.serve_connection(TokioIo::new(stream), busy);
+            tokio::pin!(connection);
+            // Not before the first request: until hyper has read which
+            // protocol it speaks, a graceful close just drops the connection.
+            tokio::select! {
+                ended = connection.as_mut() => return ended.map_err(io::Error::other),
+                () = answered.notified() => connection.as_mut().graceful_shutdown(),
+            }
+            connection.await.map_err(io::Error::other)
         })
         .await;
         refusals.fetch_sub(1, Ordering::AcqRel);
