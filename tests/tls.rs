@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::browser::{Chromedriver, submit_join_form};
+use common::http2::Http2Connection;
 use common::{PATIENCE, TestCert, TestServer, user_in, users_in};
 use fantoccini::Client;
 use reqwest::Version;
@@ -140,32 +141,42 @@ async fn a_connection_that_never_starts_its_handshake_is_closed_after_the_header
 #[tokio::test]
 async fn an_http2_connection_with_no_request_open_is_closed_after_the_header_timeout() {
     let cert = TestCert::new();
-    let server = TestServer::https(
-        &cert,
-        &["--max-connections", "1", "--header-timeout", "300ms"],
-    )
-    .await;
-    server.get_text("/healthz").await;
-    // The one connection is taken while it idles; once it is closed, another
-    // client's new connection is served.
-    let other = cert.https_client().build().expect("a client");
+    let server = TestServer::https(&cert, &["--header-timeout", "300ms"]).await;
+    let mut connection = Http2Connection::open(&cert, &server.base).await;
+    // Before the request: the server's idle time starts once its answer is sent.
+    let asked = Instant::now();
+    assert_eq!(connection.get("/healthz").await, 200);
 
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let response = other
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .expect("an answer");
-        if response.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the idle connection was never closed"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let closed = connection.closed().await;
+
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "closed only once idle for the header timeout"
+    );
+    // Cleanly: a client told GOAWAY takes its next request elsewhere; one
+    // whose connection is cut loses whatever request it had in flight.
+    assert!(
+        closed.is_ok(),
+        "closed with GOAWAY and close_notify: {closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_refused_over_http2_is_closed_cleanly_once_answered() {
+    let cert = TestCert::new();
+    let server = TestServer::https(&cert, &["--max-connections", "1"]).await;
+    // The one connection allowed, held by the server's own client.
+    server.get_text("/healthz").await;
+    let mut refused = Http2Connection::open(&cert, &server.base).await;
+
+    assert_eq!(refused.get("/healthz").await, 503);
+
+    // Not kept for more 503s until the refusal's time runs out and it is cut.
+    let closed = refused.closed().await;
+    assert!(
+        closed.is_ok(),
+        "closed with GOAWAY and close_notify: {closed:?}"
+    );
 }
 
 #[tokio::test]

@@ -248,10 +248,10 @@ async fn a_backend_that_hangs_slows_no_join_and_the_queue_stays_bounded() {
         slowest = slowest.max(started.elapsed());
     }
 
-    assert!(
-        slowest < Duration::from_millis(250),
-        "the slowest join took {slowest:?}"
-    );
+    // A join that waited for the hanging backend, or for room in its queue,
+    // would take the whole webhook timeout (a minute). The bound is only that
+    // far below it: a tighter one measures the machine's load, not lobby.
+    assert!(slowest < PATIENCE, "the slowest join took {slowest:?}");
     let dropped = scrape(&server)
         .await
         .get("lobby_webhooks_total{outcome=\"dropped\"}");

@@ -40,7 +40,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use socket2::TcpKeepalive;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::{ServiceBuilder, ServiceExt};
@@ -292,7 +292,10 @@ fn configure(socket: &TcpStream, settings: &Settings) {
 /// Answers a connection past `--max-connections` with 503 at once, reading
 /// (and dropping) what it sent so that closing does not reset the answer away.
 /// Over TLS the answer needs the handshake first, and hyper to speak whichever
-/// protocol ALPN chose.
+/// protocol ALPN chose. Over HTTP/2 the first answer also starts a graceful
+/// close (GOAWAY, then close_notify): a client would otherwise keep the
+/// connection for its next requests, get 503 on each, and see it cut without
+/// close_notify when the refusal's time runs out, failing a request in flight.
 fn refuse(
     socket: TcpStream,
     tls: Option<TlsAcceptor>,
@@ -318,14 +321,26 @@ fn refuse(
             };
             let stream = tls.accept(socket).await?;
             let h2 = tls::speaks_h2(&stream);
-            let busy = hyper::service::service_fn(move |_| {
-                std::future::ready(Ok::<_, Infallible>(busy()))
+            let answered = Arc::new(Notify::new());
+            let busy = hyper::service::service_fn({
+                let answered = answered.clone();
+                move |_| {
+                    answered.notify_one();
+                    std::future::ready(Ok::<_, Infallible>(busy()))
+                }
             });
             let io = TokioIo::new(stream);
             let served = if h2 {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, busy)
-                    .await
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let connection = builder.serve_connection(io, busy);
+                tokio::pin!(connection);
+                // Not before the first request: until then a graceful close
+                // just drops the connection.
+                tokio::select! {
+                    ended = connection.as_mut() => return ended.map_err(io::Error::other),
+                    () = answered.notified() => connection.as_mut().graceful_shutdown(),
+                }
+                connection.await
             } else {
                 hyper::server::conn::http1::Builder::new()
                     .keep_alive(false)

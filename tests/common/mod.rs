@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod browser;
+pub mod http2;
 pub mod metrics;
 pub mod redis;
 
