@@ -139,9 +139,13 @@ async fn a_connection_that_never_starts_its_handshake_is_closed_after_the_header
 }
 
 #[tokio::test]
-async fn an_http2_connection_with_no_request_open_is_closed_after_the_header_timeout() {
+async fn an_http2_connection_with_no_request_open_is_closed_after_the_idle_timeout() {
     let cert = TestCert::new();
-    let server = TestServer::https(&cert, &["--header-timeout", "300ms"]).await;
+    let server = TestServer::https(
+        &cert,
+        &["--header-timeout", "300ms", "--idle-timeout", "300ms"],
+    )
+    .await;
     let mut connection = Http2Connection::open(&cert, &server.base).await;
     // Before the request: the server's idle time starts once its answer is sent.
     let asked = Instant::now();
@@ -151,7 +155,7 @@ async fn an_http2_connection_with_no_request_open_is_closed_after_the_header_tim
 
     assert!(
         asked.elapsed() >= Duration::from_millis(300),
-        "closed only once idle for the header timeout"
+        "closed only once idle for the idle timeout"
     );
     // Cleanly: a client told GOAWAY takes its next request elsewhere; one
     // whose connection is cut loses whatever request it had in flight.
