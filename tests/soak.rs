@@ -8,17 +8,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Client, LobbyProcess as Lobby, rss_kib};
+use common::{Came, Client, LobbyProcess as Lobby, Sse, rss_kib};
+use eventsource_stream::Event as SseEvent;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
@@ -73,8 +71,11 @@ async fn a_thousand_churning_clients_agree_with_the_server_and_leave_no_memory_b
     let seed = soak_seed();
     let lobby = Lobby::start(&FLAGS).await;
     let soak = Arc::new(Soak {
-        addr: lobby.addr,
         api: Client::new(lobby.addr),
+        streams: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("a client for streams"),
         figures: Figures::default(),
     });
     let mut report = Report::new(churn, seed);
@@ -138,8 +139,11 @@ async fn a_thousand_churning_clients_agree_with_the_server_and_leave_no_memory_b
 
 /// What the test process shares between its clients.
 struct Soak {
-    addr: SocketAddr,
     api: Client,
+    /// The streams' client: it keeps no connection once its stream is over,
+    /// so each stream has a connection of its own, closed when it is dropped,
+    /// and the lobby's open files count only what is in use.
+    streams: reqwest::Client,
     figures: Figures,
 }
 
@@ -936,6 +940,50 @@ enum Event {
 }
 
 impl Event {
+    /// An event as the reader gives it, as this client keeps it. Strict:
+    /// anything the lobby does not send is an error, since a soak is where
+    /// garbled or interleaved bytes would show (they would break the JSON, the
+    /// kind, or the ids, which the reader checks).
+    fn of(event: &SseEvent) -> Result<Event, String> {
+        let id: u64 = event
+            .id
+            .parse()
+            .map_err(|_| format!("an event without a decimal id: {event:?}"))?;
+        let (kind, data) = (event.event.as_str(), event.data.as_str());
+        if data.contains('\n') {
+            return Err(format!("an event with more than one data line: {event:?}"));
+        }
+        let event = match kind {
+            "existing_users" => {
+                #[derive(Deserialize)]
+                struct Users<'a> {
+                    #[serde(borrow)]
+                    users: Vec<WireUser<'a>>,
+                }
+                let users: Users = serde_json::from_str(data)
+                    .map_err(|err| format!("existing_users {id}: {err}: {data:?}"))?;
+                let users = users
+                    .users
+                    .iter()
+                    .map(WireUser::parse)
+                    .collect::<Result<_, _>>()?;
+                Event::Snapshot { id, users }
+            }
+            "new_user" | "disconnect_user" => {
+                let user: WireUser = serde_json::from_str(data)
+                    .map_err(|err| format!("{kind} {id}: {err}: {data:?}"))?;
+                let (user, tag) = user.parse()?;
+                if kind == "new_user" {
+                    Event::NewUser { id, user, tag }
+                } else {
+                    Event::DisconnectUser { id, user, tag }
+                }
+            }
+            _ => return Err(format!("an event type the lobby does not send: {event:?}")),
+        };
+        Ok(event)
+    }
+
     fn id(&self) -> u64 {
         match self {
             Event::Snapshot { id, .. }
@@ -966,14 +1014,10 @@ enum Expect {
     Next(u64),
 }
 
-/// One `GET /events` on a socket of its own, read by a tiny SSE reader (lines,
-/// fields, a blank line ends an event) that checks the ids as it goes. Its
-/// buffer holds only what has not been parsed yet.
+/// One `GET /events` on a connection of its own, read by the tests' one SSE
+/// reader, whose ids are checked as it goes.
 struct Stream {
-    socket: TcpStream,
-    buffer: Vec<u8>,
-    /// Where the unparsed bytes start in `buffer`.
-    start: usize,
+    sse: Sse,
     expect: Expect,
     soak: Arc<Soak>,
 }
@@ -986,121 +1030,55 @@ impl Stream {
         token: &str,
         last_id: Option<u64>,
     ) -> Result<Result<Stream, u16>, String> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut socket = timeout_at(deadline, TcpStream::connect(soak.addr))
-            .await
-            .map_err(|_| format!("no connection within {PATIENCE:?}"))?
-            .map_err(|err| format!("connecting: {err}"))?;
-        let resume = last_id
-            .map(|id| format!("Last-Event-ID: {id}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET /events?token={token} HTTP/1.1\r\nHost: {}\r\n{resume}\r\n",
-            soak.addr
-        );
-        socket
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|err| format!("sending GET /events: {err}"))?;
-        let mut buffer = Vec::with_capacity(4096);
-        loop {
-            match timeout_at(deadline, socket.read_buf(&mut buffer)).await {
-                Err(_) => return Err(format!("no answer to GET /events within {PATIENCE:?}")),
-                Ok(Err(err)) => return Err(format!("reading the answer to GET /events: {err}")),
-                Ok(Ok(0)) => return Err("GET /events closed without an answer".into()),
-                Ok(Ok(_)) => {}
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut response = httparse::Response::new(&mut headers);
-            let httparse::Status::Complete(head) = response
-                .parse(&buffer)
-                .map_err(|err| format!("the answer to GET /events: {err}"))?
-            else {
-                continue;
-            };
-            let status = response.code.unwrap_or_default();
-            if status != 200 {
-                return Ok(Err(status));
-            }
-            let header = |name: &str| {
-                response
-                    .headers
-                    .iter()
-                    .find(|header| header.name.eq_ignore_ascii_case(name))
-                    .map(|header| header.value)
-            };
-            if header("content-type") != Some(b"text/event-stream".as_slice())
-                || header("transfer-encoding").is_some()
-            {
-                return Err(format!(
-                    "a stream whose head this reader does not expect: {:?}",
-                    String::from_utf8_lossy(&buffer[..head])
-                ));
-            }
-            let figures = &soak.figures;
-            figures.count(Figure::Streams);
-            let open = figures
-                .get(Figure::OpenStreams)
-                .fetch_add(1, Ordering::Relaxed)
-                + 1;
-            figures
-                .get(Figure::PeakStreams)
-                .fetch_max(open, Ordering::Relaxed);
-            return Ok(Ok(Stream {
-                socket,
-                buffer,
-                start: head,
-                expect: last_id.map_or(Expect::Snapshot, Expect::After),
-                soak: soak.clone(),
-            }));
+        let mut request = soak
+            .streams
+            .get(soak.api.url("/events"))
+            .query(&[("token", token)]);
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id.to_string());
         }
+        let response = timeout_at(Instant::now() + PATIENCE, request.send())
+            .await
+            .map_err(|_| format!("no answer to GET /events within {PATIENCE:?}"))?
+            .map_err(|err| format!("GET /events: {err}"))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Ok(Err(status));
+        }
+        let content_type = response.headers().get("content-type");
+        if content_type.is_none_or(|value| value != "text/event-stream") {
+            return Err(format!(
+                "a stream whose head this reader does not expect: {:?}",
+                response.headers()
+            ));
+        }
+        let figures = &soak.figures;
+        figures.count(Figure::Streams);
+        let open = figures
+            .get(Figure::OpenStreams)
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        figures
+            .get(Figure::PeakStreams)
+            .fetch_max(open, Ordering::Relaxed);
+        Ok(Ok(Stream {
+            sse: Sse::new(response),
+            expect: last_id.map_or(Expect::Snapshot, Expect::After),
+            soak: soak.clone(),
+        }))
     }
 
     /// The next event, if one comes before `until` (events already read come
     /// even after it).
     async fn next(&mut self, until: Instant) -> Result<Read, String> {
-        loop {
-            if let Some(event) = self.parse_one()? {
+        match self.sse.try_next_until(until).await? {
+            Came::Event(event) => {
+                let event = Event::of(&event)?;
                 self.check_order(&event)?;
-                return Ok(Read::Event(event));
+                Ok(Read::Event(event))
             }
-            self.compact();
-            match timeout_at(until, self.socket.read_buf(&mut self.buffer)).await {
-                Err(_) => return Ok(Read::Quiet),
-                Ok(Ok(0)) if self.start == self.buffer.len() => return Ok(Read::End),
-                Ok(Ok(0)) => {
-                    return Err(format!(
-                        "the stream ended inside an event: {:?}",
-                        String::from_utf8_lossy(&self.buffer[self.start..])
-                    ));
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => return Err(format!("reading the stream: {err}")),
-            }
-        }
-    }
-
-    /// Parses the next whole event in the buffer, skipping comments and the
-    /// `retry:` line; `None` when no whole event is there yet.
-    fn parse_one(&mut self) -> Result<Option<Event>, String> {
-        loop {
-            let unparsed = &self.buffer[self.start..];
-            let text = match std::str::from_utf8(unparsed) {
-                Ok(text) => text,
-                // A character cut by the end of a read: parse up to it.
-                Err(err) if err.error_len().is_none() => {
-                    std::str::from_utf8(&unparsed[..err.valid_up_to()]).unwrap_or_default()
-                }
-                Err(err) => return Err(format!("the stream is not UTF-8: {err}")),
-            };
-            let Some(end) = text.find("\n\n") else {
-                return Ok(None);
-            };
-            let event = parse_block(&text[..end])?;
-            self.start += end + 2;
-            if event.is_some() {
-                return Ok(event);
-            }
+            Came::Quiet => Ok(Read::Quiet),
+            Came::End => Ok(Read::End),
         }
     }
 
@@ -1138,19 +1116,6 @@ impl Stream {
         self.expect = Expect::Next(id + 1);
         Ok(())
     }
-
-    /// Drops what has been parsed, keeps an idle stream's buffer small (a
-    /// snapshot of a thousand users takes 70 KiB), and leaves room to read.
-    fn compact(&mut self) {
-        self.buffer.drain(..self.start);
-        self.start = 0;
-        if self.buffer.capacity() > 16 * 1024 && self.buffer.len() < 4096 {
-            self.buffer.shrink_to(8 * 1024);
-        }
-        if self.buffer.capacity() - self.buffer.len() < 4096 {
-            self.buffer.reserve(8 * 1024);
-        }
-    }
 }
 
 impl Drop for Stream {
@@ -1173,69 +1138,6 @@ fn expect_id(expected: u64, id: u64, where_: &str) -> Result<(), String> {
             "event {id} {where_} came again (or out of order): {expected} was next"
         )),
     }
-}
-
-/// One SSE block (the lines before a blank line): an event, or `None` for a
-/// comment or the `retry:` line. Strict: anything the lobby does not send is
-/// an error, since a soak is where garbled or interleaved bytes would show.
-fn parse_block(block: &str) -> Result<Option<Event>, String> {
-    let (mut id, mut kind, mut data) = (None, None, None);
-    for line in block.split('\n') {
-        if line.is_empty() || line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        let slot = match field {
-            "id" => &mut id,
-            "event" => &mut kind,
-            "data" => &mut data,
-            "retry" => continue,
-            _ => return Err(format!("a field the lobby does not send: {block:?}")),
-        };
-        if slot.replace(value).is_some() {
-            return Err(format!("a field given twice: {block:?}"));
-        }
-    }
-    let Some(kind) = kind else {
-        return match (id, data) {
-            (None, None) => Ok(None),
-            _ => Err(format!("an event without a type: {block:?}")),
-        };
-    };
-    let id: u64 = id
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| format!("an event without a decimal id: {block:?}"))?;
-    let data = data.ok_or_else(|| format!("an event without data: {block:?}"))?;
-    let event = match kind {
-        "existing_users" => {
-            #[derive(Deserialize)]
-            struct Users<'a> {
-                #[serde(borrow)]
-                users: Vec<WireUser<'a>>,
-            }
-            let users: Users = serde_json::from_str(data)
-                .map_err(|err| format!("existing_users {id}: {err}: {data:?}"))?;
-            let users = users
-                .users
-                .iter()
-                .map(WireUser::parse)
-                .collect::<Result<_, _>>()?;
-            Event::Snapshot { id, users }
-        }
-        "new_user" | "disconnect_user" => {
-            let user: WireUser = serde_json::from_str(data)
-                .map_err(|err| format!("{kind} {id}: {err}: {data:?}"))?;
-            let (user, tag) = user.parse()?;
-            if kind == "new_user" {
-                Event::NewUser { id, user, tag }
-            } else {
-                Event::DisconnectUser { id, user, tag }
-            }
-        }
-        _ => return Err(format!("an event type the lobby does not send: {block:?}")),
-    };
-    Ok(Some(event))
 }
 
 /// A user as events and GET /users give it.
