@@ -1042,8 +1042,9 @@ enum Then {
 }
 
 /// Sends `request` on a fresh connection and returns what came back before the
-/// server closed. A failed write or a reset counts as the server's answer: it
-/// may refuse a head before reading all of it.
+/// server closed, or until a whole answer came on a connection it keeps open.
+/// A failed write or a reset counts as the server's answer: it may refuse a
+/// head before reading all of it.
 async fn exchange_raw(server: &TestServer, request: &[u8], then: Then) -> Vec<u8> {
     let addr = server.base.strip_prefix("http://").expect("an http URL");
     let mut socket = TcpStream::connect(addr).await.expect("connect");
@@ -1061,10 +1062,55 @@ async fn exchange_raw(server: &TestServer, request: &[u8], then: Then) -> Vec<u8
     reply
 }
 
-async fn read_to_close(socket: &mut TcpStream, reply: &mut Vec<u8>) {
+/// Reads until the server closes, or, on a connection it keeps open, until
+/// `reply` holds a whole answer to `request`.
+async fn read_reply(socket: &mut TcpStream, request: &[u8], reply: &mut Vec<u8>) {
     let mut chunk = [0u8; 4096];
-    while let Ok(read @ 1..) = socket.read(&mut chunk).await {
-        reply.extend_from_slice(&chunk[..read]);
+    while !whole_reply(request, reply) {
+        match socket.read(&mut chunk).await {
+            Ok(read @ 1..) => reply.extend_from_slice(&chunk[..read]),
+            _ => return,
+        }
+    }
+}
+
+/// Whether `reply` holds a whole final answer to `request`: its head (past
+/// any interim 1xx), then the body the head gives: none to HEAD and for 204
+/// or 304, Content-Length bytes, or chunks up to the last. A body that runs
+/// until the server closes is never whole here.
+fn whole_reply(request: &[u8], reply: &[u8]) -> bool {
+    let mut rest = reply;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = response.parse(rest) else {
+            return false;
+        };
+        let status = response.code.unwrap_or_default();
+        if (100..200).contains(&status) {
+            rest = &rest[head..];
+            continue;
+        }
+        let body = &rest[head..];
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|header| header.name.eq_ignore_ascii_case(name))
+                .map(|header| header.value)
+        };
+        if request.starts_with(b"HEAD ") || status == 204 || status == 304 {
+            return true;
+        }
+        if let Some(length) = header("content-length") {
+            return std::str::from_utf8(length)
+                .ok()
+                .and_then(|length| length.trim().parse::<usize>().ok())
+                .is_some_and(|length| body.len() >= length);
+        }
+        return header("transfer-encoding")
+            .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+            && body.ends_with(b"0\r\n\r\n");
     }
 }
 
