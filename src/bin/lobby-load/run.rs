@@ -75,11 +75,13 @@ pub async fn run(args: &Args, cluster: &Cluster) -> Result<Report> {
     Ok(run.report)
 }
 
-/// The server's CPU while every subscriber sits idle, then its memory.
+/// The server's CPU while every subscriber sits idle, then its memory: the
+/// peak the ramp, probes and burst took it to, and what it settles at.
 async fn idle(run: &mut Run<'_>) -> Result<()> {
     let (args, n) = (run.args, run.shared.slots.len());
     let (_, _, ids) = settle_all(&run.shared, run.cluster, "idle-settled").await?;
     run.gathered.note_ids("before the idle period", &ids);
+    let rss_peak = run.meter.peak_rss_kib();
     let before = run.meter.cpu();
     tokio::time::sleep(args.idle).await;
     let (server_cpu, _) = run.meter.cpu().since(before);
@@ -111,6 +113,28 @@ async fn idle(run: &mut Run<'_>) -> Result<()> {
             .rss_before
             .zip(rss_idle)
             .map(|(a, b)| (b as f64 - a as f64) / n as f64)),
+        "KiB",
+    );
+    // The whole process over N, not the growth from before: a container
+    // must be sized for all of it, and at the peak (a join storm), not only
+    // for what it settles at.
+    let per_subscriber = |kib: Option<u64>| num(kib.map(|kib| kib as f64 / n as f64));
+    report.add(
+        "rss_peak_kib",
+        "server peak RSS (VmHWM), after ramp, probes and burst",
+        rss_peak,
+        "KiB",
+    );
+    report.add(
+        "peak_kib_per_subscriber",
+        "server peak RSS per subscriber (VmHWM / N)",
+        per_subscriber(rss_peak),
+        "KiB",
+    );
+    report.add(
+        "settled_kib_per_subscriber",
+        "server settled RSS per subscriber (VmRSS at the end / N)",
+        per_subscriber(rss_idle),
         "KiB",
     );
     Ok(())

@@ -1,5 +1,5 @@
 //! The server process, seen through /proc: found by the port it listens on,
-//! and measured (resident memory, CPU time) beside this process's
+//! and measured (resident memory, its peak, CPU time) beside this process's
 //! own CPU time, since both share the machine.
 
 use std::collections::HashSet;
@@ -67,7 +67,8 @@ fn only_lobby() -> Option<u32> {
     found.next().is_none().then_some(pid)
 }
 
-/// A `kB` line of /proc/PID/status, such as `VmRSS` (resident now).
+/// A `kB` line of /proc/PID/status: `VmRSS` (resident now) or `VmHWM` (the
+/// most it has been resident at once).
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| {
@@ -125,6 +126,11 @@ impl Meter {
     /// The server's resident memory now, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.pid.and_then(|pid| status_kib(pid, "VmRSS"))
+    }
+
+    /// The most the server has held resident at once so far, in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.pid.and_then(|pid| status_kib(pid, "VmHWM"))
     }
 
     pub fn cpu(&self) -> Cpu {
