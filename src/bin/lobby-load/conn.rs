@@ -197,3 +197,45 @@ pub struct Joined {
     /// The reply's body size.
     pub bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::Conn;
+    use crate::target::Target;
+
+    #[tokio::test]
+    async fn a_join_answered_on_a_connection_kept_open_is_read_to_its_length_and_the_connection_reused()
+     {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        let reply =
+            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 44\r\n\r\n\
+                      {\"id\":\"u\",\"name\":\"a\",\"token\":\"t\",\"users\":[]}";
+        tokio::spawn(async move {
+            // One connection, two answers, never closed: a keep-alive server.
+            let (mut socket, _) = listener.accept().await.expect("a connection");
+            for _ in 0..2 {
+                let mut head = [0; 1024];
+                let _ = socket.read(&mut head).await;
+                socket.write_all(reply).await.expect("the reply");
+            }
+            std::future::pending::<()>().await;
+        });
+        let target = Arc::new(Target::from_url(&url, 1).await.expect("a target"));
+        let mut conn = Conn::new(target, 0);
+
+        for name in ["a", "b"] {
+            let joined = tokio::time::timeout(Duration::from_secs(5), conn.join(name))
+                .await
+                .expect("no wait for a close that never comes")
+                .expect("a join");
+            assert_eq!((joined.token.as_str(), joined.bytes), ("t", 44));
+        }
+    }
+}

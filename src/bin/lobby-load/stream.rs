@@ -189,3 +189,55 @@ async fn read_until_end(
     }
     Err(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::Stream;
+    use crate::sse;
+    use crate::target::Target;
+
+    /// A server on a free loopback port that answers one request with
+    /// `reply` and then keeps the connection open, as a keep-alive server does.
+    async fn answering(reply: &'static [u8]) -> Arc<Target> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("a connection");
+            let mut head = [0; 1024];
+            let _ = socket.read(&mut head).await;
+            socket.write_all(reply).await.expect("the reply");
+            std::future::pending::<()>().await;
+        });
+        Arc::new(Target::from_url(&url, 1).await.expect("a target"))
+    }
+
+    #[tokio::test]
+    async fn a_chunked_stream_whose_body_ends_on_an_open_connection_reads_as_ended() {
+        let target = answering(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+              3c\r\nretry: 1000\nid: 7\nevent: existing_users\ndata: {\"users\":[]}\n\n\r\n\
+              0\r\n\r\n",
+        )
+        .await;
+        let mut buf = vec![0; 4096];
+
+        let (mut stream, _) =
+            Stream::open(&target, 0, "token", None, &mut buf, sse::Parser::default())
+                .await
+                .expect("the stream opens");
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf, 0))
+                .await
+                .expect("no wait for a close that never comes")
+                .expect("a read");
+
+        assert_eq!(read, 0, "the body has ended");
+        let tally = stream.parser.tally;
+        assert_eq!((tally.last_id, tally.snapshots), (Some(7), 1));
+    }
+}
