@@ -12,20 +12,27 @@ use serde_json::Value;
 
 use crate::conn::Conn;
 use crate::report::{Report, num};
-use crate::run::Run;
+use crate::setup::Setup;
 use crate::subscribers::{Shared, settle_all, wait_for_all};
 
 /// Connections the burst's joins and leaves are spread over.
 pub const CONNECTIONS: usize = 4;
 
+/// What the burst leaves for the cluster's figures.
+pub struct Bursted {
+    /// Each load process's latest event id before the burst.
+    pub ids: Vec<u64>,
+    /// Each load process's part of it.
+    pub all: Vec<Burst>,
+}
+
 /// Runs the burst once the streams have settled, and adds its rows.
-pub async fn phase(run: &mut Run<'_>) -> Result<()> {
-    let (args, cluster, shared) = (run.args, run.cluster, run.shared.clone());
+pub async fn phase(setup: &Setup<'_>, report: &mut Report) -> Result<Bursted> {
+    let (args, cluster, shared) = (setup.args, setup.cluster, setup.shared.clone());
     let (_, _, ids) = settle_all(&shared, cluster, "burst-settled").await?;
-    run.gathered.note_ids("before the burst", &ids);
     let latest = ids.iter().copied().max().unwrap_or(0);
     let numbers = (cluster.index..args.burst).step_by(cluster.size).collect();
-    let cpu_0 = run.meter.cpu();
+    let cpu_0 = setup.meter.cpu();
     let result = burst(
         &shared,
         numbers,
@@ -33,9 +40,9 @@ pub async fn phase(run: &mut Run<'_>) -> Result<()> {
         args.timeout.max(Duration::from_secs(60)),
     )
     .await;
-    let (server_cpu, loader_cpu) = run.meter.cpu().since(cpu_0);
+    let (server_cpu, loader_cpu) = setup.meter.cpu().since(cpu_0);
     burst_rows(
-        &mut run.report,
+        report,
         ("", ""),
         &BurstFigures {
             joins: args.burst,
@@ -49,11 +56,11 @@ pub async fn phase(run: &mut Run<'_>) -> Result<()> {
     let all = cluster
         .meet("burst-done", serde_json::to_value(&result)?)
         .await?;
-    run.gathered.bursts = all
+    let all = all
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
-    Ok(())
+    Ok(Bursted { ids, all })
 }
 
 /// How one load process's part of a burst went, on the wall clock

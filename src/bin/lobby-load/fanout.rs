@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::cluster::Cluster;
 use crate::conn::Conn;
 use crate::report::{Report, num};
-use crate::run::Run;
+use crate::setup::Setup;
 use crate::sse;
 use crate::stream::{STREAM_BUFFER, Stream};
 use crate::subscribers::{Shared, Sighting, Slot, wait_for_all};
@@ -23,15 +23,15 @@ use crate::target::Target;
 /// subscribers' (which are numbered from 0).
 const PROBE_SOURCE: usize = usize::MAX / 2;
 
-/// Sends the probes and adds the fan-out's rows. A failed fan-out fails the
-/// report, or, in a cluster run, the whole run (the others would wait for
-/// this process at the next step).
-pub async fn phase(run: &mut Run<'_>) -> Result<()> {
-    let (args, cluster) = (run.args, run.cluster);
-    let cpu_0 = run.meter.cpu();
-    let probed = fan_out(&run.shared, cluster, args.probes as usize, args.timeout).await;
-    let (server_cpu, loader_cpu) = run.meter.cpu().since(cpu_0);
-    let report = &mut run.report;
+/// Sends the probes and adds the fan-out's rows; returns every process's
+/// samples. A failed fan-out fails the report (and gives no samples), or, in a
+/// cluster run, the whole run (the others would wait for this process at the
+/// next step).
+pub async fn phase(setup: &Setup<'_>, report: &mut Report) -> Result<Vec<Samples>> {
+    let (args, cluster) = (setup.args, setup.cluster);
+    let cpu_0 = setup.meter.cpu();
+    let probed = fan_out(&setup.shared, cluster, args.probes as usize, args.timeout).await;
+    let (server_cpu, loader_cpu) = setup.meter.cpu().since(cpu_0);
     match probed {
         Ok(samples) => {
             let (joins, leaves) = samples[cluster.index].spreads();
@@ -56,12 +56,14 @@ pub async fn phase(run: &mut Run<'_>) -> Result<()> {
                     joins.missing, leaves.missing, args.timeout
                 ));
             }
-            run.gathered.samples = samples;
+            Ok(samples)
         }
-        Err(err) if cluster.is_many() => return Err(err.context("fan-out")),
-        Err(err) => report.fail(format!("fan-out: {err:#}")),
+        Err(err) if cluster.is_many() => Err(err.context("fan-out")),
+        Err(err) => {
+            report.fail(format!("fan-out: {err:#}"));
+            Ok(Vec::new())
+        }
     }
-    Ok(())
 }
 
 /// Nearest-rank percentiles of latencies in nanoseconds, as milliseconds.

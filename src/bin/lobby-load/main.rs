@@ -31,17 +31,20 @@
 //!   the tasks that follow the streams, and waiting for them to settle.
 //! - `server`: the server process's memory and CPU, read from /proc.
 //! - `cluster`: the load processes of a cluster run, meeting through files.
-//! - `run`: the phases in order; `ramp`, `fanout` and `burst` are three of them.
-//! - `report`: the figures, as a table or JSON, and a cluster's own.
+//! - `run`: the phases in order, each given the same `setup`; `ramp`,
+//!   `fanout` and `burst` are three of them, each adding its own rows.
+//! - `report`: the figures, as a table or JSON; `gathered`: a cluster's own.
 
 mod burst;
 mod cluster;
 mod conn;
 mod fanout;
+mod gathered;
 mod ramp;
 mod report;
 mod run;
 mod server;
+mod setup;
 mod sse;
 mod stream;
 mod subscribers;

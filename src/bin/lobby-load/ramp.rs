@@ -12,10 +12,11 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::conn::{CONN_BUFFER, Conn};
-use crate::report::{num, secs};
-use crate::run::{Run, close};
+
+use crate::report::{Report, num, secs};
+use crate::setup::Setup;
 use crate::sse;
-use crate::stream::{Stream, follow};
+use crate::stream::{Stream, close, follow};
 use crate::subscribers::{Shared, settle_all};
 
 /// The longest one ramp step (join, then subscribe until the snapshot) may take.
@@ -30,15 +31,24 @@ struct RampTotals {
     snapshot_bytes: u64,
 }
 
-/// Runs the ramp and adds its rows; returns every subscriber's follower.
-pub async fn phase(run: &mut Run<'_>) -> Result<Vec<JoinHandle<()>>> {
-    let (args, cluster, shared) = (run.args, run.cluster, run.shared.clone());
+/// What the ramp leaves for the rest of the run.
+pub struct Ramped {
+    /// Every subscriber's follower task.
+    pub followers: Vec<JoinHandle<()>>,
+    /// The server's resident memory before the ramp.
+    pub rss_before: Option<u64>,
+    /// Each load process's latest event id once the streams caught up.
+    pub ids: Vec<u64>,
+}
+
+/// Runs the ramp and adds its rows.
+pub async fn phase(setup: &Setup<'_>, report: &mut Report) -> Result<Ramped> {
+    let (args, cluster, shared) = (setup.args, setup.cluster, setup.shared.clone());
     let n = shared.slots.len();
     let who = cluster.who();
     cluster.meet("start", Value::Null).await?;
-    let rss_before = run.meter.rss_kib();
-    run.rss_before = rss_before;
-    let cpu_0 = run.meter.cpu();
+    let rss_before = setup.meter.rss_kib();
+    let cpu_0 = setup.meter.cpu();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -89,10 +99,8 @@ pub async fn phase(run: &mut Run<'_>) -> Result<Vec<JoinHandle<()>>> {
     // ramp is over.
     cluster.meet("ramped", Value::Null).await?;
     let (caught_up, behind, ids) = settle_all(&shared, cluster, "ramp-settled").await?;
-    run.gathered.note_ids("after the ramp", &ids);
-    let (server_cpu, loader_cpu) = run.meter.cpu().since(cpu_0);
-    let rss_after = run.meter.rss_kib();
-    let report = &mut run.report;
+    let (server_cpu, loader_cpu) = setup.meter.cpu().since(cpu_0);
+    let rss_after = setup.meter.rss_kib();
     report.add("ramp_s", "ramp: all N join and subscribe", secs(ramp), "s");
     report.add(
         "ramp_settle_s",
@@ -155,7 +163,11 @@ pub async fn phase(run: &mut Run<'_>) -> Result<Vec<JoinHandle<()>>> {
             .map(|(a, b)| (b as f64 - a as f64) / n as f64)),
         "KiB",
     );
-    Ok(followers)
+    Ok(Ramped {
+        followers,
+        rss_before,
+        ids,
+    })
 }
 
 /// Joins and subscribes subscribers until none are left; each one's stream is

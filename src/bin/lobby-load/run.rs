@@ -7,27 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result, bail};
-use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
-use crate::report::{Gathered, Report, cluster_rows, num};
+use crate::gathered::{Gathered, cluster_rows};
+use crate::report::{Report, num};
 use crate::server::{self, Meter};
+use crate::setup::Setup;
+use crate::stream::close;
 use crate::subscribers::{Shared, Slot, settle_all};
 use crate::target::Target;
 use crate::{Args, burst, fanout, ramp};
-
-/// What every phase reads and adds to.
-pub struct Run<'a> {
-    pub args: &'a Args,
-    pub cluster: &'a Cluster,
-    pub shared: Arc<Shared>,
-    pub meter: Meter,
-    /// The server's resident memory before the ramp.
-    pub rss_before: Option<u64>,
-    pub report: Report,
-    /// What only the prober of a cluster run needs, for the cluster's figures.
-    pub gathered: Gathered,
-}
 
 pub async fn run(args: &Args, cluster: &Cluster) -> Result<Report> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).context("raise the open file limit")?;
@@ -44,49 +33,52 @@ pub async fn run(args: &Args, cluster: &Cluster) -> Result<Report> {
             cluster.who()
         );
     }
-    let mut run = Run {
+    let setup = Setup {
         args,
         cluster,
         shared: Arc::new(Shared::new(target, n)),
         meter: Meter::new(pid),
-        rss_before: None,
-        report: Report::default(),
-        gathered: Gathered::default(),
     };
-    run.report.add("url", "server", args.url.clone(), "");
-    run.report.add("pid", "server pid", pid, "");
-    run.report.add("subscribers", "subscribers", n, "");
+    let mut report = Report::default();
+    report.add("url", "server", args.url.clone(), "");
+    report.add("pid", "server pid", pid, "");
+    report.add("subscribers", "subscribers", n, "");
+    // What only the prober of a cluster run needs, for the cluster's figures.
+    let mut gathered = Gathered::default();
 
-    let followers = ramp::phase(&mut run).await?;
-    fanout::phase(&mut run).await?;
+    let ramped = ramp::phase(&setup, &mut report).await?;
+    gathered.note_ids("after the ramp", &ramped.ids);
+    gathered.samples = fanout::phase(&setup, &mut report).await?;
     if args.burst > 0 {
-        burst::phase(&mut run).await?;
+        let bursted = burst::phase(&setup, &mut report).await?;
+        gathered.note_ids("before the burst", &bursted.ids);
+        gathered.bursts = bursted.all;
     }
-    idle(&mut run).await?;
-    correctness(&mut run);
+    let ids = idle(&setup, ramped.rss_before, &mut report).await?;
+    gathered.note_ids("before the idle period", &ids);
+    correctness(&setup.shared, &mut report);
 
     // Every process keeps its streams open until all are done: a closed
     // stream goes offline, and every node's streams would hear of it.
-    let reports = cluster.meet("end", run.report.json()).await?;
+    let reports = cluster.meet("end", report.json()).await?;
     if cluster.is_many() && cluster.is_prober() {
-        cluster_rows(&mut run.report, args, &run.gathered, &reports);
+        cluster_rows(&mut report, args, &gathered, &reports);
     }
-    close(followers).await;
-    Ok(run.report)
+    close(ramped.followers).await;
+    Ok(report)
 }
 
 /// The server's CPU while every subscriber sits idle, then its memory: the
 /// peak the ramp, probes and burst took it to, and what it settles at.
-async fn idle(run: &mut Run<'_>) -> Result<()> {
-    let (args, n) = (run.args, run.shared.slots.len());
-    let (_, _, ids) = settle_all(&run.shared, run.cluster, "idle-settled").await?;
-    run.gathered.note_ids("before the idle period", &ids);
-    let rss_peak = run.meter.peak_rss_kib();
-    let before = run.meter.cpu();
+/// Returns each load process's latest event id before the idle period.
+async fn idle(setup: &Setup<'_>, rss_before: Option<u64>, report: &mut Report) -> Result<Vec<u64>> {
+    let (args, n) = (setup.args, setup.shared.slots.len());
+    let (_, _, ids) = settle_all(&setup.shared, setup.cluster, "idle-settled").await?;
+    let rss_peak = setup.meter.peak_rss_kib();
+    let before = setup.meter.cpu();
     tokio::time::sleep(args.idle).await;
-    let (server_cpu, _) = run.meter.cpu().since(before);
+    let (server_cpu, _) = setup.meter.cpu().since(before);
     let idle = args.idle.as_secs_f64();
-    let report = &mut run.report;
     report.add("idle_s", "idle: measured over", num(Some(idle)), "s");
     report.add(
         "idle_cpu_percent",
@@ -99,7 +91,7 @@ async fn idle(run: &mut Run<'_>) -> Result<()> {
     // What an idle subscriber costs: measured once the N streams have sat
     // idle, when what the ramp needed only for a moment (megabyte join replies
     // and snapshots) has been handed back by the allocator.
-    let rss_idle = run.meter.rss_kib();
+    let rss_idle = setup.meter.rss_kib();
     report.add(
         "rss_end_kib",
         "server RSS after the idle period",
@@ -109,8 +101,7 @@ async fn idle(run: &mut Run<'_>) -> Result<()> {
     report.add(
         "kib_per_subscriber",
         "server RSS per idle subscriber",
-        num(run
-            .rss_before
+        num(rss_before
             .zip(rss_idle)
             .map(|(a, b)| (b as f64 - a as f64) / n as f64)),
         "KiB",
@@ -137,12 +128,11 @@ async fn idle(run: &mut Run<'_>) -> Result<()> {
         per_subscriber(rss_idle),
         "KiB",
     );
-    Ok(())
+    Ok(ids)
 }
 
 /// The checks of every stream over the whole run; fails the report on any.
-fn correctness(run: &mut Run<'_>) {
-    let (shared, report) = (&run.shared, &mut run.report);
+fn correctness(shared: &Shared, report: &mut Report) {
     let count = |f: &dyn Fn(&Slot) -> bool| shared.slots.iter().filter(|s| f(s)).count();
     let gaps = count(&|s| s.gaps.load(Relaxed) > 0);
     let repeats = count(&|s| s.repeats.load(Relaxed) > 0);
@@ -194,15 +184,5 @@ fn correctness(run: &mut Run<'_>) {
                 .as_ref()
                 .map_or_else(String::new, |why| format!(" (the first: {why})"))
         ));
-    }
-}
-
-/// Closes every subscriber's connection (the server takes them offline after its grace).
-pub async fn close(followers: Vec<JoinHandle<()>>) {
-    for follower in &followers {
-        follower.abort();
-    }
-    for follower in followers {
-        let _ = follower.await;
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::subscribers::{Shared, Slot};
 use crate::target::{Target, read_some, write_all};
@@ -101,6 +102,16 @@ impl Stream {
         self.decoder
             .feed(bytes, &mut |piece| parser.feed(piece, probe))?;
         Ok(self.ended())
+    }
+}
+
+/// Closes every subscriber's connection (the server takes them offline after its grace).
+pub async fn close(followers: Vec<JoinHandle<()>>) {
+    for follower in &followers {
+        follower.abort();
+    }
+    for follower in followers {
+        let _ = follower.await;
     }
 }
 
