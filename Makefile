@@ -48,7 +48,7 @@ bench:
 	  else echo "bench: no yardstick at $(YARDSTICK) (SHARED=… names the shared folder): the yardstick ratio is left out" >&2; rm -f target/yardstick; fi
 	@set -e; out=$$(mktemp -d); pids=; \
 	trap 'kill $$pids 2>/dev/null || true' EXIT; \
-	serve() { log=$$out/$$1.log; shift; "$$@" 2>$$log & pid=$$!; pids="$$pids $$pid"; }; \
+	serve() { log=$$out/$$1.log; shift; "$$@" >$$log 2>&1 & pid=$$!; pids="$$pids $$pid"; }; \
 	ready() { until curl -sf http://$$1/healthz >/dev/null; do \
 	  kill -0 $$2 2>/dev/null || { echo "bench: the server for $$1 exited" >&2; exit 1; }; sleep 0.1; done; }; \
 	lobby() { serve lobby-$$1 ./target/release/lobby --bind $(BENCH_ADDR) --join-timeout 5m --join-rate 1000000 --join-burst 1000000; \
@@ -73,7 +73,7 @@ bench:
 	    rps=$$(awk '/^Requests\/sec:/ { print $$2 }' $$out/wrk-$${side%%:*}-$$route-$$run.txt); \
 	    echo "$$rps" >> $$out/rps-$${side%%:*}-$$route; \
 	    bad=$$(grep -E 'Non-2xx|Socket errors' $$out/wrk-$${side%%:*}-$$route-$$run.txt | xargs || true); \
-	    echo "wrk run $$run, GET /$$route, $${side%%:*}: $$rps req/s $$bad"; \
+	    echo "wrk run $$run, GET /$$route, $${side%%:*}: $$rps req/s$${bad:+ ($$bad)}"; \
 	  done; \
 	done; done; \
 	kill $$pids 2>/dev/null || true; wait 2>/dev/null || true; pids=; \
