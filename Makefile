@@ -25,25 +25,79 @@ build:
 	cargo build --release
 
 # Release build, then for N = 1,000 and 18,000: a fresh lobby, lobby-load
-# against it, the lobby stopped. Prints the results and writes BENCHMARKS.md.
+# against it, the lobby stopped. Around the 18,000 run, the C fan-out
+# yardstick of ../shared/tools/fanout-yardstick runs just before and just
+# after, and lobby's fan-out p99 is given as a ratio to the mean of theirs.
+# Then wrk (Debian's `wrk`) sends GET /healthz and GET /users to a fresh lobby
+# and to an axum server written from axum's examples (examples/baseline.rs),
+# in turn, BENCH_WRK_RUNS times each; lobby's median requests per second over
+# the baseline's is the ratio. Prints the results and writes BENCHMARKS.md.
 # (The join timeout is raised so the burst's joiners, who never open a stream,
 # cannot time out under load and be counted as failed leaves.)
 BENCH_ADDR ?= 127.0.0.1:3999
+BENCH_BASELINE_ADDR ?= 127.0.0.1:3998
 BENCH_SIZES ?= 1000 18000
+BENCH_WRK_RUNS ?= 3
+# The shared folder sits beside the checkout (e.g. /work/shared beside /work/main).
+SHARED ?= $(abspath $(shell git rev-parse --show-toplevel 2>/dev/null || pwd)/../shared)
+YARDSTICK := $(SHARED)/tools/fanout-yardstick/yardstick.c
 bench:
-	cargo build --release --bin lobby --bin lobby-load
-	@set -e; out=$$(mktemp -d); \
+	@command -v wrk >/dev/null || { echo "bench: wrk is missing; install Debian's package: apt-get install -y wrk" >&2; exit 1; }
+	cargo build --release --bin lobby --bin lobby-load --example baseline
+	@if [ -f $(YARDSTICK) ]; then cc -O2 -pthread -o target/yardstick $(YARDSTICK); \
+	  else echo "bench: no yardstick at $(YARDSTICK) (SHARED=… names the shared folder): the yardstick ratio is left out" >&2; rm -f target/yardstick; fi
+	@set -e; out=$$(mktemp -d); pids=; \
+	trap 'kill $$pids 2>/dev/null || true' EXIT; \
+	serve() { log=$$out/$$1.log; shift; "$$@" >$$log 2>&1 & pid=$$!; pids="$$pids $$pid"; }; \
+	ready() { until curl -sf http://$$1/healthz >/dev/null; do \
+	  kill -0 $$2 2>/dev/null || { echo "bench: the server for $$1 exited" >&2; exit 1; }; sleep 0.1; done; }; \
+	lobby() { serve lobby-$$1 ./target/release/lobby --bind $(BENCH_ADDR) --join-timeout 5m --join-rate 1000000 --join-burst 1000000; \
+	  ready $(BENCH_ADDR) $$pid; }; \
+	value() { awk -v l="$$2" 'index($$0, l "  ") == 1 { v = substr($$0, length(l) + 1); sub(/^ +/, "", v); print v + 0; exit }' "$$1"; }; \
+	yardstick() { if [ -x target/yardstick ]; then target/yardstick 18000 20 | tee $$out/yardstick-$$1.json \
+	  | sed -n 's/.*"p99_ms": *\([0-9.]*\).*/yardstick '"$$1"': fan-out p99 \1 ms/p'; fi; }; \
+	p99_of() { sed -n 's/.*"p99_ms": *\([0-9.]*\).*/\1/p' $$out/yardstick-$$1.json 2>/dev/null; }; \
 	for n in $(BENCH_SIZES); do \
-	  ./target/release/lobby --bind $(BENCH_ADDR) --join-timeout 5m --join-rate 1000000 --join-burst 1000000 2>$$out/lobby-$$n.log & pid=$$!; \
-	  trap 'kill $$pid 2>/dev/null || true' EXIT; \
-	  until curl -sf http://$(BENCH_ADDR)/healthz >/dev/null; do sleep 0.1; done; \
-	  echo "== N = $$n"; \
+	  [ $$n != 18000 ] || yardstick before; \
+	  lobby $$n; echo "== N = $$n"; \
 	  ./target/release/lobby-load --url http://$(BENCH_ADDR) --pid $$pid --subscribers $$n | tee $$out/load-$$n.txt; \
 	  kill $$pid; wait $$pid || true; \
+	  [ $$n != 18000 ] || yardstick after; \
 	done; \
+	echo "== wrk -t2 -c32 -d5s, lobby and the axum baseline in turn, $(BENCH_WRK_RUNS) runs each"; \
+	lobby wrk; \
+	serve baseline ./target/release/examples/baseline $(BENCH_BASELINE_ADDR); ready $(BENCH_BASELINE_ADDR) $$pid; \
+	for run in $$(seq $(BENCH_WRK_RUNS)); do for route in healthz users; do \
+	  for side in lobby:$(BENCH_ADDR) baseline:$(BENCH_BASELINE_ADDR); do \
+	    wrk -t2 -c32 -d5s http://$${side#*:}/$$route > $$out/wrk-$${side%%:*}-$$route-$$run.txt; \
+	    rps=$$(awk '/^Requests\/sec:/ { print $$2 }' $$out/wrk-$${side%%:*}-$$route-$$run.txt); \
+	    echo "$$rps" >> $$out/rps-$${side%%:*}-$$route; \
+	    bad=$$(grep -E 'Non-2xx|Socket errors' $$out/wrk-$${side%%:*}-$$route-$$run.txt | xargs || true); \
+	    echo "wrk run $$run, GET /$$route, $${side%%:*}: $$rps req/s$${bad:+ ($$bad)}"; \
+	  done; \
+	done; done; \
+	kill $$pids 2>/dev/null || true; wait 2>/dev/null || true; pids=; \
+	median() { sort -n $$1 | awk '{ v[NR] = $$1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }; \
+	ratio() { awk -v a="$$1" -v b="$$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }; \
+	{ echo "wrk -t2 -c32 -d5s, plain HTTP, median of $(BENCH_WRK_RUNS) runs each, lobby / axum baseline (examples/baseline.rs):"; \
+	  for route in healthz users; do l=$$(median $$out/rps-lobby-$$route); b=$$(median $$out/rps-baseline-$$route); \
+	    echo "  GET /$$route: lobby $$l req/s, baseline $$b req/s: $$(ratio $$l $$b)x"; done; \
+	  if [ -f $$out/load-18000.txt ]; then \
+	    before=$$(p99_of before); after=$$(p99_of after); join=$$(value $$out/load-18000.txt 'fan-out of a join, p99'); \
+	    if [ -n "$$before" ] && [ -n "$$after" ]; then \
+	      mean=$$(awk -v a=$$before -v b=$$after 'BEGIN { printf "%.2f", (a + b) / 2 }'); \
+	      echo "fan-out yardstick (target/yardstick 18000 20): p99 $$before ms before, $$after ms after, mean $$mean ms"; \
+	      echo "  lobby's fan-out of a join, p99, N = 18000: $$join ms: $$(ratio $$join $$mean)x the yardstick"; \
+	    else echo "fan-out yardstick: not run (no $(YARDSTICK)): no ratio"; fi; \
+	    echo "peak RSS per subscriber (VmHWM after ramp, probes and burst / N), N = 18000: $$(value $$out/load-18000.txt 'server peak RSS per subscriber (VmHWM / N)') KiB"; \
+	    echo "settled RSS per subscriber (VmRSS after the idle period / N), N = 18000: $$(value $$out/load-18000.txt 'server settled RSS per subscriber (VmRSS at the end / N)') KiB"; \
+	  else echo "N = 18000 was not run (BENCH_SIZES): no yardstick ratio, no memory per subscriber at 18,000"; fi; \
+	} > $$out/summary.txt; \
+	echo "== summary"; cat $$out/summary.txt; \
 	{ echo "# Benchmarks"; echo; \
 	  echo "Written by \`make bench\` on $$(date -u '+%Y-%m-%d %H:%M UTC'), $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/ {print $$2}') GiB,"; \
 	  echo "release build, lobby-load on the same machine. See docs/performance.md for what each figure means."; \
+	  echo; echo "## Against the yardsticks"; echo; echo '```'; cat $$out/summary.txt; echo '```'; \
 	  for n in $(BENCH_SIZES); do echo; echo "## N = $$n"; echo; echo '```'; grep -v '^lobby-load:' $$out/load-$$n.txt; echo '```'; done; \
 	} > BENCHMARKS.md; \
 	echo "wrote BENCHMARKS.md"

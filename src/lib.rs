@@ -31,7 +31,7 @@
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
 //!   an SSE parser), which knows nothing of the server's insides.
 //! - `main.rs`: flags, logging, bind, then [`run`].
-//! - `bin/lobby-load.rs`: the load generator behind `make bench`.
+//! - `bin/lobby-load/`: the load generator behind `make bench`, in modules.
 //! - `static/`: the page's script, style and icon, compiled into the binary.
 
 pub mod backend;

@@ -20,10 +20,11 @@ async fn a_stream_starts_with_a_retry_line_in_milliseconds() {
     let server = TestServer::start().await;
     let alice = server.join("alice").await;
 
-    let mut response = server.open_events(&alice.token, None).await;
-    let raw = read_raw_until(&mut response, PATIENCE, |text| text.contains("\n\n")).await;
+    let mut stream = Sse::keeping_bytes(server.open_events(&alice.token, None).await);
+    let first = stream.next_event().await;
 
-    let first_line = raw.lines().next().expect("the stream sent a line");
+    let wire = String::from_utf8(stream.wire()).expect("the stream is UTF-8");
+    let first_line = wire.lines().next().expect("the stream sent a line");
     let millis = first_line
         .strip_prefix("retry: ")
         .unwrap_or_else(|| panic!("the first line is `retry: <ms>`, got {first_line:?}"));
@@ -31,6 +32,10 @@ async fn a_stream_starts_with_a_retry_line_in_milliseconds() {
         !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()),
         "the retry is a decimal number of milliseconds, got {millis:?}"
     );
+    // In the snapshot's own block, the reader hands the retry out with it.
+    if let Some(retry) = first.retry {
+        assert_eq!(retry.as_millis().to_string(), millis);
+    }
 }
 
 #[tokio::test]
@@ -38,17 +43,12 @@ async fn the_snapshot_comes_right_after_the_retry_line() {
     let server = TestServer::start().await;
     let alice = server.join("alice").await;
 
-    let mut response = server.open_events(&alice.token, None).await;
-    let raw = read_raw_until(&mut response, PATIENCE, |text| {
-        raw_events(text).iter().any(|event| event.kind.is_some())
-    })
-    .await;
+    let mut stream = server.subscribe(&alice.token, None).await;
+    let first = stream.next_event().await;
 
-    let first = raw_events(&raw)
-        .into_iter()
-        .find(|event| event.kind.is_some())
-        .expect("an event arrived");
-    assert_eq!(first.kind.as_deref(), Some("existing_users"));
+    // The retry line stands in a block of its own or opens the snapshot's
+    // block: either way a client's first event is the snapshot.
+    assert_eq!(first.event, "existing_users");
 }
 
 #[tokio::test]
@@ -78,43 +78,30 @@ async fn the_snapshot_lists_everyone_online_including_the_subscriber_oldest_firs
 async fn every_event_on_the_wire_has_its_own_decimal_id_and_the_ids_strictly_increase() {
     let server = TestServer::start().await;
     let alice = server.join("alice").await;
-    let mut response = server.open_events(&alice.token, None).await;
+    let mut stream = server.subscribe(&alice.token, None).await;
     let bob = server.join("bob").await;
     server.join("carol").await;
     assert_eq!(server.leave(&bob.token).await, 204);
 
-    let raw = read_raw_until(&mut response, PATIENCE, |text| {
-        raw_events(text).iter().filter(|e| e.kind.is_some()).count() >= 4
-    })
-    .await;
+    // The reader fails on an id that is not decimal or does not rise; an
+    // event without an `id:` line of its own would come with the id before it.
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        events.push(stream.next_event().await);
+    }
 
-    let events: Vec<RawEvent> = raw_events(&raw)
-        .into_iter()
-        .filter(|event| event.kind.is_some())
-        .collect();
-    let kinds: Vec<&str> = events.iter().filter_map(|e| e.kind.as_deref()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         kinds,
         ["existing_users", "new_user", "new_user", "disconnect_user"]
     );
-    let ids: Vec<u64> = events
-        .iter()
-        .map(|event| {
-            let id = event
-                .id
-                .as_deref()
-                .unwrap_or_else(|| panic!("an event without an id: line: {event:?}"));
-            assert!(
-                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
-                "the id is a decimal integer, got {id:?}"
-            );
-            id.parse().expect("a decimal id fits in u64")
-        })
-        .collect();
-    assert!(
-        ids.windows(2).all(|pair| pair[0] < pair[1]),
-        "ids strictly increase: {ids:?}"
-    );
+    for event in &events {
+        assert!(
+            !event.id.is_empty() && event.id.bytes().all(|b| b.is_ascii_digit()),
+            "the id is a decimal integer, got {:?}",
+            event.id
+        );
+    }
 }
 
 #[tokio::test]
@@ -414,37 +401,6 @@ async fn churn(server: &TestServer, pairs: usize) {
             assert_eq!(server.leave(&joined.token).await, 204);
         })
         .await;
-}
-
-/// One SSE frame as it came over the wire (comments and unknown fields skipped).
-#[derive(Debug, Default)]
-struct RawEvent {
-    id: Option<String>,
-    kind: Option<String>,
-}
-
-/// Splits raw stream text into its complete frames (those ended by a blank line).
-fn raw_events(text: &str) -> Vec<RawEvent> {
-    let normalized = text.replace("\r\n", "\n");
-    let Some(complete) = normalized.rfind("\n\n") else {
-        return Vec::new();
-    };
-    normalized[..complete]
-        .split("\n\n")
-        .map(|frame| {
-            let mut event = RawEvent::default();
-            for line in frame.lines() {
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
-                match field {
-                    "id" => event.id = Some(value),
-                    "event" => event.kind = Some(value),
-                    _ => {}
-                }
-            }
-            event
-        })
-        .collect()
 }
 
 /// Most streams are taken off hyper by lobby's own fast path; a request head

@@ -3,6 +3,7 @@
 //! wire shows them.
 
 use bytes::Bytes;
+use eventsource_stream::Eventsource;
 
 use super::{EventId, Pieces, UserView};
 
@@ -46,27 +47,41 @@ pub struct Frame {
     pub data: serde_json::Value,
 }
 
-/// Splits SSE bytes into frames of `id:`, `event:` and `data:` lines.
+/// Reads SSE bytes into frames as a client's EventSource reads them, with
+/// the SSE reader the rest of the crate and its tests use (eventsource-stream),
+/// and holds each frame to what presence writes: whole (the bytes end with a
+/// blank line), an `event:` line, JSON data, and an `id:` of its own. The
+/// reader hands an event without an `id:` line the id before it, as a browser
+/// does, so ids that must rise frame by frame catch a missing one.
 pub fn parse_frames(bytes: &(impl Wire + ?Sized)) -> Vec<Frame> {
-    let bytes = bytes.wire();
-    let text = std::str::from_utf8(&bytes).expect("frames are UTF-8");
-    text.split("\n\n")
-        .filter(|block| !block.is_empty())
-        .map(|block| {
-            let (mut id, mut event, mut data) = (None, None, None);
-            for line in block.lines() {
-                let (field, value) = line.split_once(": ").expect("a `field: value` line");
-                match field {
-                    "id" => id = Some(value.parse().expect("a decimal id")),
-                    "event" => event = Some(value.to_string()),
-                    "data" => data = Some(serde_json::from_str(value).expect("JSON data")),
-                    other => panic!("unexpected field {other:?} in {block:?}"),
-                }
-            }
+    use futures_util::{FutureExt, StreamExt};
+
+    let bytes = &bytes.wire()[..];
+    assert!(
+        bytes.is_empty() || bytes.ends_with(b"\n\n"),
+        "frames end with a blank line: {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+    let read = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)])
+        .eventsource()
+        .collect::<Vec<_>>()
+        .now_or_never()
+        .expect("bytes in hand are read at once");
+    let mut last: Option<EventId> = None;
+    read.into_iter()
+        .map(|event| {
+            let event = event.expect("frames are UTF-8 SSE");
+            let id: EventId = event.id.parse().expect("a decimal id");
+            assert!(
+                last.is_none_or(|last| id > last),
+                "each frame has an id of its own, above the one before: {id} after {last:?}"
+            );
+            last = Some(id);
+            assert_ne!(event.event, "message", "a frame names its event: {event:?}");
             Frame {
-                id: id.expect("an id line"),
-                event: event.expect("an event line"),
-                data: data.expect("a data line"),
+                id,
+                data: serde_json::from_str(&event.data).expect("JSON data"),
+                event: event.event,
             }
         })
         .collect()

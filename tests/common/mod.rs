@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -389,22 +390,95 @@ impl ConfigExt for Config {
     }
 }
 
-type EventStream =
-    std::pin::Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+type EventStream = std::pin::Pin<
+    Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send + Sync>,
+>;
 
-/// A parsed SSE stream. Every read waits at most `PATIENCE`.
+/// An event stream read by eventsource-stream, as a browser's EventSource
+/// reads one: the one SSE reader of the tests. It checks what every lobby
+/// stream promises, that each event has a decimal id above the one before (the
+/// reader hands an event with no `id:` line the id before it, so this also
+/// catches an event without an id of its own). Every read has a deadline.
 pub struct Sse {
     events: EventStream,
     /// The id of the last event read, as a browser would send in Last-Event-ID.
     pub last_id: Option<u64>,
+    /// What the body's bytes showed so far, beside the events.
+    wire: Arc<Mutex<Wire>>,
+}
+
+/// What came of a read.
+#[derive(Debug)]
+pub enum Came {
+    Event(Event),
+    /// Nothing before the deadline; the stream stays open.
+    Quiet,
+    /// The server ended the stream after a whole block.
+    End,
+}
+
+/// The body's bytes as the reader took them in.
+#[derive(Default)]
+struct Wire {
+    /// Every byte, for the tests that check the stream's bytes themselves.
+    kept: Option<Vec<u8>>,
+    /// The last two bytes, and how many came: a stream that ends anywhere
+    /// but after a blank line ended inside an event, which the reader would
+    /// drop without a word.
+    tail: [u8; 2],
+    len: usize,
+}
+
+impl Wire {
+    fn take_in(&mut self, bytes: &[u8]) {
+        if let Some(kept) = &mut self.kept {
+            kept.extend_from_slice(bytes);
+        }
+        for &byte in &bytes[bytes.len().saturating_sub(2)..] {
+            self.tail = [self.tail[1], byte];
+        }
+        self.len += bytes.len();
+    }
+
+    fn after_a_whole_block(&self) -> bool {
+        self.len == 0 || self.tail == *b"\n\n"
+    }
 }
 
 impl Sse {
     pub fn new(response: reqwest::Response) -> Sse {
+        Sse::reading(response.bytes_stream(), false)
+    }
+
+    /// The same, keeping every byte of the body for [`Sse::wire`].
+    pub fn keeping_bytes(response: reqwest::Response) -> Sse {
+        Sse::reading(response.bytes_stream(), true)
+    }
+
+    fn reading(
+        body: impl Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + Sync + 'static,
+        keep: bool,
+    ) -> Sse {
+        let wire = Arc::new(Mutex::new(Wire {
+            kept: keep.then(Vec::new),
+            ..Wire::default()
+        }));
+        let tap = wire.clone();
+        let body = body.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                lock(&tap).take_in(bytes);
+            }
+        });
         Sse {
-            events: Box::pin(response.bytes_stream().eventsource()),
+            events: Box::pin(body.eventsource()),
             last_id: None,
+            wire,
         }
+    }
+
+    /// The body's bytes so far (de-chunked), if the stream keeps them.
+    pub fn wire(&self) -> Vec<u8> {
+        lock(&self.wire).kept.clone().unwrap_or_default()
     }
 
     /// The next event; panics if none comes within `PATIENCE` or the stream ends.
@@ -418,18 +492,39 @@ impl Sse {
     /// The next event within `wait`, or `None` if none came (the stream may stay open).
     /// Panics if the stream ends or breaks.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Event> {
-        match tokio::time::timeout(wait, self.events.next()).await {
-            Err(_) => None,
-            Ok(None) => panic!("the event stream ended"),
-            Ok(Some(Err(err))) => panic!("the event stream broke: {err}"),
-            Ok(Some(Ok(event))) => {
-                let id: u64 = event.id.parse().expect("every event has a decimal id");
-                if let Some(last) = self.last_id {
-                    assert!(id > last, "ids strictly increase: {id} after {last}");
-                }
-                self.last_id = Some(id);
-                Some(event)
-            }
+        match self
+            .try_next_until(tokio::time::Instant::now() + wait)
+            .await
+        {
+            Ok(Came::Event(event)) => Some(event),
+            Ok(Came::Quiet) => None,
+            Ok(Came::End) => panic!("the event stream ended"),
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// The next event, or `None` once the server has ended the stream after a
+    /// whole block; panics if nothing happens within `PATIENCE` or it breaks.
+    pub async fn event_or_end(&mut self) -> Option<Event> {
+        match self
+            .try_next_until(tokio::time::Instant::now() + PATIENCE)
+            .await
+        {
+            Ok(Came::Event(event)) => Some(event),
+            Ok(Came::End) => None,
+            Ok(Came::Quiet) => panic!("no event and no end within {PATIENCE:?}"),
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// The next event, the quiet of a stream still open at `deadline`, or its
+    /// end; an error for a stream that breaks, ends inside an event, or
+    /// breaks the promise on ids.
+    pub async fn try_next_until(&mut self, deadline: tokio::time::Instant) -> Result<Came, String> {
+        match tokio::time::timeout_at(deadline, self.events.next()).await {
+            Err(_) => Ok(Came::Quiet),
+            Ok(None) => self.ended(),
+            Ok(Some(read)) => self.accept(read).map(Came::Event),
         }
     }
 
@@ -443,6 +538,61 @@ impl Sse {
             Ok(Some(Err(_))) => {}
         }
     }
+
+    fn ended(&self) -> Result<Came, String> {
+        if lock(&self.wire).after_a_whole_block() {
+            Ok(Came::End)
+        } else {
+            Err("the stream ended inside an event".to_owned())
+        }
+    }
+
+    fn accept(
+        &mut self,
+        read: Result<Event, EventStreamError<reqwest::Error>>,
+    ) -> Result<Event, String> {
+        let event = read.map_err(|err| format!("the event stream broke: {err}"))?;
+        let id: u64 = event.id.parse().map_err(|_| {
+            format!(
+                "every event has a decimal id, not {:?}: {event:?}",
+                event.id
+            )
+        })?;
+        if let Some(last) = self.last_id {
+            if id <= last {
+                return Err(format!("ids strictly increase: {id} after {last}"));
+            }
+        }
+        self.last_id = Some(id);
+        Ok(event)
+    }
+}
+
+/// Every event in `bytes`, read as [`Sse`] reads a stream: for bytes a test
+/// holds in hand. An error for bytes the reader refuses, that break the
+/// promise on ids, or that end inside an event.
+pub fn events_in(bytes: &[u8]) -> Result<Vec<Event>, String> {
+    use futures_util::FutureExt;
+
+    let body = futures_util::stream::iter([Ok(bytes::Bytes::copy_from_slice(bytes))]);
+    let mut sse = Sse::reading(body, false);
+    let mut events = Vec::new();
+    loop {
+        let next = sse
+            .events
+            .next()
+            .now_or_never()
+            .expect("bytes in hand are read at once");
+        match next {
+            Some(read) => events.push(sse.accept(read)?),
+            None => return sse.ended().map(|_| events),
+        }
+    }
+}
+
+fn lock(wire: &Mutex<Wire>) -> std::sync::MutexGuard<'_, Wire> {
+    wire.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The users in an `existing_users` event.
