@@ -263,8 +263,8 @@ fn any_last_event_id_gives_a_well_framed_stream_that_resumes_or_starts_afresh() 
     lab.finish();
 }
 
-/// A stream request for a valid token, with a generated `Last-Event-ID` and
-/// enough extra headers or bytes, at times, to leave lobby's fast path for hyper's.
+/// A stream request for a valid token, with a generated `Last-Event-ID` and,
+/// at times, extra headers or bytes (a head of up to 8 KiB and 64 headers).
 #[derive(Debug, Clone)]
 struct Resume {
     last_event_id: Option<Raw>,
@@ -373,7 +373,9 @@ fn resume() -> impl Strategy<Value = Resume> {
         2 => select(ODD_EVENT_IDS).prop_map(|id| Some(Raw::from(id))),
         2 => header_bytes().prop_map(Some),
     ];
-    let padding = prop_oneof![4 => Just(0usize), 1 => 8_000usize..10_000];
+    // Up to the largest head lobby takes (8 KiB): a larger one is refused
+    // with 431, which `a_request_head_over_8_kib_is_refused_with_431` holds.
+    let padding = prop_oneof![4 => Just(0usize), 1 => 6_000usize..7_000];
     (last_event_id, any::<bool>(), 0usize..=40, padding).prop_map(
         |(last_event_id, bearer, extra_headers, padding)| Resume {
             last_event_id,
@@ -930,7 +932,8 @@ fn hand_made_malformed_heads_get_an_answer_or_a_close_and_never_stop_the_server(
         (b"GET /events?token=%zz%ff HTTP/1.1\r\n\r\n".to_vec(), Some(401)),
         (b"GET /events?token=abc HTTP/1.1\n\n".to_vec(), Some(401)),
         (many_headers(33), Some(401)),
-        (long_header, Some(401)),
+        // Over 8 KiB: hyper's own 431, with no JSON body.
+        (long_header, None),
         (
             b"GET /events?token=abc HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n".to_vec(),
             Some(401),
@@ -958,7 +961,7 @@ fn hand_made_malformed_heads_get_an_answer_or_a_close_and_never_stop_the_server(
         ),
         (b"GARBAGE\r\n\r\n".to_vec(), None),
         (b"GET /events HTTP/2.0\r\n\r\n".to_vec(), None),
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), None),
+        // (The HTTP/2 preface is h2c's: tests/transport.rs holds it.)
         (b"\r\n\r\n".to_vec(), None),
         (b"\xff\xfe\xfd\r\n\r\n".to_vec(), None),
         (Vec::new(), None),
@@ -981,10 +984,10 @@ fn hand_made_malformed_heads_get_an_answer_or_a_close_and_never_stop_the_server(
             }
             if let (Some(expected), Some((status, content_type, body))) = (expected, answer) {
                 assert_eq!(status, *expected, "{:?}", Raw(head.clone()));
-                if status >= 400 {
-                    if let Err(problem) = error_body(&content_type, &body) {
-                        panic!("{:?}: {problem}", Raw(head.clone()));
-                    }
+                if status >= 400
+                    && let Err(problem) = error_body(&content_type, &body)
+                {
+                    panic!("{:?}: {problem}", Raw(head.clone()));
                 }
             }
             assert_eq!(server.get_text("/healthz").await, r#"{"status":"ok"}"#);
@@ -1353,7 +1356,9 @@ data: {"id":"x","name":"a\nb"}"#;
         b"retry: 1000\n\nid: 1\nevent: new_user\ndata: {\"id\":\"x\",\"name\":\"\xff\"}\n\n"
             .as_slice(),
         b"retry: 1000\n\nid: 1\nevent: new_user\ndata: {\"id\":\"x\",\"name\":\"a\"}\n",
-        b"id: 1\nevent: new_user\ndata: {\"id\":\"x\",\"name\":\"a\"}\n\n",
+        // A snapshot always carries retry: (only a resume that missed
+        // nothing opens with its next event).
+        b"id: 1\nevent: existing_users\ndata: {\"users\":[]}\n\n",
     ] {
         assert!(one_frame(broken).is_err(), "{:?}", Raw(broken.to_vec()));
     }
@@ -1637,7 +1642,14 @@ fn frame_of(event: &Event) -> Result<Frame, String> {
 /// shows: it opens with `retry:`, and has no CR (which a browser takes for a
 /// line break, so one inside a name would split its line).
 fn wire_check(wire: &[u8]) -> Result<(), String> {
-    if !wire.starts_with(b"retry: ") {
+    // `retry:` rides in the first block with a snapshot or a replay; a resume
+    // that missed nothing has no block to carry it (a block of its own would
+    // be an event with no data to some clients), so its first block is the
+    // next event.
+    let snapshot = wire.starts_with(b"id: ")
+        && wire.split(|&b| b == b'\n').nth(1) == Some(b"event: existing_users");
+    let resumed_with_nothing_missed = wire.starts_with(b"id: ") && !snapshot;
+    if !wire.starts_with(b"retry: ") && !resumed_with_nothing_missed {
         return Err(format!(
             "a stream opens with retry:, not {:?}",
             Raw(wire.to_vec())

@@ -96,11 +96,14 @@ pub(super) enum Framing {
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 impl Framing {
-    /// The header that says so, for the response head.
-    pub(super) fn header(self) -> (&'static str, &'static str) {
+    /// The headers that say so, for the response head. The lean writer
+    /// closes the connection when a stream ends, so even a chunked stream
+    /// says `connection: close`: a client that pooled the connection after
+    /// the last chunk would lose the request it sent on it next.
+    pub(super) fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Framing::Chunked => ("transfer-encoding", "chunked"),
-            Framing::Close => ("connection", "close"),
+            Framing::Chunked => &[("transfer-encoding", "chunked"), ("connection", "close")],
+            Framing::Close => &[("connection", "close")],
         }
     }
 

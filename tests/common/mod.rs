@@ -558,10 +558,10 @@ impl Sse {
                 event.id
             )
         })?;
-        if let Some(last) = self.last_id {
-            if id <= last {
-                return Err(format!("ids strictly increase: {id} after {last}"));
-            }
+        if let Some(last) = self.last_id
+            && id <= last
+        {
+            return Err(format!("ids strictly increase: {id} after {last}"));
         }
         self.last_id = Some(id);
         Ok(event)
