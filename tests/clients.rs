@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::redis::addr_of;
 use common::{Client, Joined, PATIENCE, TestServer, User};
 use eventsource_client::{Client as _, ReconnectOptions, SSE};
 use futures_util::{Stream, StreamExt};
@@ -241,14 +242,6 @@ async fn resumes_after_a_cut_and_misses_nothing(connect: fn(&str) -> Listener) {
 
 async fn assert_still_online(server: &Client, joined: &Joined) {
     assert!(server.users().await.contains(&joined.user()));
-}
-
-fn addr_of(server: &Client) -> SocketAddr {
-    server
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the base URL is http://ADDR")
 }
 
 #[tokio::test]

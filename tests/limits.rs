@@ -8,19 +8,11 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::redis::addr_of;
 use common::{LobbyProcess, PATIENCE, TestServer, rss_kib, user_in};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// The server's address, from its base URL.
-fn addr_of(server: &TestServer) -> SocketAddr {
-    server
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the base URL is http://ADDR")
-}
 
 /// A whole response to one raw request: the server closes the connection
 /// after it (no keep-alive), so it is read to the end.

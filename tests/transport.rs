@@ -9,10 +9,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::redis::addr_of;
 use common::{Client, Joined, PATIENCE, TestServer, user_in, users_in};
 use eventsource_stream::{Event, Eventsource};
 use futures_util::StreamExt;
@@ -25,15 +25,6 @@ use tokio::net::TcpStream;
 /// keep-alive period (15 s), whose comment used to be what pushed a
 /// buffered event out to some clients.
 const PROMPTLY: Duration = Duration::from_secs(1);
-
-/// The server's address, from its base URL.
-fn addr_of(server: &Client) -> SocketAddr {
-    server
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the base URL is http://ADDR")
-}
 
 // ---------------------------------------------------------------------------
 // A raw connection
