@@ -1,4 +1,4 @@
-//! Writes every event to every stream opened on the fast path. Streams are
+//! The lean writer: writes every event to every stream on a plain HTTP/1 connection. Streams are
 //! grouped into shards, each one task: one wake-up per event serves every
 //! stream of the shard, and an idle stream is only its socket, its place in the
 //! event channel and a few words. It has no task, timer or buffer of its own.
