@@ -264,7 +264,7 @@ fn any_last_event_id_gives_a_well_framed_stream_that_resumes_or_starts_afresh() 
 }
 
 /// A stream request for a valid token, with a generated `Last-Event-ID` and,
-/// at times, extra headers or bytes (a head of up to 8 KiB and 64 headers).
+/// at times, extra headers or bytes (a head of up to 8 KiB and 100 headers).
 #[derive(Debug, Clone)]
 struct Resume {
     last_event_id: Option<Raw>,

@@ -21,7 +21,10 @@ use tokio::time::{Instant, Sleep};
 pub(super) const MAX_HEAD: usize = 8 * 1024;
 
 /// At most this many headers in a request head; more are refused (431).
-pub(super) const MAX_HEADERS: usize = 64;
+/// It is hyper's own default, which hyper is therefore not told: given a
+/// number, hyper fills a header array for every request it parses, and a
+/// kept-alive connection pays for that on each one. A test holds the limit.
+pub(super) const MAX_HEADERS: usize = 100;
 
 /// How an HTTP/2 connection without TLS (h2c, prior knowledge) begins.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -43,6 +46,11 @@ pub(super) enum Next {
 /// Whether `path` (without its query) is an event stream's.
 fn is_stream_path(path: &str) -> bool {
     path == "/events"
+}
+
+/// Whether a request may be answered with a stream.
+pub(super) fn may_stream(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::GET && is_stream_path(path)
 }
 
 /// Says what `buffer`, the start of a request, is; with a whole request head,
@@ -165,8 +173,12 @@ pub(super) struct Sniffed {
     /// Set when a stream request is held back.
     found: Arc<AtomicBool>,
     timeouts: Timeouts,
-    /// What the connection waits for, and until when.
-    waiting: Option<(Wait, Pin<Box<Sleep>>)>,
+    /// What the connection waits for, if anything, and until when; a
+    /// request handed to hyper ends the wait, so the next one starts afresh.
+    waiting: Option<(Wait, Instant)>,
+    /// Goes off at or before the deadline of `waiting`; one for the
+    /// connection's life.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// How long a client may take to begin its next request, and to finish its head.
@@ -198,6 +210,7 @@ impl Sniffed {
             found,
             timeouts,
             waiting: None,
+            timer: None,
         }
     }
 
@@ -215,6 +228,7 @@ impl Sniffed {
                 head: Duration::MAX,
             },
             waiting: None,
+            timer: None,
         }
     }
 
@@ -235,23 +249,35 @@ impl Sniffed {
                 return false;
             }
         };
-        if self
-            .waiting
-            .as_ref()
-            .is_none_or(|(current, _)| *current != wait)
-        {
+        if self.waiting.is_none_or(|(current, _)| current != wait) {
             let period = match wait {
                 Wait::Idle => self.timeouts.idle,
                 Wait::Head => self.timeouts.head,
             };
             // A period too long for the clock is as good as none.
-            let period = period.min(Duration::from_secs(86_400 * 365));
-            let sleep = tokio::time::sleep_until(Instant::now() + period);
-            self.waiting = Some((wait, Box::pin(sleep)));
+            let deadline = Instant::now() + period.min(Duration::from_secs(86_400 * 365));
+            self.waiting = Some((wait, deadline));
+            match &mut self.timer {
+                // The timer is moved only to an earlier deadline: a request
+                // on a busy connection then costs no timer of its own, and
+                // a timer that goes off early is set again (below).
+                Some(timer) if timer.deadline() > deadline => timer.as_mut().reset(deadline),
+                Some(_) => {}
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
-        self.waiting
-            .as_mut()
-            .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready())
+        let (Some((_, deadline)), Some(timer)) = (self.waiting, &mut self.timer) else {
+            return false;
+        };
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// Hands hyper what it may have of `self.buffer`: true when something
@@ -306,6 +332,7 @@ impl AsyncRead for Sniffed {
                 return Poll::Pending;
             }
             if this.hand_over(out) {
+                this.waiting = None;
                 return Poll::Ready(Ok(()));
             }
             if this.found.load(Ordering::Acquire) {

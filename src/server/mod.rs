@@ -164,7 +164,10 @@ impl Server {
                 slot,
                 shared: shared.clone(),
                 _watcher: graceful.watcher(),
-                stop: stop.clone(),
+                // A token of its own: the connection's task looks at it each
+                // time it runs, and a clone would share one lock with every
+                // other connection's.
+                stop: stop.child_token(),
             };
             match &self.tls {
                 None => tokio::spawn(plain::serve(socket, connection)),
@@ -220,11 +223,13 @@ impl Connection {
             })
             .service(shared.app.clone());
         hyper::service::service_fn(move |request: Request<Incoming>| {
-            let shared = shared.clone();
+            // Only a stream's answer needs the transport's settings after it.
+            let shared =
+                head::may_stream(request.method(), request.uri().path()).then(|| shared.clone());
             let response = service.clone().oneshot(request);
             Box::pin(async move {
                 let mut response = response.await?;
-                if let Some(subscription) = Handoff::take(&mut response) {
+                if let (Some(shared), Some(subscription)) = (shared, Handoff::take(&mut response)) {
                     *response.body_mut() = stream::body(
                         subscription,
                         shared.heartbeat.clone(),
@@ -250,7 +255,6 @@ fn http1(settings: &Settings) -> hyper::server::conn::http1::Builder {
         // long idle; over TLS the idle wait is `served`'s, and on a plain
         // connection the sniffer keeps both.
         .header_read_timeout(settings.header_timeout)
-        .max_headers(head::MAX_HEADERS)
         .max_header_size(head::MAX_HEAD);
     builder
 }
