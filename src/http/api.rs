@@ -7,14 +7,16 @@ use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::LengthLimitError;
 use hyper::body::{Frame, SizeHint};
 use percent_encoding::percent_decode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::limits::AllowedSite;
 use super::{ApiError, AppState};
 use crate::presence::{Joined, Name, Pieces, Token};
 
@@ -37,6 +39,7 @@ enum BodyFormat {
 }
 
 pub async fn join(
+    _: AllowedSite,
     State(state): State<AppState>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -137,6 +140,7 @@ fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// The token may come as `Authorization: Bearer`, as a form `token=…`, or as a
 /// `text/plain` body holding only the token (what `navigator.sendBeacon` sends).
 pub async fn leave(
+    _: AllowedSite,
     State(state): State<AppState>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
@@ -165,7 +169,7 @@ pub async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn users(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn users(_: AllowedSite, State(state): State<AppState>) -> impl IntoResponse {
     let users = state.presence.users_json().await;
     let mut body = Pieces::with_capacity(users.parts().len() + 2);
     body.push(Bytes::from_static(b"{\"users\":"));
@@ -291,13 +295,16 @@ async fn read_body(
     if declared.is_some_and(|length| length > super::MAX_BODY_BYTES as u64) {
         return Err(ApiError::BodyTooLarge);
     }
-    let body = Bytes::from_request(request, &())
+    // Read here, with the limit, rather than by an extractor told the limit
+    // by a layer, which every request would pass through.
+    let body = axum::body::to_bytes(request.into_body(), super::MAX_BODY_BYTES)
         .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        .map_err(|err| {
+            let err = err.into_inner();
+            if err.is::<LengthLimitError>() {
                 ApiError::BodyTooLarge
             } else {
-                ApiError::BodyUnreadable(rejection.body_text())
+                ApiError::BodyUnreadable(err.to_string())
             }
         })?;
     Ok((format, body))

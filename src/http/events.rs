@@ -11,6 +11,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::api::bearer;
+use super::limits::AllowedSite;
 use super::{ApiError, AppState};
 use crate::presence::{EventId, Token};
 use crate::server::Handoff;
@@ -67,6 +68,7 @@ fn last_event_id(value: Option<&str>) -> Option<EventId> {
 }
 
 pub async fn events(
+    _: AllowedSite,
     State(state): State<AppState>,
     request: EventsRequest,
 ) -> Result<Response, ApiError> {

@@ -4,13 +4,16 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::ApiError;
+use super::{ApiError, AppState};
 
 /// Joins per client address: `rate` a second on average, `burst` at once.
 pub struct JoinLimiter {
@@ -85,12 +88,26 @@ fn bucket_of(ip: IpAddr) -> IpAddr {
 /// How often the join limiter forgets idle clients.
 pub const FORGET_EVERY: Duration = Duration::from_secs(60);
 
+/// A request that no other site's page sent, unless that site is allowed:
+/// the first argument of every API handler, so that a refused site is told
+/// nothing else (403).
+pub struct AllowedSite;
+
+impl FromRequestParts<AppState> for AllowedSite {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.origins.check(&parts.headers)?;
+        Ok(AllowedSite)
+    }
+}
+
 /// Which other sites' pages may use the API (CORS). Browsers say where a
 /// request comes from in `Sec-Fetch-Site`, which proxies leave alone; requests
 /// without it (curl, servers) are not a browser's and are let through.
 #[derive(Debug, Clone, Default)]
 pub struct Origins {
-    allowed: Vec<HeaderValue>,
+    allowed: Arc<[HeaderValue]>,
 }
 
 impl Origins {

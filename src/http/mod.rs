@@ -4,6 +4,7 @@
 //! (`server`) writes. No sockets here.
 
 mod api;
+mod around;
 mod error;
 mod events;
 mod limits;
@@ -14,16 +15,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderName, HeaderValue, Method, Request, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, Method, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 pub use metrics::serve_metrics;
@@ -31,14 +27,19 @@ pub use metrics::serve_metrics;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::observe::Observer;
+use around::AroundLayer;
 use limits::{JoinLimiter, Origins};
 
 /// Bodies larger than this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares. Cloned for every request (axum hands each
+/// handler and middleware its own), so it is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] points to.
+pub struct Shared {
     presence: Backend,
     /// Joins per client address.
     joins: Arc<JoinLimiter>,
@@ -65,13 +66,21 @@ impl AppState {
             config.trust_proxy,
         ));
         tokio::spawn(forget_idle_clients(Arc::downgrade(&joins), stop.clone()));
-        AppState {
+        AppState(Arc::new(Shared {
             presence,
             joins,
             origins: Origins::new(&config.cors_origins),
             observer,
             metrics_here: config.metrics_bind.is_none(),
-        }
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 
@@ -92,31 +101,21 @@ async fn forget_idle_clients(joins: Weak<JoinLimiter>, stop: CancellationToken) 
 
 /// The whole service, for `run` and for tests that want it without a socket.
 pub fn app(state: AppState) -> Router {
-    // Other sites' pages are refused on the API, unless allowed.
-    let api = Router::new()
-        .route("/join", post(api::join))
-        .route("/leave", post(api::leave))
-        .route("/users", get(api::users))
-        .route("/events", get(events::events))
-        .route_layer(middleware::from_fn_with_state(
-            state.origins.clone(),
-            refuse_other_sites,
-        ));
+    // Other sites' pages are refused on the API (`limits::AllowedSite`), unless allowed.
     let mut router = Router::new()
         .route("/", get(page::index))
         .route("/static/app.js", get(page::script))
         .route("/static/style.css", get(page::style))
         .route("/static/favicon.svg", get(page::favicon))
         .route("/healthz", get(api::healthz))
-        .merge(api);
+        .route("/join", post(api::join))
+        .route("/leave", post(api::leave))
+        .route("/users", get(api::users))
+        .route("/events", get(events::events));
     if state.metrics_here {
         router = router.route("/metrics", get(metrics::metrics));
     }
     router = router
-        .route_layer(middleware::from_fn_with_state(
-            state.observer.metrics().clone(),
-            metrics::track,
-        ))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed);
     if !state.origins.allowed().is_empty() {
@@ -135,42 +134,11 @@ pub fn app(state: AppState) -> Router {
         );
     }
     router
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // No response is to be read as anything but what it says it is, and
-        // no page of the lobby tells another site where its visitors came from.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(
-            // The span names the path only: a query string may hold a token.
-            // A refusal is answered, not a fault of lobby's: a 503 while
-            // Redis is away (which the cluster logs once) would otherwise be
-            // an ERROR line for every request a load balancer sends.
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-                })
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
+        .layer(AroundLayer::new(state.observer.metrics().clone()))
         .with_state(state)
 }
 
 /// The answer to a connection past `--max-connections`.
 pub fn too_many_connections() -> Response {
     axum::response::IntoResponse::into_response(ApiError::TooManyConnections)
-}
-
-/// Refuses a request from another site's page unless its origin is allowed.
-async fn refuse_other_sites(
-    State(origins): State<Origins>,
-    request: Request<Body>,
-    next: Next,
-) -> Result<Response, ApiError> {
-    origins.check(request.headers())?;
-    Ok(next.run(request).await)
 }

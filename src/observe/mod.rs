@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use metrics::{Limit, Metrics, SlowCause};
+pub use metrics::{Limit, Metrics, Route, SlowCause};
 pub use webhook::{Delivery, WebhookConfig, Webhooks};
 
 use crate::presence::{EventId, LeaveReason, Name, Observe, UserId};
