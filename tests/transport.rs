@@ -262,6 +262,36 @@ async fn several_requests_on_one_plain_connection_are_each_answered_and_it_stays
     assert!(list.contains(&alice.id), "{list}");
 }
 
+/// A refusal answered before its body was read (here a leave whose token is
+/// in its header, sent before its body) says `connection: close`, and the
+/// connection closes: hyper would close it anyway if the rest of the body had
+/// not come, and a client must not send its next request on it meanwhile.
+#[tokio::test]
+async fn an_answer_that_leaves_the_body_unread_closes_the_connection_and_says_so() {
+    let server = TestServer::start().await;
+    let mut wire = Wire::open(&server).await;
+
+    wire.send(
+        "POST /leave HTTP/1.1\r\nHost: lobby\r\nAuthorization: Bearer nobody\r\n\
+         Content-Type: text/plain\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
+    let (refused, body) = wire.response().await;
+
+    assert_eq!(refused.status, 401, "{refused:?} {body}");
+    assert_eq!(refused.header("connection"), Some("close"), "{refused:?}");
+    wire.expect_closed().await;
+
+    // A body read to its end keeps the connection.
+    let mut wire = Wire::open(&server).await;
+    wire.send(join_request("alice")).await;
+    let (joined, _) = wire.response().await;
+    assert_eq!(joined.status, 201);
+    assert_eq!(joined.header("connection"), None, "{joined:?}");
+    wire.send(get("/healthz", "")).await;
+    assert_eq!(wire.response().await.0.status, 200);
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_even_with_a_stream_request_last() {
     let server = TestServer::start().await;

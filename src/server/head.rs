@@ -4,6 +4,7 @@
 //! and a response head written for a socket that hyper no longer holds.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,9 +65,11 @@ pub(super) fn classify(buffer: &[u8]) -> (Next, Option<usize>) {
     if buffer.starts_with(H2_PREFACE) {
         return (Next::H2, None);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buffer) {
+    // Every request of a kept-alive connection passes here: the header array
+    // is left unfilled for httparse to write, rather than zeroed first.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buffer, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD => return (Next::Partial, None),
         // Malformed, too large or too many headers: hyper says so.

@@ -20,6 +20,7 @@ mod plain;
 mod served;
 mod stream;
 pub mod tls;
+mod unread;
 
 use std::convert::Infallible;
 use std::io;
@@ -200,7 +201,8 @@ impl Connection {
     /// The router as this connection's hyper sees it: each request knows its
     /// client's address, its body (4 KiB at most) gets as long again as the
     /// head had, so a client that trickles it does not hold the connection
-    /// for ever, and a stream's response gets its body.
+    /// for ever, an answer that left the body unread closes the connection
+    /// (`unread`), and a stream's response gets its body.
     fn service(
         &self,
     ) -> impl hyper::service::Service<
@@ -226,9 +228,11 @@ impl Connection {
             // Only a stream's answer needs the transport's settings after it.
             let shared =
                 head::may_stream(request.method(), request.uri().path()).then(|| shared.clone());
+            let (request, unread) = unread::watch(request);
             let response = service.clone().oneshot(request);
             Box::pin(async move {
                 let mut response = response.await?;
+                unread.mark(&mut response);
                 if let (Some(shared), Some(subscription)) = (shared, Handoff::take(&mut response)) {
                     *response.body_mut() = stream::body(
                         subscription,
