@@ -44,14 +44,10 @@ pub(super) enum Next {
     Partial,
 }
 
-/// Whether `path` (without its query) is an event stream's.
-fn is_stream_path(path: &str) -> bool {
-    path == "/events"
-}
-
-/// Whether a request may be answered with a stream.
-pub(super) fn may_stream(method: &axum::http::Method, path: &str) -> bool {
-    method == axum::http::Method::GET && is_stream_path(path)
+/// Whether a request with this method and path (without its query) may be
+/// answered with a stream: the one rule, for the sniffer and for hyper's requests.
+pub(super) fn may_stream(method: &str, path: &str) -> bool {
+    method == "GET" && path == "/events"
 }
 
 /// Says what `buffer`, the start of a request, is; with a whole request head,
@@ -77,7 +73,7 @@ pub(super) fn classify(buffer: &[u8]) -> (Next, Option<usize>) {
     };
     let path = request.path.unwrap_or("");
     let path = path.split_once('?').map_or(path, |(path, _)| path);
-    if request.method == Some("GET") && is_stream_path(path) {
+    if may_stream(request.method.unwrap_or(""), path) {
         return (Next::Stream, Some(head_len));
     }
     let mut body = Some(0usize);

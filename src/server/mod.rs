@@ -226,8 +226,8 @@ impl Connection {
             .service(shared.app.clone());
         hyper::service::service_fn(move |request: Request<Incoming>| {
             // Only a stream's answer needs the transport's settings after it.
-            let shared =
-                head::may_stream(request.method(), request.uri().path()).then(|| shared.clone());
+            let shared = head::may_stream(request.method().as_str(), request.uri().path())
+                .then(|| shared.clone());
             let (request, unread) = unread::watch(request);
             let response = service.clone().oneshot(request);
             Box::pin(async move {
