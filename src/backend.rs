@@ -1,6 +1,7 @@
-//! What the HTTP layer talks to: one lobby, kept in this process or shared by
+//! What the HTTP layer talks to: the rooms, kept in this process or shared by
 //! a cluster of nodes through Redis. Both keep the same rules and hand out the
-//! same subscriptions; the HTTP layer does not know which one it has.
+//! same subscriptions; the HTTP layer does not know which one it has. A
+//! cluster keeps one room so far, the lobby ([`Backend::keeps`]).
 
 use std::sync::Arc;
 
@@ -8,15 +9,15 @@ use tokio::sync::broadcast;
 
 use crate::cluster::{Cluster, Health};
 use crate::presence::{
-    Event, EventId, JoinError, Joined, Name, Pieces, Presence, PresenceConfig, Stats, Subscription,
-    Token, TokenError, UserId, UserView,
+    Event, EventId, JoinError, Joined, Name, Pieces, PresenceConfig, RoomCount, RoomName, Rooms,
+    Stats, Subscription, Token, TokenError, UserId, UserView,
 };
 
 /// Cheap to clone: every clone is a handle to the same lobby.
 #[derive(Clone)]
 pub enum Backend {
-    /// This process is the whole lobby.
-    Local(Presence),
+    /// This process keeps every room.
+    Local(Rooms),
     /// This process is one node of a lobby kept in Redis.
     Cluster(Cluster),
 }
@@ -24,63 +25,107 @@ pub enum Backend {
 impl Backend {
     pub fn config(&self) -> &PresenceConfig {
         match self {
-            Backend::Local(presence) => presence.config(),
+            Backend::Local(rooms) => rooms.config(),
             Backend::Cluster(cluster) => cluster.config(),
+        }
+    }
+
+    /// Whether `room` can be used here: every room in one process, only the
+    /// lobby in a cluster. The other methods are asked only of rooms it keeps.
+    pub fn keeps(&self, room: &RoomName) -> bool {
+        match self {
+            Backend::Local(_) => true,
+            Backend::Cluster(_) => room.is_lobby(),
         }
     }
 
     /// Every event from now on, for the fan-out.
     pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
         match self {
-            Backend::Local(presence) => presence.events(),
+            Backend::Local(rooms) => rooms.events(),
             Backend::Cluster(cluster) => cluster.events(),
         }
     }
 
-    pub async fn join(&self, name: Name) -> Result<Joined, JoinError> {
+    pub async fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
         match self {
-            Backend::Local(presence) => presence.join(name),
+            Backend::Local(rooms) => rooms.join(room, name),
             Backend::Cluster(cluster) => cluster.join(name).await,
         }
     }
 
-    pub async fn leave(&self, token: &Token) -> Result<UserId, TokenError> {
+    pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
         match self {
-            Backend::Local(presence) => presence.leave(token),
+            Backend::Local(rooms) => rooms.leave(room, token),
             Backend::Cluster(cluster) => cluster.leave(token).await,
         }
     }
 
     pub async fn subscribe(
         &self,
+        room: &RoomName,
         token: &Token,
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
         match self {
-            Backend::Local(presence) => presence.subscribe(token, last_event_id),
+            Backend::Local(rooms) => rooms.subscribe(room, token, last_event_id),
             Backend::Cluster(cluster) => cluster.subscribe(token, last_event_id).await,
         }
     }
 
-    pub async fn users(&self) -> Vec<UserView> {
+    /// A watcher's stream of `room`: its people and events, for no user.
+    pub async fn watch(&self, room: &RoomName, last_event_id: Option<EventId>) -> Subscription {
         match self {
-            Backend::Local(presence) => presence.users(),
+            Backend::Local(rooms) => rooms.watch(room, last_event_id),
+            Backend::Cluster(cluster) => cluster.watch(last_event_id).await,
+        }
+    }
+
+    pub async fn users(&self, room: &RoomName) -> Vec<UserView> {
+        match self {
+            Backend::Local(rooms) => rooms.users(room),
             Backend::Cluster(cluster) => cluster.users().await,
         }
     }
 
-    pub async fn users_json(&self) -> Pieces {
+    pub async fn users_json(&self, room: &RoomName) -> Pieces {
         match self {
-            Backend::Local(presence) => presence.users_json(),
+            Backend::Local(rooms) => rooms.users_json(room),
             Backend::Cluster(cluster) => cluster.users_json().await,
         }
     }
 
-    /// How many users are online (in the whole lobby) and how many streams
-    /// are open (on this node).
+    /// How many rooms have people in them (or emptied within their resume window).
+    pub fn rooms(&self) -> usize {
+        match self {
+            Backend::Local(rooms) => rooms.count(),
+            Backend::Cluster(_) => 1,
+        }
+    }
+
+    /// The `limit` fullest rooms, fullest first.
+    pub async fn list_rooms(&self, limit: usize) -> Vec<RoomCount> {
+        match self {
+            Backend::Local(rooms) => rooms.list(limit),
+            Backend::Cluster(cluster) => {
+                let users = cluster.stats().users;
+                let lobby = RoomCount {
+                    room: RoomName::lobby(),
+                    users,
+                };
+                (users > 0 && limit > 0)
+                    .then_some(lobby)
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// How many users are online (in every room; in a cluster, the whole
+    /// lobby) and how many streams are open (on this node).
     pub fn stats(&self) -> Stats {
         match self {
-            Backend::Local(presence) => presence.stats(),
+            Backend::Local(rooms) => rooms.stats(),
             Backend::Cluster(cluster) => cluster.stats(),
         }
     }

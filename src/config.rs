@@ -52,6 +52,21 @@ pub struct Config {
     )]
     pub max_users: usize,
 
+    /// Rooms kept at once: a join that would make one more gets 503 (joins to
+    /// rooms that have people in them go on).
+    #[arg(long, env = "LOBBY_MAX_ROOMS", default_value = "100000", value_name = "N", value_parser = parse_at_least_one::<NonZeroUsize>)]
+    pub max_rooms: NonZeroUsize,
+
+    /// Serve GET /rooms, the rooms with people in them and how many, fullest
+    /// first. Off by default: a room's name may be private (a document's id).
+    #[arg(long, env = "LOBBY_LIST_ROOMS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub list_rooms: bool,
+
+    /// Watcher streams (GET /events with no token) one client address may
+    /// hold open at once; past that, another gets 429.
+    #[arg(long, env = "LOBBY_MAX_WATCHERS_PER_ADDRESS", default_value = "32", value_name = "N", value_parser = parse_at_least_one::<NonZeroUsize>)]
+    pub max_watchers_per_address: NonZeroUsize,
+
     /// Joins each client address may make per second, on average; past that
     /// (and the burst) a join gets 429 with Retry-After.
     #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "10", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]

@@ -54,7 +54,7 @@ use backend::Backend;
 use cluster::{Cluster, ClusterConfig};
 pub use config::Config;
 use observe::{Metrics, Observer, Webhooks};
-use presence::Presence;
+use presence::Rooms;
 
 /// Serves the lobby on `listener` until `shutdown` completes; then every open
 /// stream ends, connections close, and this returns. With `--tls-cert` and
@@ -102,7 +102,11 @@ pub async fn run_with_tls(
         None => None,
     };
     let backend = match &config.redis {
-        None => Backend::Local(Presence::observed(config.presence(), observer.clone())),
+        None => Backend::Local(Rooms::new(
+            config.presence(),
+            config.max_rooms.get(),
+            observer.clone(),
+        )),
         Some(url) => {
             let config = ClusterConfig {
                 presence: config.presence(),

@@ -1,7 +1,13 @@
 // lobby's page: join with a name, then keep #users equal to who is online,
-// fed by GET /events (existing_users, new_user, disconnect_user).
+// fed by GET /events (existing_users, new_user, disconnect_user). Before
+// joining, the same list is kept by a watcher's stream (GET /events with no
+// token). A room's page (/rooms/NAME, body data-room) uses that room's routes.
 // Names are always set with textContent, never as HTML.
 "use strict";
+
+const ROOM = document.body.dataset.room;
+// The routes of this page's room: /join, or /rooms/NAME/join.
+const BASE = ROOM === undefined ? "" : `/rooms/${encodeURIComponent(ROOM)}`;
 
 const form = document.getElementById("join");
 const nameInput = form.elements.name;
@@ -11,14 +17,16 @@ const statusLine = document.getElementById("status");
 const list = document.getElementById("users");
 const count = document.getElementById("count");
 
-// The name is kept for this tab only, so a reload joins again by itself.
-const SAVED_NAME = "lobby.name";
-// Someone who has not joined sees the list refreshed this often.
-const WATCH_EVERY_MS = 2000;
+// The name is kept for this tab and room only, so a reload joins again by itself.
+const SAVED_NAME = ROOM === undefined ? "lobby.name" : `lobby.name.${ROOM}`;
+// A watcher's stream that was refused (too many from this address) is tried
+// again after this long.
+const WATCH_AGAIN_MS = 5000;
 
 let me = null; // { id, name, token } while joined
 let source = null; // the EventSource while joined
-let watching = null; // the refresh timer while not joined
+let watching = null; // the watcher's EventSource while not joined
+let watchAgain = null; // a refused watcher's retry timer
 let rejoinTimer = null; // a rejoin waiting to happen
 let rejoinDelay = 1000;
 let leaving = false; // the page is being unloaded: nothing more may start
@@ -83,7 +91,7 @@ function removeUser(id) {
 async function requestJoin(name) {
   let response;
   try {
-    response = await fetch("/join", {
+    response = await fetch(`${BASE}/join`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ name }),
@@ -117,7 +125,7 @@ function showStatus(text) {
 }
 
 function listen() {
-  source = new EventSource(`/events?token=${encodeURIComponent(me.token)}`);
+  source = new EventSource(`${BASE}/events?token=${encodeURIComponent(me.token)}`);
   source.addEventListener("open", () => showStatus(`You are ${me.name}.`));
   source.addEventListener("existing_users", (event) => replaceUsers(JSON.parse(event.data).users));
   source.addEventListener("new_user", (event) => addUser(JSON.parse(event.data)));
@@ -176,21 +184,26 @@ function notJoined(message = "") {
 
 // ---- watching without joining ----
 
-async function refresh() {
-  try {
-    const response = await fetch("/users", { cache: "no-store" });
-    if (response.ok && me === null) replaceUsers((await response.json()).users);
-  } catch {
-    // Offline for a moment: the next refresh tries again.
-  }
-}
-
+// A watcher's stream: the room's events as they happen, without joining. A
+// dropped one is resumed by the browser itself (with Last-Event-ID).
 function startWatching() {
-  if (watching === null) watching = setInterval(refresh, WATCH_EVERY_MS);
+  if (watching !== null || leaving) return;
+  const watcher = new EventSource(`${BASE}/events`);
+  watching = watcher;
+  watcher.addEventListener("existing_users", (event) => replaceUsers(JSON.parse(event.data).users));
+  watcher.addEventListener("new_user", (event) => addUser(JSON.parse(event.data)));
+  watcher.addEventListener("disconnect_user", (event) => removeUser(JSON.parse(event.data).id));
+  watcher.addEventListener("error", () => {
+    if (watching !== watcher || watcher.readyState !== EventSource.CLOSED) return;
+    stopWatching();
+    watchAgain = setTimeout(startWatching, WATCH_AGAIN_MS);
+  });
 }
 
 function stopWatching() {
-  clearInterval(watching);
+  clearTimeout(watchAgain);
+  watchAgain = null;
+  if (watching !== null) watching.close();
   watching = null;
 }
 
@@ -214,8 +227,9 @@ form.addEventListener("submit", async (event) => {
 window.addEventListener("pagehide", () => {
   leaving = true;
   clearTimeout(rejoinTimer);
+  stopWatching();
   if (me === null) return;
-  navigator.sendBeacon("/leave", new Blob([me.token], { type: "text/plain" }));
+  navigator.sendBeacon(`${BASE}/leave`, new Blob([me.token], { type: "text/plain" }));
   closeStream();
 });
 
@@ -224,6 +238,7 @@ window.addEventListener("pageshow", (event) => {
   if (!event.persisted) return;
   leaving = false;
   if (me !== null) rejoin();
+  else startWatching();
 });
 
 for (const element of list.children) decorate(element);

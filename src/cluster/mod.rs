@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use crate::observe::Observer;
 use crate::presence::{
     Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe, Pieces,
-    PresenceConfig, Replica, Stats, StreamKey, Subscription, Token, TokenError, UserId, UserView,
+    PresenceConfig, Replica, RoomName, Stats, StreamKey, Subscription, Token, TokenError, UserId,
+    UserView,
 };
 use store::{Joining, Opening, Store};
 
@@ -185,7 +186,10 @@ impl Cluster {
             Ok(Ok(users)) => users,
             _ => shared.presence.users_json(),
         };
-        shared.config.observer.joined(id, &name, None);
+        shared
+            .config
+            .observer
+            .joined(&RoomName::lobby(), id, &name, None);
         Ok(Joined {
             id,
             name,
@@ -205,7 +209,8 @@ impl Cluster {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;
-                observer.left(user.id, &user.name, LeaveReason::Leave, Some(seq));
+                let lobby = RoomName::lobby();
+                observer.left(&lobby, user.id, &user.name, LeaveReason::Leave, Some(seq));
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -254,6 +259,13 @@ impl Cluster {
                 // reloaded since): take it back.
                 let _ = shared.closed.send(StreamKey { user, stream });
             })
+    }
+
+    /// A watcher's stream: the lobby as this node's replica has it, once it
+    /// has caught up.
+    pub async fn watch(&self, last_event_id: Option<EventId>) -> Subscription {
+        self.sync().await;
+        self.shared.presence.watch(last_event_id)
     }
 
     /// The replica's figures: the whole lobby's users, this node's streams.
@@ -598,7 +610,9 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
                 for (id, name, reason) in &reaped.gone {
-                    config.observer.left(*id, name, *reason, None);
+                    config
+                        .observer
+                        .left(&RoomName::lobby(), *id, name, *reason, None);
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

@@ -1,13 +1,12 @@
 //! The JSON API: POST /join, POST /leave, GET /users, GET /healthz.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::LengthLimitError;
@@ -16,7 +15,8 @@ use percent_encoding::percent_decode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::limits::AllowedSite;
+use super::limits::{AllowedSite, Client};
+use super::rooms::Room;
 use super::{ApiError, AppState};
 use crate::presence::{Joined, Name, Pieces, Token};
 
@@ -40,22 +40,20 @@ enum BodyFormat {
 
 pub async fn join(
     _: AllowedSite,
+    Room(room): Room,
+    Client(client): Client,
     State(state): State<AppState>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     // Counted before anything else is done: a flood costs a lookup each.
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip());
-    state.joins.check(peer, request.headers())?;
+    state.joins.check(client)?;
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
     let parsed: JoinBody = match format {
         BodyFormat::Json => parse_json_object(&body)?,
         BodyFormat::Form | BodyFormat::Text => parse_form(&body)?,
     };
     let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
-    let joined = state.presence.join(name).await?;
+    let joined = state.presence.join(&room, name).await?;
     Ok((StatusCode::CREATED, json_body(join_reply(joined))))
 }
 
@@ -141,6 +139,7 @@ fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// `text/plain` body holding only the token (what `navigator.sendBeacon` sends).
 pub async fn leave(
     _: AllowedSite,
+    Room(room): Room,
     State(state): State<AppState>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
@@ -165,12 +164,16 @@ pub async fn leave(
             Token::from_client(&text)
         }
     };
-    state.presence.leave(&token).await?;
+    state.presence.leave(&room, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn users(_: AllowedSite, State(state): State<AppState>) -> impl IntoResponse {
-    let users = state.presence.users_json().await;
+pub async fn users(
+    _: AllowedSite,
+    Room(room): Room,
+    State(state): State<AppState>,
+) -> impl IntoResponse {
+    let users = state.presence.users_json(&room).await;
     let mut body = Pieces::with_capacity(users.parts().len() + 2);
     body.push(Bytes::from_static(b"{\"users\":"));
     body.append(users);

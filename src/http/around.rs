@@ -128,14 +128,15 @@ where
     }
 }
 
-/// The label of the route that matched `path`.
+/// The label of the route that matched `path`. A room's routes count with
+/// the lobby's: the rooms are unbounded, the labels must not be.
 fn route_of(path: &str) -> Route {
     match path {
-        "/" => Route::Page,
-        "/join" => Route::Join,
-        "/leave" => Route::Leave,
-        "/users" => Route::Users,
-        "/events" => Route::Events,
+        "/" | "/rooms/{room}" => Route::Page,
+        "/join" | "/rooms/{room}/join" => Route::Join,
+        "/leave" | "/rooms/{room}/leave" => Route::Leave,
+        "/users" | "/rooms/{room}/users" => Route::Users,
+        "/events" | "/rooms/{room}/events" => Route::Events,
         "/healthz" => Route::Healthz,
         "/metrics" => Route::Metrics,
         path if path.starts_with("/static/") => Route::Static,

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::observe::Limit;
-use crate::presence::{JoinError, MAX_STREAMS_PER_USER, NameError, TokenError};
+use crate::presence::{JoinError, MAX_STREAMS_PER_USER, NameError, RoomNameError, TokenError};
 
 /// How long a client refused for a full lobby is told to wait.
 const FULL_RETRY_AFTER_SECS: u32 = 5;
@@ -35,6 +35,8 @@ pub enum ApiError {
     TextNotUtf8,
     #[error("{0}")]
     InvalidName(#[from] NameError),
+    #[error("{0}")]
+    InvalidRoom(#[from] RoomNameError),
     #[error("The request body is larger than 4 KiB. Send only the name (or the token).")]
     BodyTooLarge,
     #[error("The request body could not be read: {0}.")]
@@ -51,6 +53,22 @@ pub enum ApiError {
     MissingToken,
     #[error("This token is unknown or has expired. Join again with POST /join to get a new one.")]
     UnknownToken,
+    #[error(
+        "This token belongs to another room. Use it on the room it joined, or join this room to get a token for it."
+    )]
+    OtherRoomsToken,
+    #[error(
+        "There are already {0} rooms, the most this lobby keeps. Join a room that has people in it, or try again later."
+    )]
+    TooManyRooms(usize),
+    #[error(
+        "This lobby runs as a cluster, which keeps only the room named lobby so far. Use /join, /events, /users and /leave."
+    )]
+    RoomsNotClustered,
+    #[error(
+        "Your address already has {0} watcher streams open. Close one before opening another, or join to get a token."
+    )]
+    TooManyWatchers(usize),
     #[error(
         "This token already has {MAX_STREAMS_PER_USER} open streams. Close one before opening another."
     )]
@@ -88,7 +106,8 @@ impl ApiError {
             | ApiError::FormNotUtf8
             | ApiError::TextNotUtf8
             | ApiError::BodyUnreadable(_)
-            | ApiError::MalformedQuery(_) => StatusCode::BAD_REQUEST,
+            | ApiError::MalformedQuery(_)
+            | ApiError::InvalidRoom(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidName(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -98,7 +117,10 @@ impl ApiError {
             ApiError::TooManyConnections | ApiError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::CrossOrigin => StatusCode::FORBIDDEN,
+            ApiError::CrossOrigin | ApiError::OtherRoomsToken => StatusCode::FORBIDDEN,
+            ApiError::TooManyRooms(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RoomsNotClustered => StatusCode::NOT_IMPLEMENTED,
+            ApiError::TooManyWatchers(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -109,6 +131,7 @@ impl From<JoinError> for ApiError {
     fn from(err: JoinError) -> Self {
         match err {
             JoinError::Full(online) => ApiError::LobbyFull(online),
+            JoinError::TooManyRooms(rooms) => ApiError::TooManyRooms(rooms),
             JoinError::Unavailable => ApiError::StoreUnavailable,
         }
     }
@@ -118,6 +141,7 @@ impl From<TokenError> for ApiError {
     fn from(err: TokenError) -> Self {
         match err {
             TokenError::Unknown => ApiError::UnknownToken,
+            TokenError::OtherRoom => ApiError::OtherRoomsToken,
             TokenError::TooManyStreams => ApiError::TooManyStreams,
             TokenError::Unavailable => ApiError::StoreUnavailable,
         }
@@ -141,7 +165,9 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         let retry_after = match self {
-            ApiError::LobbyFull(_) | ApiError::TooManyConnections => Some(FULL_RETRY_AFTER_SECS),
+            ApiError::LobbyFull(_) | ApiError::TooManyConnections | ApiError::TooManyRooms(_) => {
+                Some(FULL_RETRY_AFTER_SECS)
+            }
             ApiError::TooManyJoins(wait) => Some(retry_after_secs(wait)),
             ApiError::StoreUnavailable => Some(1),
             _ => None,

@@ -1,8 +1,10 @@
-//! GET /events: one joined user's Server-Sent Events stream. The request is
-//! parsed here, once, whichever way the connection came (the transport hands
-//! a stream request on a plain connection to the router like any other); the
-//! handler subscribes and answers with a [`Handoff`], and the transport writes
-//! the stream. A refusal (401, 403, 429, 503) is an ordinary JSON answer.
+//! GET /events (and /rooms/{room}/events): a room's Server-Sent Events
+//! stream, a joined user's with their token, or else a watcher's, who is in
+//! no one's list. The request is parsed here, once, whichever way the
+//! connection came (the transport hands a stream request on a plain
+//! connection to the router like any other); the handler subscribes and
+//! answers with a [`Handoff`], and the transport writes the stream. A refusal
+//! (400, 401, 403, 429, 503) is an ordinary JSON answer.
 
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
@@ -11,14 +13,16 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::api::bearer;
-use super::limits::AllowedSite;
+use super::limits::{AllowedSite, Client};
+use super::rooms::Room;
 use super::{ApiError, AppState};
 use crate::presence::{EventId, Token};
 use crate::server::Handoff;
 
 /// What a stream request asks for.
 pub struct EventsRequest {
-    pub token: Token,
+    /// `None`: a watcher's stream.
+    pub token: Option<Token>,
     /// Where a reconnecting client left off.
     pub last_event_id: Option<EventId>,
 }
@@ -36,24 +40,31 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsRequest {
 
 impl EventsRequest {
     /// The token from `?token=…`, or else from `Authorization: Bearer …`;
-    /// and `Last-Event-ID`.
+    /// and `Last-Event-ID`. A request that offers neither is a watcher's; one
+    /// that offers a token it does not give (`?token=`, a header that is not
+    /// a bearer token) is refused.
     fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<EventsRequest, ApiError> {
         let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
         #[derive(Deserialize)]
         struct Query {
             token: Option<String>,
         }
-        let from_query = match query {
-            Some(query) => serde_urlencoded::from_str::<Query>(query)
-                .map_err(|err| ApiError::MalformedQuery(err.to_string()))?
-                .token
-                .filter(|token| !token.trim().is_empty())
-                .map(|token| Token::from_client(&token)),
+        let in_query = match query {
+            Some(query) => {
+                serde_urlencoded::from_str::<Query>(query)
+                    .map_err(|err| ApiError::MalformedQuery(err.to_string()))?
+                    .token
+            }
             None => None,
         };
-        let token = from_query
-            .or_else(|| header(header::AUTHORIZATION.as_str()).and_then(bearer))
-            .ok_or(ApiError::MissingToken)?;
+        let offered = in_query.is_some() || headers.contains_key(header::AUTHORIZATION);
+        let token = in_query
+            .filter(|token| !token.trim().is_empty())
+            .map(|token| Token::from_client(&token))
+            .or_else(|| header(header::AUTHORIZATION.as_str()).and_then(bearer));
+        if offered && token.is_none() {
+            return Err(ApiError::MissingToken);
+        }
         Ok(EventsRequest {
             token,
             last_event_id: last_event_id(header("last-event-id")),
@@ -69,13 +80,25 @@ fn last_event_id(value: Option<&str>) -> Option<EventId> {
 
 pub async fn events(
     _: AllowedSite,
+    Room(room): Room,
+    Client(client): Client,
     State(state): State<AppState>,
     request: EventsRequest,
 ) -> Result<Response, ApiError> {
-    let subscription = state
-        .presence
-        .subscribe(&request.token, request.last_event_id)
-        .await?;
+    let presence = &state.presence;
+    let subscription = match &request.token {
+        Some(token) => {
+            presence
+                .subscribe(&room, token, request.last_event_id)
+                .await?
+        }
+        None => {
+            let slot = state.watchers.open(client)?;
+            let mut watching = presence.watch(&room, request.last_event_id).await;
+            watching.hold(slot);
+            watching
+        }
+    };
     Ok(Handoff::response(subscription))
 }
 
@@ -99,22 +122,33 @@ mod tests {
     #[test]
     fn the_token_comes_from_the_query_or_else_the_bearer_header() {
         let request = parse(Some("token=abc"), &[("last-event-id", "7")]).expect("parsed");
+        let token = |request: &EventsRequest| request.token.as_ref().map(|t| t.expose().to_owned());
         assert_eq!(
-            (request.token.expose(), request.last_event_id),
-            ("abc", Some(7))
+            (token(&request).as_deref(), request.last_event_id),
+            (Some("abc"), Some(7))
         );
         let request = parse(None, &[("authorization", "Bearer xyz")]).expect("parsed");
         assert_eq!(
-            (request.token.expose(), request.last_event_id),
-            ("xyz", None)
+            (token(&request).as_deref(), request.last_event_id),
+            (Some("xyz"), None)
         );
         let request = parse(Some("token="), &[("authorization", "Bearer xyz")]).expect("parsed");
-        assert_eq!(request.token.expose(), "xyz");
+        assert_eq!(token(&request).as_deref(), Some("xyz"));
     }
 
     #[test]
-    fn no_token_or_a_repeated_one_is_refused_and_a_bad_last_event_id_is_ignored() {
-        assert!(matches!(parse(None, &[]), Err(ApiError::MissingToken)));
+    fn no_token_is_a_watcher_an_empty_or_repeated_one_is_refused_and_a_bad_last_event_id_is_ignored()
+     {
+        assert!(parse(None, &[]).expect("parsed").token.is_none());
+        assert!(parse(Some("x=1"), &[]).expect("parsed").token.is_none());
+        assert!(matches!(
+            parse(Some("token="), &[]),
+            Err(ApiError::MissingToken)
+        ));
+        assert!(matches!(
+            parse(None, &[("authorization", "Basic abc")]),
+            Err(ApiError::MissingToken)
+        ));
         assert!(matches!(
             parse(Some("token=a&token=b"), &[]),
             Err(ApiError::MalformedQuery(_))

@@ -2,12 +2,13 @@
 //! address (a token bucket from governor), and which other sites' pages may
 //! use the API. (Connections open at once are the transport's: `server`.)
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use governor::clock::{Clock, DefaultClock};
@@ -19,22 +20,18 @@ use super::{ApiError, AppState};
 pub struct JoinLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
-    trust_proxy: bool,
 }
 
 impl JoinLimiter {
-    pub fn new(rate: NonZeroU32, burst: NonZeroU32, trust_proxy: bool) -> JoinLimiter {
+    pub fn new(rate: NonZeroU32, burst: NonZeroU32) -> JoinLimiter {
         JoinLimiter {
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             clock: DefaultClock::default(),
-            trust_proxy,
         }
     }
 
-    /// Takes one join from the bucket of the client at `peer` (or, behind a
-    /// trusted proxy, the one the proxy names), or says how long to wait.
-    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-        let client = client_ip(peer, headers, self.trust_proxy);
+    /// Takes one join from the bucket of `client`, or says how long to wait.
+    pub fn check(&self, client: IpAddr) -> Result<(), ApiError> {
         self.limiter
             .check_key(&bucket_of(client))
             .map_err(|not_until| ApiError::TooManyJoins(not_until.wait_time_from(self.clock.now())))
@@ -51,6 +48,80 @@ impl JoinLimiter {
     fn clients(&self) -> usize {
         self.limiter.len()
     }
+}
+
+/// The client's address, as the limits count clients: the socket's peer,
+/// or behind a trusted proxy (`--trust-proxy`) the one the proxy names.
+pub struct Client(pub IpAddr);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip());
+        Ok(Client(client_ip(peer, &parts.headers, state.trust_proxy)))
+    }
+}
+
+/// Watcher streams open at once per client address: past `max`, another is
+/// refused.
+pub struct Watchers {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
+
+/// One open watcher stream, counted against its client until dropped.
+pub struct WatcherSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl Watchers {
+    pub fn new(max: usize) -> Watchers {
+        Watchers {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// A slot for one more watcher of `client`, unless it has `max` open.
+    pub fn open(&self, client: IpAddr) -> Result<WatcherSlot, ApiError> {
+        let client = bucket_of(client);
+        let mut open = lock(&self.open);
+        let count = open.entry(client).or_default();
+        if *count >= self.max {
+            return Err(ApiError::TooManyWatchers(self.max));
+        }
+        *count += 1;
+        Ok(WatcherSlot {
+            open: self.open.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The client's address: the socket's peer, or behind a trusted proxy the
@@ -199,21 +270,40 @@ mod tests {
         let limiter = JoinLimiter::new(
             NonZeroU32::new(1).expect("one"),
             NonZeroU32::new(3).expect("three"),
-            false,
         );
-        let none = HeaderMap::new();
         for _ in 0..3 {
-            assert!(limiter.check(PEER, &none).is_ok());
+            assert!(limiter.check(PEER).is_ok());
         }
-        match limiter.check(PEER, &none) {
+        match limiter.check(PEER) {
             Err(ApiError::TooManyJoins(wait)) => {
                 assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
             }
             other => panic!("expected TooManyJoins, got {other:?}"),
         }
         let other: IpAddr = "10.0.0.2".parse().expect("an address");
-        assert!(limiter.check(other, &none).is_ok());
+        assert!(limiter.check(other).is_ok());
         assert_eq!(limiter.clients(), 2);
+    }
+
+    #[test]
+    fn a_client_past_its_watchers_is_refused_until_one_closes() {
+        let watchers = Watchers::new(2);
+        let first = watchers.open(PEER).expect("a slot");
+        let _second = watchers.open(PEER).expect("a slot");
+        assert!(matches!(
+            watchers.open(PEER),
+            Err(ApiError::TooManyWatchers(2))
+        ));
+        let other: IpAddr = "10.0.0.2".parse().expect("an address");
+        let _third = watchers.open(other).expect("another client's slot");
+        drop(first);
+        assert!(watchers.open(PEER).is_ok());
+        drop(_third);
+        assert_eq!(
+            lock(&watchers.open).len(),
+            1,
+            "a client with none open is forgotten"
+        );
     }
 
     #[test]

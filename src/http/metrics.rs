@@ -16,7 +16,11 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let stats = state.presence.stats();
-    let text = state.observer.metrics().render(stats.users, stats.streams);
+    let rooms = state.presence.rooms();
+    let text = state
+        .observer
+        .metrics()
+        .render(stats.users, stats.streams, rooms);
     ([(header::CONTENT_TYPE, OPENMETRICS)], text)
 }
 

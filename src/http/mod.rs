@@ -10,6 +10,7 @@ mod events;
 mod limits;
 mod metrics;
 mod page;
+mod rooms;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -28,7 +29,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::observe::Observer;
 use around::AroundLayer;
-use limits::{JoinLimiter, Origins};
+use limits::{JoinLimiter, Origins, Watchers};
 
 /// Bodies larger than this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -43,12 +44,18 @@ pub struct Shared {
     presence: Backend,
     /// Joins per client address.
     joins: Arc<JoinLimiter>,
+    /// Watcher streams per client address.
+    watchers: Watchers,
+    /// Whether a client's address is the one the proxy in front names.
+    trust_proxy: bool,
     /// Which other sites' pages may use the API.
     origins: Origins,
     /// The metrics (and webhooks) of this node.
     observer: Observer,
     /// Whether GET /metrics is served here (no `--metrics-bind`).
     metrics_here: bool,
+    /// Whether GET /rooms is served (`--list-rooms`).
+    list_rooms: bool,
 }
 
 impl AppState {
@@ -60,15 +67,14 @@ impl AppState {
         observer: Observer,
         stop: CancellationToken,
     ) -> AppState {
-        let joins = Arc::new(JoinLimiter::new(
-            config.join_rate,
-            config.join_burst,
-            config.trust_proxy,
-        ));
+        let joins = Arc::new(JoinLimiter::new(config.join_rate, config.join_burst));
         tokio::spawn(forget_idle_clients(Arc::downgrade(&joins), stop.clone()));
         AppState(Arc::new(Shared {
             presence,
             joins,
+            watchers: Watchers::new(config.max_watchers_per_address.get()),
+            trust_proxy: config.trust_proxy,
+            list_rooms: config.list_rooms,
             origins: Origins::new(&config.cors_origins),
             observer,
             metrics_here: config.metrics_bind.is_none(),
@@ -111,7 +117,15 @@ pub fn app(state: AppState) -> Router {
         .route("/join", post(api::join))
         .route("/leave", post(api::leave))
         .route("/users", get(api::users))
-        .route("/events", get(events::events));
+        .route("/events", get(events::events))
+        .route("/rooms/{room}", get(page::index))
+        .route("/rooms/{room}/join", post(api::join))
+        .route("/rooms/{room}/leave", post(api::leave))
+        .route("/rooms/{room}/users", get(api::users))
+        .route("/rooms/{room}/events", get(events::events));
+    if state.list_rooms {
+        router = router.route("/rooms", get(rooms::list));
+    }
     if state.metrics_here {
         router = router.route("/metrics", get(metrics::metrics));
     }

@@ -1,4 +1,5 @@
-//! GET /: the page, rendered with maud with everyone online already in it, and
+//! GET / and GET /rooms/{room}: the page of a room (`/` is the lobby's),
+//! rendered with maud with everyone in it already there, and
 //! its script and style, compiled into the binary so it runs from any directory,
 //! each with an ETag so that a browser revalidates it for a 304.
 
@@ -11,7 +12,8 @@ use maud::{DOCTYPE, Markup, html};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
-use crate::presence::{MAX_NAME_CHARS, UserView};
+use super::rooms::Room;
+use crate::presence::{MAX_NAME_CHARS, RoomName, UserView};
 
 static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
     Asset::new(
@@ -41,8 +43,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
 base-uri 'none'; frame-ancestors 'none'";
 
-pub async fn index(State(state): State<AppState>) -> Response {
-    let mut response = Html(render(&state.presence.users().await).into_string()).into_response();
+pub async fn index(Room(room): Room, State(state): State<AppState>) -> Response {
+    let users = state.presence.users(&room).await;
+    let mut response = Html(render(&room, &users).into_string()).into_response();
     let headers = response.headers_mut();
     // The list of who is online is only true now: never serve it from a cache.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -125,21 +128,30 @@ impl Asset {
 }
 
 /// maud escapes every interpolated string, so a name is always text here.
-fn render(users: &[UserView]) -> Markup {
+/// The lobby's page (`/`) names no room; another room's names it in its
+/// title and heading, and tells the script in `data-room` which routes are its.
+fn render(room: &RoomName, users: &[UserView]) -> Markup {
+    let named = (!room.is_lobby()).then_some(room.as_str());
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "lobby" }
+                @match named {
+                    Some(room) => title { (room) " · lobby" },
+                    None => title { "lobby" },
+                }
                 link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/static/style.css";
                 script src="/static/app.js" defer {}
             }
-            body {
+            body data-room=[named] {
                 header {
-                    h1 { "lobby" }
+                    @match named {
+                        Some(room) => h1 { (room) },
+                        None => h1 { "lobby" },
+                    }
                     p.count { span #count { (users.len()) } " online" }
                 }
                 main {
@@ -208,10 +220,13 @@ mod tests {
     #[test]
     fn a_name_that_looks_like_markup_is_escaped_as_text() {
         let name = Name::parse("<img src=x onerror=alert(1)>").expect("valid name");
-        let page = render(&[UserView {
-            id: UserId::random(),
-            name,
-        }])
+        let page = render(
+            &RoomName::lobby(),
+            &[UserView {
+                id: UserId::random(),
+                name,
+            }],
+        )
         .into_string();
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(!page.contains("<img"));

@@ -114,6 +114,7 @@ pub struct Metrics {
     registry: Registry,
     users_online: Gauge,
     open_streams: Gauge,
+    rooms: Gauge,
     joins: Counter,
     /// In the order of [`LeaveReason::ALL`].
     leaves: [Counter; 4],
@@ -157,6 +158,12 @@ impl Metrics {
             "open_streams",
             "Event streams open on this node",
             open_streams.clone(),
+        );
+        let rooms = Gauge::default();
+        registry.register(
+            "rooms",
+            "Rooms with people in them, or emptied within their resume window",
+            rooms.clone(),
         );
         let joins = Counter::default();
         registry.register("joins", "Joins this node made", joins.clone());
@@ -217,6 +224,7 @@ impl Metrics {
             registry,
             users_online,
             open_streams,
+            rooms,
             joins,
             leaves,
             events_sent,
@@ -298,12 +306,13 @@ impl Metrics {
         self.webhooks[index].inc();
     }
 
-    /// The text exposition format, with the gauges set to `users` and `streams` first.
-    pub fn render(&self, users: usize, streams: usize) -> String {
-        self.users_online
-            .set(i64::try_from(users).unwrap_or(i64::MAX));
-        self.open_streams
-            .set(i64::try_from(streams).unwrap_or(i64::MAX));
+    /// The text exposition format, with the gauges set to `users`, `streams`
+    /// and `rooms` first.
+    pub fn render(&self, users: usize, streams: usize, rooms: usize) -> String {
+        let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+        self.users_online.set(gauge(users));
+        self.open_streams.set(gauge(streams));
+        self.rooms.set(gauge(rooms));
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);

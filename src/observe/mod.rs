@@ -15,7 +15,7 @@ use std::time::SystemTime;
 pub use metrics::{Limit, Metrics, Route, SlowCause};
 pub use webhook::{Delivery, WebhookConfig, Webhooks};
 
-use crate::presence::{EventId, LeaveReason, Name, Observe, UserId};
+use crate::presence::{EventId, LeaveReason, Name, Observe, RoomName, UserId};
 
 /// Told of every join and leave this node decides, and of the streams it
 /// serves. Cheap to clone.
@@ -43,9 +43,17 @@ impl Observer {
     }
 
     /// Queues the join (no `reason`) or leave for the webhook, if there is one.
-    fn deliver(&self, id: UserId, name: &str, reason: Option<LeaveReason>, event: Option<EventId>) {
+    fn deliver(
+        &self,
+        room: &RoomName,
+        id: UserId,
+        name: &str,
+        reason: Option<LeaveReason>,
+        event: Option<EventId>,
+    ) {
         if let Some(webhooks) = &self.webhooks {
             webhooks.send(Delivery {
+                room: room.clone(),
                 id: id.to_string(),
                 name: name.into(),
                 reason,
@@ -59,18 +67,25 @@ impl Observer {
 /// Each join and leave is logged, counted and (with `--webhook`) queued for
 /// the backend; each resume is counted.
 impl Observe for Observer {
-    fn joined(&self, id: UserId, name: &Name, event: Option<EventId>) {
+    fn joined(&self, room: &RoomName, id: UserId, name: &Name, event: Option<EventId>) {
         let name = name.as_str();
-        tracing::info!(%id, name, "joined");
+        tracing::info!(%room, %id, name, "joined");
         self.metrics.joined();
-        self.deliver(id, name, None, event);
+        self.deliver(room, id, name, None, event);
     }
 
-    fn left(&self, id: UserId, name: &Name, reason: LeaveReason, event: Option<EventId>) {
+    fn left(
+        &self,
+        room: &RoomName,
+        id: UserId,
+        name: &Name,
+        reason: LeaveReason,
+        event: Option<EventId>,
+    ) {
         let name = name.as_str();
-        tracing::info!(%id, name, %reason, "left");
+        tracing::info!(%room, %id, name, %reason, "left");
         self.metrics.left(reason);
-        self.deliver(id, name, Some(reason), event);
+        self.deliver(room, id, name, Some(reason), event);
     }
 
     fn resumed(&self, replayed: bool) {

@@ -15,7 +15,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::metrics::{Metrics, WebhookOutcome};
-use crate::presence::{EventId, LeaveReason};
+use crate::presence::{EventId, LeaveReason, RoomName};
 
 /// How many times one event is tried before it is given up.
 pub const ATTEMPTS: u32 = 5;
@@ -43,6 +43,7 @@ pub struct WebhookConfig {
 /// One join or leave, as the backend is told of it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    pub room: RoomName,
     pub id: String,
     pub name: Box<str>,
     /// `None` for a join.
@@ -55,6 +56,7 @@ pub struct Delivery {
 #[derive(Serialize)]
 struct Body<'a> {
     event: &'static str,
+    room: &'a str,
     id: &'a str,
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +74,7 @@ impl Delivery {
             } else {
                 "join"
             },
+            room: self.room.as_str(),
             id: &self.id,
             name: &self.name,
             reason: self.reason.map(LeaveReason::as_str),
@@ -237,6 +240,7 @@ mod tests {
     #[test]
     fn a_join_has_no_reason_and_a_leave_has_one() {
         let join = Delivery {
+            room: RoomName::parse("doc-42").expect("a room"),
             id: "u1".into(),
             name: "alice".into(),
             reason: None,
@@ -246,7 +250,7 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&join.body()).expect("JSON");
         assert_eq!(
             body,
-            serde_json::json!({"event":"join","id":"u1","name":"alice","at":"1970-01-01T00:00:00.000Z","event_id":3})
+            serde_json::json!({"event":"join","room":"doc-42","id":"u1","name":"alice","at":"1970-01-01T00:00:00.000Z","event_id":3})
         );
         let leave = Delivery {
             reason: Some(LeaveReason::GraceExpired),

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::name::{Name, UserId};
 use super::pieces::Pieces;
+use super::room::RoomName;
 
 /// An event's position in the lobby's history. Strictly increasing, starting at 1.
 pub type EventId = u64;
@@ -35,6 +36,8 @@ impl EventKind {
 /// One change to who is online, already encoded as an SSE frame.
 #[derive(Debug)]
 pub struct Event {
+    /// The room it happened in: a stream sees only its own room's events.
+    pub room: RoomName,
     pub id: EventId,
     pub kind: EventKind,
     pub user: UserId,
@@ -45,9 +48,16 @@ pub struct Event {
 }
 
 impl Event {
-    pub(crate) fn new(id: EventId, kind: EventKind, user: UserId, name: &Name) -> Event {
+    pub(crate) fn new(
+        room: &RoomName,
+        id: EventId,
+        kind: EventKind,
+        user: UserId,
+        name: &Name,
+    ) -> Event {
         let data = serde_json::to_string(&UserView::new(user, name)).unwrap_or_default();
         Event {
+            room: room.clone(),
             id,
             kind,
             user,
@@ -59,8 +69,9 @@ impl Event {
 
 impl Event {
     /// Everyone online as of event `latest`, for every open stream at once.
-    pub(crate) fn reset(latest: EventId, users: Pieces) -> Event {
+    pub(crate) fn reset(room: &RoomName, latest: EventId, users: Pieces) -> Event {
         Event {
+            room: room.clone(),
             id: latest,
             kind: EventKind::Reset,
             user: UserId::nil(),
@@ -122,7 +133,7 @@ mod tests {
     fn an_event_frame_is_one_sse_event_with_id_name_and_json_data() {
         let user = UserId::random();
         let name = Name::parse("a\"b</script>\u{2028}").expect("valid name");
-        let event = Event::new(7, EventKind::NewUser, user, &name);
+        let event = Event::new(&RoomName::lobby(), 7, EventKind::NewUser, user, &name);
         let text = std::str::from_utf8(&event.frame).expect("utf-8");
         let lines: Vec<&str> = text.split('\n').collect();
         assert_eq!(lines[0], "id: 7");

@@ -17,7 +17,8 @@ pub(crate) struct History {
 impl History {
     pub(crate) fn new(capacity: usize) -> History {
         History {
-            events: VecDeque::with_capacity(capacity.min(1024)),
+            // Grown as events come: a quiet room keeps a few.
+            events: VecDeque::new(),
             capacity,
         }
     }
@@ -55,6 +56,11 @@ impl History {
         Some(out)
     }
 
+    /// When the newest event kept happened.
+    pub(crate) fn newest_at(&self) -> Option<tokio::time::Instant> {
+        self.events.back().map(|event| event.at)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.events.len()
     }
@@ -71,6 +77,7 @@ mod tests {
         let mut history = History::new(capacity);
         for id in ids {
             history.push(Arc::new(Event::new(
+                &crate::presence::RoomName::lobby(),
                 id,
                 EventKind::NewUser,
                 UserId::random(),

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pieces::Pieces;
@@ -15,6 +16,7 @@ use super::event::{self, Event, EventId, EventKind, UserView};
 use super::history::History;
 use super::name::{Name, Token, TokenKey, UserId};
 use super::observer::Observe;
+use super::room::RoomName;
 use super::roster::Roster;
 use super::{MAX_STREAMS_PER_USER, PresenceConfig, Start, Stats, Subscription, TokenError};
 
@@ -66,13 +68,14 @@ pub struct Shared<K: Kind> {
     state: Mutex<State<K>>,
     pub(super) config: PresenceConfig,
     /// Told of each join and leave this lobby decides, and of each resume.
-    pub(super) observer: Box<dyn Observe>,
+    pub(super) observer: Arc<dyn Observe>,
     /// What the kind keeps outside the lock.
     pub(super) kind: K,
 }
 
 #[derive(Debug)]
 pub struct State<K: Kind> {
+    pub(super) room: RoomName,
     /// Keyed by the id of the user's `new_user` event, so iteration is oldest first.
     pub(super) users: BTreeMap<EventId, User<K::User>>,
     /// Found by the token's key, never by the token itself.
@@ -83,7 +86,7 @@ pub struct State<K: Kind> {
     pub(super) latest: EventId,
     /// Sent to while the lock is held, so that a snapshot taken under the lock and
     /// the events received after it meet exactly: nothing missed, nothing twice.
-    pub(super) sender: broadcast::Sender<Arc<Event>>,
+    pub(super) outlet: Outlet,
     /// What only this kind of lobby keeps.
     pub(super) own: K::State,
 }
@@ -98,33 +101,73 @@ pub struct User<X> {
     pub(super) own: X,
 }
 
-impl<K: Kind> Lobby<K> {
-    /// An empty lobby of kind `kind`, which keeps `own` beside the shared part.
-    pub(super) fn with(
-        config: PresenceConfig,
-        observer: impl Observe,
-        kind: K,
-        own: K::State,
-    ) -> Lobby<K> {
+/// Where a lobby's events go and where its ids start: a channel every stream
+/// reads (each skips the events of other rooms) and the newest id sent on it.
+/// A lobby on its own has its own; the rooms of a process share one, so that
+/// a room made again starts past every id already sent and its ids never go back.
+#[derive(Debug, Clone)]
+pub struct Outlet {
+    sender: broadcast::Sender<Arc<Event>>,
+    newest: Arc<AtomicU64>,
+}
+
+impl Outlet {
+    pub fn new(config: &PresenceConfig) -> Outlet {
         // tokio's broadcast channel rounds its capacity up to a power of two; the
         // history is kept at least twice that long, so a lagged stream, just past
         // the backlog, can resume.
         let backlog = config.backlog.max(1).next_power_of_two();
         let (sender, _) = broadcast::channel(backlog);
+        Outlet {
+            sender,
+            newest: Arc::default(),
+        }
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
+    }
+
+    /// The newest id sent, in any room.
+    pub fn newest(&self) -> EventId {
+        self.newest.load(Ordering::Acquire)
+    }
+
+    pub(super) fn send(&self, event: Arc<Event>) {
+        self.newest.fetch_max(event.id, Ordering::AcqRel);
+        // An error only means that no stream is open; the history still has it.
+        let _ = self.sender.send(event);
+    }
+}
+
+impl<K: Kind> Lobby<K> {
+    /// An empty lobby of kind `kind` named `room`, which keeps `own` beside
+    /// the shared part and sends its events to `outlet`, numbered from past
+    /// the newest sent there.
+    pub(super) fn with(
+        room: RoomName,
+        config: PresenceConfig,
+        observer: Arc<dyn Observe>,
+        kind: K,
+        own: K::State,
+        outlet: Outlet,
+    ) -> Lobby<K> {
         let state = State {
+            room,
             users: BTreeMap::new(),
             tokens: HashMap::new(),
             roster: Roster::default(),
             history: History::new(config.history_len()),
-            latest: 0,
-            sender,
+            latest: outlet.newest(),
+            outlet,
             own,
         };
         Lobby {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 config,
-                observer: Box::new(observer),
+                observer,
                 kind,
             }),
         }
@@ -137,7 +180,7 @@ impl<K: Kind> Lobby<K> {
     /// A receiver of every event from now on, for a task that fans events out
     /// and wants waking when there are some (each stream reads its own receiver).
     pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.shared.lock().sender.subscribe()
+        self.shared.lock().outlet.subscribe()
     }
 
     /// Opens a stream for the user holding `token`. With `last_event_id`, the
@@ -160,28 +203,47 @@ impl<K: Kind> Lobby<K> {
         user.streams += 1;
         let id = user.id;
         K::opened(state, seq, stream);
-        let replay =
-            last_event_id.and_then(|after| state.history.replay_after(after, state.latest));
-        let start = match replay {
-            Some(frames) => Start::Resume(frames),
-            None => Start::Snapshot(event::snapshot_frame(state.latest, state.users_json())),
-        };
+        let start = state.start(last_event_id);
         let subscription = Subscription {
-            user: id,
+            user: Some(id),
+            room: state.room.clone(),
             start,
-            events: state.sender.subscribe(),
-            open: Box::new(OpenStream {
+            events: state.outlet.subscribe(),
+            open: Some(Box::new(OpenStream {
                 shared: self.shared.clone(),
                 token: key,
                 stream,
-            }),
+            })),
+            held: None,
         };
         drop(guard);
+        self.resumed(last_event_id, &subscription);
+        Ok(subscription)
+    }
+
+    /// Opens a watcher's stream: the same start and events as a user's, for
+    /// no user; it keeps no one online.
+    pub fn watch(&self, last_event_id: Option<EventId>) -> Subscription {
+        let state = &mut *self.shared.lock();
+        let subscription = Subscription::watching(
+            state.room.clone(),
+            state.start(last_event_id),
+            state.outlet.subscribe(),
+        );
+        self.resumed(last_event_id, &subscription);
+        subscription
+    }
+
+    fn resumed(&self, last_event_id: Option<EventId>, subscription: &Subscription) {
         if last_event_id.is_some() {
             let replayed = matches!(subscription.start, Start::Resume(_));
             self.shared.observer.resumed(replayed);
         }
-        Ok(subscription)
+    }
+
+    /// The room this lobby keeps.
+    pub fn room(&self) -> RoomName {
+        self.shared.lock().room.clone()
     }
 
     /// Everyone online, oldest first.
@@ -224,6 +286,16 @@ impl<K: Kind> Shared<K> {
 }
 
 impl<K: Kind> State<K> {
+    /// How a stream starts: after `last_event_id`, when the history still
+    /// holds what came since; otherwise (and without it) with a snapshot.
+    fn start(&mut self, last_event_id: Option<EventId>) -> Start {
+        let replay = last_event_id.and_then(|after| self.history.replay_after(after, self.latest));
+        match replay {
+            Some(frames) => Start::Resume(frames),
+            None => Start::Snapshot(event::snapshot_frame(self.latest, self.users_json())),
+        }
+    }
+
     pub(super) fn views(&self) -> Vec<UserView> {
         self.users
             .values()
@@ -262,10 +334,9 @@ impl<K: Kind> State<K> {
 
     pub(super) fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
         self.latest += 1;
-        let event = Arc::new(Event::new(self.latest, kind, user, name));
+        let event = Arc::new(Event::new(&self.room, self.latest, kind, user, name));
         self.history.push(event.clone());
-        // An error only means that no stream is open; the history still has it.
-        let _ = self.sender.send(event);
+        self.outlet.send(event);
         self.latest
     }
 

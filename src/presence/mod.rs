@@ -26,6 +26,8 @@ mod name;
 mod observer;
 mod pieces;
 mod replica;
+mod room;
+mod rooms;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
@@ -33,6 +35,8 @@ pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
 pub use observer::{LeaveReason, Observe};
 pub use pieces::Pieces;
 pub use replica::{Change, Known, OutOfOrder, Reload, Replica, StreamKey};
+pub use room::{MAX_ROOM_CHARS, RoomName, RoomNameError};
+pub use rooms::{RoomCount, Rooms};
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, MutexGuard, Weak};
@@ -42,8 +46,9 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
-use lobby::{Kind, Lobby, Open, Shared, State, User};
+use lobby::{Kind, Lobby, Open, Outlet, Shared, State, User};
 use observer::Unobserved;
+use rooms::Directory;
 
 /// How many streams one token may hold open at once.
 pub const MAX_STREAMS_PER_USER: u8 = 4;
@@ -91,6 +96,9 @@ impl Default for PresenceConfig {
 pub enum JoinError {
     #[error("the lobby is full ({0} users online)")]
     Full(usize),
+    /// The join would make a room, and `--max-rooms` are open already.
+    #[error("there are already {0} rooms")]
+    TooManyRooms(usize),
     /// A cluster node cannot reach the shared store, so it cannot number the join.
     #[error("the lobby's store cannot be reached")]
     Unavailable,
@@ -100,6 +108,9 @@ pub enum JoinError {
 pub enum TokenError {
     #[error("unknown or expired token")]
     Unknown,
+    /// The token is good, for another room.
+    #[error("the token belongs to another room")]
+    OtherRoom,
     #[error("this token already has {MAX_STREAMS_PER_USER} open streams")]
     TooManyStreams,
     /// A cluster node cannot reach the shared store, so it cannot record a leave.
@@ -135,16 +146,33 @@ impl Start {
     }
 }
 
-/// One open stream of one user: where it starts, then every later event.
-/// Dropping it closes the stream (and, if it was the user's last, starts grace).
-#[derive(Debug)]
+/// One open stream of one room: where it starts, then every later event of
+/// the room. A user's stream counts them online: dropping it closes the
+/// stream (and, if it was the user's last, starts grace). A watcher's
+/// (no user) keeps no one online.
 pub struct Subscription {
-    pub user: UserId,
+    /// Whose stream it is; `None` for a watcher.
+    pub user: Option<UserId>,
+    pub room: RoomName,
     pub start: Start,
-    /// Every event after `start`, in order. A `Lagged` error means the stream
-    /// fell more than `backlog` events behind and should end.
+    /// Every event after `start`, in order, of every room: [`accept`](Self::accept)
+    /// skips the other rooms'. A `Lagged` error means the stream fell more
+    /// than `backlog` events behind and should end.
     pub events: broadcast::Receiver<Arc<Event>>,
-    open: Box<dyn Open>,
+    /// A user's count of open streams; `None` for a watcher.
+    open: Option<Box<dyn Open>>,
+    /// Whatever the caller wants kept until the stream ends.
+    held: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("user", &self.user)
+            .field("room", &self.room)
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a stream found when it read its waiting events.
@@ -160,6 +188,26 @@ pub enum Waiting {
 }
 
 impl Subscription {
+    fn watching(
+        room: RoomName,
+        start: Start,
+        events: broadcast::Receiver<Arc<Event>>,
+    ) -> Subscription {
+        Subscription {
+            user: None,
+            room,
+            start,
+            events,
+            open: None,
+            held: None,
+        }
+    }
+
+    /// Keeps `value` until the stream ends (a count of a client's watchers, say).
+    pub fn hold(&mut self, value: impl Send + Sync + 'static) {
+        self.held = Some(Box::new(value));
+    }
+
     /// The frames the stream opens with: a snapshot or a replay. Taken once.
     pub fn take_start(&mut self) -> Pieces {
         std::mem::replace(&mut self.start, Start::Resume(Pieces::default())).into_pieces()
@@ -167,15 +215,18 @@ impl Subscription {
 
     /// Adds `event`, which the stream has received, to `batch`.
     pub fn accept(&self, event: &Event, batch: &mut Vec<Bytes>) -> Waiting {
+        if event.room != self.room {
+            return Waiting::Open;
+        }
         if event.kind == EventKind::Reset {
-            if !self.open.online() {
+            if self.open.as_ref().is_some_and(|open| !open.online()) {
                 return Waiting::Left;
             }
             batch.push(event.frame.clone());
             return Waiting::Open;
         }
         batch.push(event.frame.clone());
-        if event.kind == EventKind::DisconnectUser && event.user == self.user {
+        if event.kind == EventKind::DisconnectUser && Some(event.user) == self.user {
             Waiting::Left
         } else {
             Waiting::Open
@@ -214,6 +265,8 @@ pub type Presence = Lobby<Local>;
 pub struct Local {
     /// Wakes the expiry task when a deadline is added or the lobby is dropped.
     expiry: Arc<Notify>,
+    /// The rooms this lobby is one of, told of each user it takes offline.
+    directory: Option<Arc<Directory>>,
 }
 
 /// When a user with no open stream goes offline unless one opens, and why.
@@ -266,11 +319,25 @@ impl Presence {
 
     /// [`new`](Self::new), telling `observer` of every join, leave and resume.
     pub fn observed(config: PresenceConfig, observer: impl Observe) -> Presence {
+        let outlet = Outlet::new(&config);
+        Presence::in_room(RoomName::lobby(), config, Arc::new(observer), outlet, None)
+    }
+
+    /// One room of many, sending its events to their shared `outlet` and
+    /// telling `directory` of the users it takes offline.
+    fn in_room(
+        room: RoomName,
+        config: PresenceConfig,
+        observer: Arc<dyn Observe>,
+        outlet: Outlet,
+        directory: Option<Arc<Directory>>,
+    ) -> Presence {
         let expiry = Arc::new(Notify::new());
         let local = Local {
             expiry: expiry.clone(),
+            directory,
         };
-        let presence = Lobby::with(config, observer, local, BTreeSet::new());
+        let presence = Lobby::with(room, config, observer, local, BTreeSet::new(), outlet);
         tokio::spawn(expire_users(Arc::downgrade(&presence.shared), expiry));
         presence
     }
@@ -290,9 +357,10 @@ impl Presence {
         let own = Some((deadline, LeaveReason::JoinTimeout));
         state.add(seq, id, name.clone(), key, own);
         state.own.insert((deadline, seq));
+        let room = state.room.clone();
         drop(state);
         self.shared.kind.expiry.notify_one();
-        self.shared.observer.joined(id, &name, Some(seq));
+        self.shared.observer.joined(&room, id, &name, Some(seq));
         Ok(Joined {
             id,
             name,
@@ -318,14 +386,26 @@ impl Presence {
         let key = token.key();
         let mut state = self.shared.lock();
         let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
-        let user = take_offline(&mut state, seq).ok_or(TokenError::Unknown)?;
-        let event = state.latest;
+        let user = self
+            .shared
+            .take_offline(&mut state, seq)
+            .ok_or(TokenError::Unknown)?;
+        let (event, room) = (state.latest, state.room.clone());
         drop(state);
         let reason = LeaveReason::Leave;
         self.shared
             .observer
-            .left(user.id, &user.name, reason, Some(event));
+            .left(&room, user.id, &user.name, reason, Some(event));
         Ok(user.id)
+    }
+
+    /// Since when the room has had no one in it, if it has no one.
+    fn empty_since(&self) -> Option<Instant> {
+        let state = self.shared.lock();
+        state
+            .users
+            .is_empty()
+            .then(|| state.history.newest_at().unwrap_or_else(Instant::now))
     }
 }
 
@@ -337,16 +417,24 @@ pub struct Stats {
     pub latest_event: EventId,
 }
 
-/// Takes the user whose `new_user` is `seq` offline, and forgets their deadline.
-fn take_offline(state: &mut State<Local>, seq: EventId) -> Option<User<Option<Deadline>>> {
-    let user = state.remove(seq)?;
-    if let Some((deadline, _)) = user.own {
-        state.own.remove(&(deadline, seq));
-    }
-    Some(user)
-}
-
 impl Shared<Local> {
+    /// Takes the user whose `new_user` is `seq` offline, forgets their
+    /// deadline, and tells the rooms.
+    fn take_offline(
+        &self,
+        state: &mut State<Local>,
+        seq: EventId,
+    ) -> Option<User<Option<Deadline>>> {
+        let user = state.remove(seq)?;
+        if let Some((deadline, _)) = user.own {
+            state.own.remove(&(deadline, seq));
+        }
+        if let Some(directory) = &self.kind.directory {
+            directory.left(&state.room, user.token, state.users.is_empty());
+        }
+        Some(user)
+    }
+
     /// Takes offline everyone whose deadline has passed; returns the next deadline.
     fn expire(&self, now: Instant) -> Option<Instant> {
         let mut gone = Vec::new();
@@ -359,14 +447,16 @@ impl Shared<Local> {
                 break Some(when);
             }
             state.own.pop_first();
-            if let Some(user) = take_offline(&mut state, seq) {
+            if let Some(user) = self.take_offline(&mut state, seq) {
                 let reason = user.own.map_or(LeaveReason::GraceExpired, |(_, why)| why);
                 gone.push((user, reason, state.latest));
             }
         };
+        let room = state.room.clone();
         drop(state);
         for (user, reason, event) in gone {
-            self.observer.left(user.id, &user.name, reason, Some(event));
+            self.observer
+                .left(&room, user.id, &user.name, reason, Some(event));
         }
         next
     }

@@ -459,6 +459,7 @@ impl Run {
                 Ok(None)
             }
             Err(JoinError::Unavailable) => Err(TestCaseError::fail("a local lobby has no store")),
+            Err(JoinError::TooManyRooms(_)) => Err(TestCaseError::fail("one lobby is one room")),
         }
     }
 

@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::event::EventId;
 use super::name::{Name, UserId};
+use super::room::RoomName;
 
 /// Why a user went offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,12 +52,19 @@ impl fmt::Display for LeaveReason {
 /// that asks to resume. Called on the hot path, outside the lobby's lock: it
 /// must return at once (count, log, queue), never wait.
 pub trait Observe: fmt::Debug + Send + Sync + 'static {
-    /// `id` joined as `name`; `event` is their `new_user`, where known.
-    fn joined(&self, id: UserId, name: &Name, event: Option<EventId>);
+    /// `id` joined `room` as `name`; `event` is their `new_user`, where known.
+    fn joined(&self, room: &RoomName, id: UserId, name: &Name, event: Option<EventId>);
 
-    /// `id` (`name`) went offline for `reason`; `event` is their
+    /// `id` (`name`) went offline from `room` for `reason`; `event` is their
     /// `disconnect_user`, where known.
-    fn left(&self, id: UserId, name: &Name, reason: LeaveReason, event: Option<EventId>);
+    fn left(
+        &self,
+        room: &RoomName,
+        id: UserId,
+        name: &Name,
+        reason: LeaveReason,
+        event: Option<EventId>,
+    );
 
     /// A stream came with a `Last-Event-ID`: `replayed` if the history still
     /// held what came since, otherwise it got a snapshot.
@@ -68,9 +76,9 @@ pub trait Observe: fmt::Debug + Send + Sync + 'static {
 pub(super) struct Unobserved;
 
 impl Observe for Unobserved {
-    fn joined(&self, _: UserId, _: &Name, _: Option<EventId>) {}
+    fn joined(&self, _: &RoomName, _: UserId, _: &Name, _: Option<EventId>) {}
 
-    fn left(&self, _: UserId, _: &Name, _: LeaveReason, _: Option<EventId>) {}
+    fn left(&self, _: &RoomName, _: UserId, _: &Name, _: LeaveReason, _: Option<EventId>) {}
 
     fn resumed(&self, _: bool) {}
 }

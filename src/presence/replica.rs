@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::PresenceConfig;
 use super::event::{Event, EventId, EventKind, UserView};
 use super::history::History;
-use super::lobby::{Kind, Lobby, Shared, State};
+use super::lobby::{Kind, Lobby, Outlet, Shared, State};
 use super::name::{Name, Token, TokenKey, UserId};
 use super::observer::Observe;
+use super::room::RoomName;
 use super::roster::Roster;
 
 /// A replica of the lobby a cluster keeps. Cheap to clone: every clone is a
@@ -129,11 +130,14 @@ impl Replica {
         observer: impl Observe,
     ) -> Replica {
         let applied = watch::Sender::new(0);
+        let outlet = Outlet::new(&config);
         Lobby::with(
+            RoomName::lobby(),
             config,
-            observer,
+            Arc::new(observer),
             Replicated { closed, applied },
             HashMap::new(),
+            outlet,
         )
     }
 
@@ -203,7 +207,7 @@ impl Replica {
             };
             state
                 .history
-                .push(Arc::new(Event::new(id, kind, user, &name)));
+                .push(Arc::new(Event::new(&state.room, id, kind, user, &name)));
         }
         state.latest = reload.latest;
         for (seq, user, name, token) in reload.users {
@@ -214,9 +218,8 @@ impl Replica {
             }
         }
         let users = state.users_json();
-        let _ = state
-            .sender
-            .send(Arc::new(Event::reset(state.latest, users.clone())));
+        let reset = Event::reset(&state.room, state.latest, users.clone());
+        state.outlet.send(Arc::new(reset));
         self.shared.kind.applied.send_replace(state.latest);
     }
 

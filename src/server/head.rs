@@ -47,7 +47,12 @@ pub(super) enum Next {
 /// Whether a request with this method and path (without its query) may be
 /// answered with a stream: the one rule, for the sniffer and for hyper's requests.
 pub(super) fn may_stream(method: &str, path: &str) -> bool {
-    method == "GET" && path == "/events"
+    let in_room = || {
+        path.strip_prefix("/rooms/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .is_some_and(|room| !room.is_empty() && !room.contains('/'))
+    };
+    method == "GET" && (path == "/events" || in_room())
 }
 
 /// Says what `buffer`, the start of a request, is; with a whole request head,

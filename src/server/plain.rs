@@ -128,7 +128,7 @@ async fn take_stream(mut socket: TcpStream, buffer: BytesMut, connection: Connec
         }
         return;
     };
-    tracing::debug!(user = %subscription.user, "stream opened");
+    tracing::debug!(user = ?subscription.user, room = %subscription.room, "stream opened");
     let mut opening = Pieces::from(head::response_head(&response, framing.headers()));
     opening.append(framing.frame(stream::opening(subscription.take_start(), &shared.retry)));
     shared

@@ -1,0 +1,314 @@
+//! Every room of this process: a [`Presence`] each, made by the first join
+//! and dropped once it has been empty for its resume window (`grace`).
+//!
+//! The rooms share one [`Outlet`]: one channel every stream reads (skipping
+//! other rooms' events) and one count of ids, so that a room made again
+//! numbers its events past every id already sent and a client's
+//! `Last-Event-ID` never means two things. A watcher of a room that does not
+//! exist reads the same channel and so sees the join that makes it.
+//!
+//! Locks are taken in one order: the map of rooms, then a room, then the
+//! directory of tokens.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::event::{self, Event, EventId};
+use super::lobby::Outlet;
+use super::name::{Name, Token, TokenKey, UserId};
+use super::observer::Observe;
+use super::pieces::Pieces;
+use super::room::RoomName;
+use super::{
+    JoinError, Joined, Presence, PresenceConfig, Start, Stats, Subscription, TokenError, UserView,
+};
+
+/// Cheap to clone: every clone is a handle to the same rooms.
+#[derive(Clone)]
+pub struct Rooms {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    rooms: Mutex<HashMap<RoomName, Presence>>,
+    directory: Arc<Directory>,
+    outlet: Outlet,
+    config: PresenceConfig,
+    observer: Arc<dyn Observe>,
+    /// A join that would make one more room than this is refused.
+    max_rooms: usize,
+}
+
+/// Which room each token belongs to, so that a token used in another room is
+/// told so; and the rooms that have just emptied, for the task that drops them.
+#[derive(Debug)]
+pub(super) struct Directory {
+    tokens: Mutex<HashMap<TokenKey, RoomName>>,
+    emptied: mpsc::UnboundedSender<RoomName>,
+}
+
+impl Directory {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TokenKey, RoomName>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A user of `room` holding `token` went offline; `empty` if no one is left.
+    pub(super) fn left(&self, room: &RoomName, token: TokenKey, empty: bool) {
+        self.lock().remove(&token);
+        if empty {
+            // Fails only once the rooms are gone, when there is nothing to drop.
+            let _ = self.emptied.send(room.clone());
+        }
+    }
+}
+
+/// A room and how many are in it, for `GET /rooms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCount {
+    pub room: RoomName,
+    pub users: usize,
+}
+
+impl Rooms {
+    /// No rooms yet, and the task that drops the rooms that empty, which ends
+    /// with the last handle. Needs a tokio runtime.
+    pub fn new(config: PresenceConfig, max_rooms: usize, observer: impl Observe) -> Rooms {
+        let (emptied, empties) = mpsc::unbounded_channel();
+        let rooms = Rooms {
+            shared: Arc::new(Shared {
+                rooms: Mutex::default(),
+                directory: Arc::new(Directory {
+                    tokens: Mutex::default(),
+                    emptied,
+                }),
+                outlet: Outlet::new(&config),
+                config,
+                observer: Arc::new(observer),
+                max_rooms,
+            }),
+        };
+        tokio::spawn(drop_empty_rooms(Arc::downgrade(&rooms.shared), empties));
+        rooms
+    }
+
+    pub fn config(&self) -> &PresenceConfig {
+        &self.shared.config
+    }
+
+    /// Every event of every room from now on, for the fan-out.
+    pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.outlet.subscribe()
+    }
+
+    /// The room's lobby, if someone is in it (or it emptied within its
+    /// resume window).
+    pub fn get(&self, room: &RoomName) -> Option<Presence> {
+        self.shared.lock().get(room).cloned()
+    }
+
+    /// Adds a user to `room`, making the room if it is not there.
+    pub fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
+        let mut rooms = self.shared.lock();
+        let made = !rooms.contains_key(room);
+        if made && rooms.len() >= self.shared.max_rooms {
+            return Err(JoinError::TooManyRooms(rooms.len()));
+        }
+        let presence = rooms
+            .entry(room.clone())
+            .or_insert_with(|| self.shared.make(room))
+            .clone();
+        let joined = presence.join(name);
+        match &joined {
+            Ok(joined) => {
+                self.shared
+                    .directory
+                    .lock()
+                    .insert(joined.token.key(), room.clone());
+            }
+            Err(_) if made => {
+                rooms.remove(room);
+            }
+            Err(_) => {}
+        }
+        joined
+    }
+
+    /// Opens a stream for the user of `room` holding `token`.
+    pub fn subscribe(
+        &self,
+        room: &RoomName,
+        token: &Token,
+        last_event_id: Option<EventId>,
+    ) -> Result<Subscription, TokenError> {
+        let found = self.get(room).ok_or(TokenError::Unknown);
+        let subscribed = found.and_then(|presence| presence.subscribe(token, last_event_id));
+        subscribed.map_err(|err| self.shared.why(room, token, err))
+    }
+
+    /// Opens a watcher's stream on `room`, which need not exist: it then
+    /// starts with no one and sees the join that makes it.
+    pub fn watch(&self, room: &RoomName, last_event_id: Option<EventId>) -> Subscription {
+        let rooms = self.shared.lock();
+        if let Some(presence) = rooms.get(room) {
+            return presence.watch(last_event_id);
+        }
+        // Subscribed under the map's lock, so no join makes the room unseen.
+        let outlet = &self.shared.outlet;
+        let empty = Pieces::from("[]");
+        let start = Start::Snapshot(event::snapshot_frame(outlet.newest(), empty));
+        let subscription = Subscription::watching(room.clone(), start, outlet.subscribe());
+        drop(rooms);
+        if last_event_id.is_some() {
+            self.shared.observer.resumed(false);
+        }
+        subscription
+    }
+
+    /// Takes the user of `room` holding `token` offline.
+    pub fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
+        let found = self.get(room).ok_or(TokenError::Unknown);
+        let left = found.and_then(|presence| presence.leave(token));
+        left.map_err(|err| self.shared.why(room, token, err))
+    }
+
+    /// Everyone in `room`, oldest first.
+    pub fn users(&self, room: &RoomName) -> Vec<UserView> {
+        self.get(room)
+            .map(|presence| presence.users())
+            .unwrap_or_default()
+    }
+
+    /// Everyone in `room`, oldest first, as a JSON array of `{"id","name"}`.
+    pub fn users_json(&self, room: &RoomName) -> Pieces {
+        match self.get(room) {
+            Some(presence) => presence.users_json(),
+            None => Pieces::from("[]"),
+        }
+    }
+
+    /// How many rooms there are.
+    pub fn count(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    /// The `limit` fullest rooms, fullest first (then by name).
+    pub fn list(&self, limit: usize) -> Vec<RoomCount> {
+        let rooms: Vec<(RoomName, Presence)> = self
+            .shared
+            .lock()
+            .iter()
+            .map(|(room, presence)| (room.clone(), presence.clone()))
+            .collect();
+        let mut counts: Vec<RoomCount> = rooms
+            .into_iter()
+            .map(|(room, presence)| RoomCount {
+                room,
+                users: presence.stats().users,
+            })
+            .filter(|count| count.users > 0)
+            .collect();
+        counts.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.room.cmp(&b.room)));
+        counts.truncate(limit);
+        counts
+    }
+
+    /// Users, streams and history summed over every room; the newest id sent.
+    pub fn stats(&self) -> Stats {
+        let rooms: Vec<Presence> = self.shared.lock().values().cloned().collect();
+        let mut total = Stats {
+            users: 0,
+            streams: 0,
+            history: 0,
+            latest_event: self.shared.outlet.newest(),
+        };
+        for presence in rooms {
+            let stats = presence.stats();
+            total.users += stats.users;
+            total.streams += stats.streams;
+            total.history += stats.history;
+        }
+        total
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RoomName, Presence>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn make(&self, room: &RoomName) -> Presence {
+        Presence::in_room(
+            room.clone(),
+            self.config.clone(),
+            self.observer.clone(),
+            self.outlet.clone(),
+            Some(self.directory.clone()),
+        )
+    }
+
+    /// A token unknown in `room` may be good in another: then it is the wrong
+    /// room's, not an unknown one.
+    fn why(&self, room: &RoomName, token: &Token, err: TokenError) -> TokenError {
+        if err != TokenError::Unknown {
+            return err;
+        }
+        match self.directory.lock().get(&token.key()) {
+            Some(owner) if owner != room => TokenError::OtherRoom,
+            _ => TokenError::Unknown,
+        }
+    }
+
+    /// Drops `room` if it has been empty for its resume window; otherwise
+    /// says when to look again.
+    fn drop_if_empty(&self, room: &RoomName, now: Instant) -> Option<Instant> {
+        let mut rooms = self.lock();
+        let since = rooms.get(room)?.empty_since()?;
+        let due = since + self.config.grace;
+        if due > now {
+            return Some(due);
+        }
+        rooms.remove(room);
+        None
+    }
+}
+
+/// Drops each room that emptied once its resume window has passed, unless
+/// someone came back. Holds only a weak reference, so it ends with the rooms.
+async fn drop_empty_rooms(shared: Weak<Shared>, mut empties: mpsc::UnboundedReceiver<RoomName>) {
+    let mut waiting: BTreeSet<(Instant, RoomName)> = BTreeSet::new();
+    loop {
+        let next = waiting.first().map(|(due, _)| *due);
+        tokio::select! {
+            emptied = empties.recv() => match emptied {
+                Some(room) => {
+                    let Some(shared) = shared.upgrade() else { return };
+                    waiting.insert((Instant::now() + shared.config.grace, room));
+                }
+                None => return,
+            },
+            () = sleep_until(next), if next.is_some() => {
+                let Some(shared) = shared.upgrade() else { return };
+                let now = Instant::now();
+                while waiting.first().is_some_and(|(due, _)| *due <= now) {
+                    let Some((_, room)) = waiting.pop_first() else { break };
+                    if let Some(later) = shared.drop_if_empty(&room, now) {
+                        waiting.insert((later, room));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(when: Option<Instant>) {
+    if let Some(when) = when {
+        tokio::time::sleep_until(when).await;
+    }
+}
