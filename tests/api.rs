@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sse, TestServer, User, read_raw_until, user_in, users_in};
+use common::{Sse, TestServer, User, assert_error, read_raw_until, user_in, users_in};
 use reqwest::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 
@@ -936,21 +936,6 @@ async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
 /// `{"name":<name>}`, the way `Client::post_join` sends it.
 fn json_name(name: &str) -> String {
     json!({ "name": name }).to_string()
-}
-
-/// Asserts this status and a JSON body `{"error": "<a sentence>"}`; returns the sentence.
-async fn assert_error(response: reqwest::Response, status: u16) -> String {
-    assert_eq!(response.status(), status);
-    assert!(
-        content_type(response.headers()).starts_with("application/json"),
-        "an error is JSON, not {:?}",
-        content_type(response.headers())
-    );
-    let body: Value = response.json().await.expect("an error body is JSON");
-    assert_eq!(keys(&body), ["error"], "{body}");
-    let sentence = body["error"].as_str().expect("error is a string");
-    assert!(!sentence.trim().is_empty(), "the error says something");
-    sentence.to_owned()
 }
 
 async fn assert_disconnect(stream: &mut Sse, who: &common::Joined) {

@@ -273,6 +273,17 @@ impl Client {
         }
     }
 
+    /// The same API in `room`'s routes: `/rooms/{room}/join` and so on, and
+    /// the room's page at `url("")`.
+    pub fn in_room(&self, room: &str) -> Client {
+        let base = |base: &String| format!("{base}/rooms/{room}");
+        Client {
+            base: base(&self.base),
+            bases: self.bases.iter().map(base).collect(),
+            client: self.client.clone(),
+        }
+    }
+
     /// The URL of `path` on this lobby, or on one of its nodes picked at random.
     pub fn url(&self, path: &str) -> String {
         let base = match self.bases.as_slice() {
@@ -349,6 +360,27 @@ impl Client {
             .send()
             .await
             .expect("GET /events")
+    }
+
+    /// GET /events with no token, a watcher's stream, with `Last-Event-ID`
+    /// when given. Returns the raw response.
+    pub async fn open_watcher(&self, last_event_id: Option<u64>) -> reqwest::Response {
+        let mut request = self.client.get(self.url("/events"));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        request
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("GET /events")
+    }
+
+    /// Opens a watcher's stream that must be accepted (200).
+    pub async fn watch(&self, last_event_id: Option<u64>) -> Sse {
+        let response = self.open_watcher(last_event_id).await;
+        assert_eq!(response.status(), 200, "GET /events with no token");
+        Sse::new(response)
     }
 
     /// Opens an event stream that must be accepted (200).
@@ -704,6 +736,27 @@ pub async fn read_raw_until(
         }
     }
     text
+}
+
+/// Asserts this status and a JSON body `{"error": "<a sentence>"}`; returns the sentence.
+pub async fn assert_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "an error is JSON, not {content_type:?}"
+    );
+    let body: Value = response.json().await.expect("an error body is JSON");
+    let keys: Vec<&String> = body.as_object().expect("an object").keys().collect();
+    assert_eq!(keys, ["error"], "{body}");
+    let sentence = body["error"].as_str().expect("error is a string");
+    assert!(!sentence.trim().is_empty(), "the error says something");
+    sentence.to_owned()
 }
 
 /// The `lobby` binary, serving on a free port of 127.0.0.1. Killed if dropped.
