@@ -284,14 +284,71 @@ async fn someone_who_has_not_joined_sees_a_later_join_appear() {
 
     let (carol, _carol_stream) = join_from_terminal(&server, "carol").await;
 
-    // The page refreshes /users every 2 s while not joined.
+    // Live, through a watcher's stream: no polling interval to wait out.
     let view = watcher
-        .wait_until(Duration::from_secs(2) + WAIT, "carol's box", |view| {
-            view.has(&carol.id)
-        })
+        .wait_until(WAIT, "carol's box", |view| view.has(&carol.id))
         .await;
     assert_eq!(view.users_online(), vec![carol]);
     assert_eq!(view.count, "1");
+    assert!(view.form_shown, "watching joins no one");
+    assert_eq!(server.users().await.len(), 1);
+}
+
+#[tokio::test]
+async fn pages_of_two_rooms_each_see_only_their_room_and_a_visitor_sees_it_live() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let design = format!("{}/rooms/design", server.base);
+    let ops = format!("{}/rooms/ops", server.base);
+    let mut people = Vec::new();
+    for (page, name) in [
+        (&design, "ada"),
+        (&design, "al"),
+        (&ops, "bob"),
+        (&ops, "bea"),
+    ] {
+        let person = driver.person().await;
+        person.open_at(page).await;
+        person.join(name).await;
+        people.push((person, page));
+    }
+
+    for (person, page) in &people {
+        let room: [&str; 2] = if *page == &design {
+            ["ada", "al"]
+        } else {
+            ["bea", "bob"]
+        };
+        person
+            .wait_until(WAIT, &format!("{room:?} and no one else"), |view| {
+                view.names() == room
+            })
+            .await;
+    }
+    let visitor = driver.person().await;
+    visitor.open_at(&design).await;
+    let (cy, _cy_stream) = {
+        let (joined, stream, _) = server.in_room("design").join_and_subscribe("cy").await;
+        (joined.user(), stream)
+    };
+    let view = visitor
+        .wait_until(WAIT, "cy's box, live", |view| view.has(&cy.id))
+        .await;
+    assert_eq!(view.names(), ["ada", "al", "cy"]);
+    assert!(view.form_shown, "the visitor has not joined");
+    let (bob, _) = &people[2];
+    holds_for(SETTLED_FOR, "ops without cy", async || {
+        let view = bob.view().await;
+        if view.names() == ["bea", "bob"] {
+            Ok(())
+        } else {
+            Err(format!("{:?}", view.names()))
+        }
+    })
+    .await;
+    assert_eq!(server.users().await, [], "the lobby is a room of its own");
 }
 
 #[tokio::test]
@@ -507,7 +564,11 @@ const READ_VIEW: &str = r#"
 
 impl Person {
     async fn open(&self, server: &TestServer) {
-        self.client.goto(&server.base).await.expect("open the page");
+        self.open_at(&server.base).await;
+    }
+
+    async fn open_at(&self, url: &str) {
+        self.client.goto(url).await.expect("open the page");
     }
 
     /// Types the name into the form as a person would, submits it, and waits

@@ -1032,3 +1032,43 @@ async fn assert_json_error(response: reqwest::Response, status: u16) {
     let sentence = body["error"].as_str().unwrap_or_default();
     assert!(!sentence.trim().is_empty(), "a sentence in `error`: {body}");
 }
+
+#[tokio::test]
+async fn a_watcher_on_one_node_sees_a_join_on_another_and_the_lobby_s_room_routes_work() {
+    let cluster = Cluster::start(2, &STEADY).await;
+    let mut watcher = cluster.node(0).watch(None).await;
+    assert_eq!(users_in(&watcher.next_event().await), []);
+
+    let alice = cluster.node(1).in_room("lobby").join("alice").await;
+
+    assert_announces("new_user", &alice, &watcher.next_event().await);
+    assert_eq!(cluster.node(0).users().await, [alice.user()]);
+    assert_eq!(
+        cluster.node(0).in_room("lobby").leave(&alice.token).await,
+        204
+    );
+}
+
+/// A cluster keeps the lobby only, so far: another room is refused on every
+/// route with a sentence that says so, and nothing changes.
+#[tokio::test]
+async fn a_cluster_refuses_rooms_other_than_the_lobby_with_501() {
+    let cluster = Cluster::start(2, &STEADY).await;
+    let design = cluster.node(0).in_room("design");
+    let requests = [
+        design.client.get(design.url("")),
+        design.client.get(design.url("/users")),
+        design.client.get(design.url("/events")),
+        design
+            .client
+            .post(design.url("/join"))
+            .json(&serde_json::json!({"name": "ada"})),
+        design.client.post(design.url("/leave")).bearer_auth("x"),
+    ];
+    for request in requests {
+        let response = request.send().await.expect("an answer");
+        let sentence = common::assert_error(response, 501).await;
+        assert!(sentence.contains("only the room named lobby"), "{sentence}");
+    }
+    assert_eq!(cluster.node(1).users().await, []);
+}
