@@ -160,6 +160,7 @@ async fn every_join_and_leave_reaches_the_backend_signed_with_its_reason_and_no_
             "a UTC timestamp: {text}"
         );
         assert!(received.body["event_id"].as_u64().is_some(), "{text}");
+        assert_eq!(received.body["room"], "lobby", "{text}");
     }
     let summary = |received: &Received| {
         (
@@ -195,6 +196,23 @@ async fn every_join_and_leave_reaches_the_backend_signed_with_its_reason_and_no_
     );
     assert!(got[4..].contains(&event("leave", &idle, Some("join_timeout"))));
     assert!(got[4..].contains(&event("leave", &dropper, Some("grace_expired"))));
+}
+
+#[tokio::test]
+async fn a_join_and_leave_in_a_room_name_the_room() {
+    let receiver = Receiver::start(Answer::Ok).await;
+    let server = lobby_posting_to(&receiver, &[]).await;
+    let design = server.in_room("doc-42");
+
+    let ada = design.join("ada").await;
+    assert_eq!(design.leave(&ada.token).await, 204);
+    let got = receiver.until(2).await;
+
+    for (received, event) in got.iter().zip(["join", "leave"]) {
+        assert_eq!(received.body["event"], event);
+        assert_eq!(received.body["room"], "doc-42");
+        assert_eq!(received.body["id"], ada.id.as_str());
+    }
 }
 
 #[tokio::test]
