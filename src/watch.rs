@@ -1,7 +1,9 @@
 //! `lobby watch URL [--name NAME]`, the friendly version of the curl session: with a
 //! name it joins, prints who is online and then a line per join and leave from the
-//! event stream, and leaves on Ctrl-C; without one it polls `GET /users` and prints
-//! the differences. It is a client of the HTTP API only, like any other.
+//! event stream, and leaves on Ctrl-C; without one it follows a watcher's stream
+//! (GET /events with no token), joining no one. URL is a lobby or one of its
+//! rooms (`http://host:3000/rooms/design`). It is a client of the HTTP API only,
+//! like any other.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -15,17 +17,19 @@ use tokio_stream::StreamExt;
 /// `lobby watch`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WatchArgs {
-    /// The lobby, such as http://127.0.0.1:3000 or https://lobby.example.com/chat/
+    /// The lobby, such as http://127.0.0.1:3000 or https://lobby.example.com/chat/,
+    /// or one of its rooms, such as http://127.0.0.1:3000/rooms/design
     /// (http:// is assumed when no scheme is given).
     #[arg(value_name = "URL", value_parser = parse_url)]
     pub url: Url,
 
     /// Join under this name and follow the event stream (leaving on Ctrl-C).
-    /// Without it, only look at GET /users, without joining.
+    /// Without it, follow the stream as a watcher, without joining.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// Without --name: how often to ask GET /users.
+    /// Without --name, against a lobby too old to have watchers: how often
+    /// to ask GET /users instead.
     #[arg(long, default_value = "2s", value_name = "DUR", value_parser = crate::config::parse_positive_duration, conflicts_with = "name")]
     pub every: Duration,
 }
@@ -77,10 +81,23 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         Some(name) => follow_as(&lobby, &name, &mut out, shutdown).await,
         None => {
             tokio::select! {
-                result = poll_users(&lobby, args.every, &mut out) => result,
+                result = watch_or_poll(&lobby, args.every, &mut out) => result,
                 () = shutdown => Ok(()),
             }
         }
+    }
+}
+
+/// Follows a watcher's stream; a lobby that refuses one (401: it has no
+/// watchers) is asked GET /users every `every` instead.
+async fn watch_or_poll(
+    lobby: &Lobby,
+    every: Duration,
+    out: &mut Printer<impl Write>,
+) -> Result<(), WatchError> {
+    match follow(lobby, None, out).await {
+        Err(WatchError::Forgotten { .. }) => poll_users(lobby, every, out).await,
+        other => other,
     }
 }
 
@@ -97,7 +114,7 @@ async fn follow_as(
         () = &mut shutdown => return Ok(()),
     };
     let following = tokio::select! {
-        result = follow(lobby, &joined, out) => Some(result),
+        result = follow(lobby, Some(&joined), out) => Some(result),
         () = &mut shutdown => None,
     };
     match following {
@@ -111,24 +128,31 @@ async fn follow_as(
     }
 }
 
-/// Reads the event stream, reopening it with `Last-Event-ID` whenever it
-/// drops, as an EventSource does. Returns only on an error.
+/// Reads the event stream, `joined`'s or a watcher's, reopening it with
+/// `Last-Event-ID` whenever it drops, as an EventSource does. Returns only on
+/// an error.
 async fn follow(
     lobby: &Lobby,
-    joined: &Joined,
+    joined: Option<&Joined>,
     out: &mut Printer<impl Write>,
 ) -> Result<(), WatchError> {
-    let mut roster = Roster::new(Some(joined.id.clone()));
+    let mut roster = Roster::new(joined.map(|joined| joined.id.clone()));
+    let token = joined.map(|joined| joined.token.as_str());
     let mut last_id: Option<String> = None;
     let mut failing = false;
+    // Before the first stream, a failure is a wrong URL or a server that is
+    // not there, and ends the watch; after it, one that may pass.
+    let mut opened_once = false;
     loop {
-        let response = match lobby.open_events(&joined.token, last_id.as_deref()).await {
+        let response = match lobby.open_events(token, last_id.as_deref()).await {
             Ok(response) => response,
             Err(StreamRefusal::Forgotten) => {
                 return Err(WatchError::Forgotten {
-                    name: printable(&joined.name).into_owned(),
+                    name: joined
+                        .map_or_else(String::new, |joined| printable(&joined.name).into_owned()),
                 });
             }
+            Err(StreamRefusal::Other(err)) if !opened_once => return Err(err),
             Err(StreamRefusal::Other(err)) => {
                 if !failing {
                     eprintln!(
@@ -141,6 +165,7 @@ async fn follow(
                 continue;
             }
         };
+        opened_once = true;
         if failing {
             eprintln!("lobby watch: reconnected");
             failing = false;
@@ -418,17 +443,20 @@ impl Lobby {
     }
 
     /// GET /events with the token as a Bearer header (not in the URL, where
-    /// proxies log it), resuming after `last_id` when there is one.
+    /// proxies log it), or with none for a watcher's stream, resuming after
+    /// `last_id` when there is one.
     async fn open_events(
         &self,
-        token: &str,
+        token: Option<&str>,
         last_id: Option<&str>,
     ) -> Result<reqwest::Response, StreamRefusal> {
         let mut request = self
             .http
             .get(self.url("events"))
-            .bearer_auth(token)
             .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(id) = last_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -1,7 +1,7 @@
 //! `lobby watch`, run as a person runs it: the real binary as a child process
 //! against a real lobby, its stdout read line by line, each line with a deadline.
 //! With a name it joins, prints who is online and every join and leave, and
-//! leaves on SIGINT or SIGTERM; without one it polls GET /users; errors are one
+//! leaves on SIGINT or SIGTERM; without one it follows a watcher's stream; errors are one
 //! line on stderr and exit code 1.
 
 mod common;
@@ -84,10 +84,11 @@ async fn a_lobby_that_restarted_and_forgot_it_is_one_line_on_stderr_and_exit_1()
 // ---- without a name ----
 
 #[tokio::test]
-async fn without_a_name_it_prints_the_joins_and_leaves_it_sees_in_get_users() {
+async fn without_a_name_it_prints_the_joins_and_leaves_its_watcher_stream_sees() {
     let lobby = LobbyProcess::start(&[]).await;
     let (_alice, _alice_stream, _) = lobby.join_and_subscribe("alice").await;
-    let mut watcher = Watcher::start(lobby.addr, &["--every", "100ms"]);
+    // --every is for lobbies without watchers; a poll this slow would miss bob.
+    let mut watcher = Watcher::start(lobby.addr, &["--every", "1h"]);
     watcher.expect_lines(&["1 online:", "  alice"]).await;
 
     let (bob, _bob_stream, _) = lobby.join_and_subscribe("bob").await;
@@ -99,6 +100,65 @@ async fn without_a_name_it_prints_the_joins_and_leaves_it_sees_in_get_users() {
     watcher.signal("TERM");
     let (status, stderr) = watcher.exit().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_room_s_url_watches_that_room_with_or_without_a_name() {
+    let lobby = LobbyProcess::start(&[]).await;
+    let design = lobby.in_room("design");
+    let (_alice, _alice_stream, _) = design.join_and_subscribe("alice").await;
+    let (_bob, _bob_stream, _) = lobby.join_and_subscribe("bob").await;
+    let url = format!("http://{}/rooms/design", lobby.addr);
+
+    let mut watcher = Watcher::spawn(&["watch", &url]);
+    watcher.expect_lines(&["1 online:", "  alice"]).await;
+    let mut member = Watcher::spawn(&["watch", &url, "--name", "carol"]);
+    member
+        .expect_lines(&["2 online:", "  alice", "  carol (you)"])
+        .await;
+    watcher.expect_lines(&["+ carol"]).await;
+
+    assert_eq!(design.users().await.len(), 2, "carol joined design");
+    assert_eq!(lobby.users().await.len(), 1, "and not the lobby");
+    member.signal("TERM");
+    watcher.expect_lines(&["- carol"]).await;
+}
+
+/// A lobby from before watchers answers GET /events with no token 401: the
+/// watch then asks GET /users every `--every`.
+#[tokio::test]
+async fn without_a_name_a_lobby_without_watchers_is_polled_instead() {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = polls.clone();
+    let old = axum::Router::new()
+        .route(
+            "/events",
+            get(|| async {
+                let refusal = axum::Json(serde_json::json!({"error": "No token was given."}));
+                (axum::http::StatusCode::UNAUTHORIZED, refusal)
+            }),
+        )
+        .route(
+            "/users",
+            get(move || {
+                let (id, name) = match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => ("1", "old"),
+                    _ => ("2", "older"),
+                };
+                async move { axum::Json(serde_json::json!({"users": [{"id": id, "name": name}]})) }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, old).await });
+
+    let mut watcher = Watcher::start(addr, &["--every", "50ms"]);
+
+    watcher.expect_lines(&["1 online:", "  old"]).await;
+    watcher.expect_lines(&["- old", "+ older"]).await;
 }
 
 #[tokio::test]
