@@ -412,3 +412,24 @@ async fn ten_thousand_rooms_made_and_emptied_give_their_memory_back() {
         "RSS {before} KiB before, {after} KiB after 10,000 rooms"
     );
 }
+
+/// A stream of a quiet room is not ended (nor sent anything) while other
+/// rooms have more events than its backlog (1024): it reads only its room's.
+#[tokio::test]
+async fn a_quiet_room_s_stream_outlasts_a_busy_room_s_thousand_events() {
+    let server = one_node(&["--join-rate", "1000000", "--join-burst", "1000000"]).await;
+    let (quiet, busy) = (server.in_room("quiet"), server.in_room("busy"));
+    let (_ada, mut ada_sees, _) = quiet.join_and_subscribe("ada").await;
+    let (_bob, mut bob_sees, _) = busy.join_and_subscribe("bob").await;
+
+    for n in 0..600 {
+        let joined = busy.join(&format!("n{n}")).await;
+        assert_eq!(busy.leave(&joined.token).await, 204);
+    }
+    for _ in 0..1200 {
+        bob_sees.next_event().await;
+    }
+    let cy = quiet.join("cy").await;
+
+    assert_next(&mut ada_sees, "new_user", &cy.user()).await;
+}

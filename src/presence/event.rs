@@ -39,6 +39,9 @@ pub struct Event {
     /// The room it happened in: a stream sees only its own room's events.
     pub room: RoomName,
     pub id: EventId,
+    /// Its place among the events of every room, in the order every receiver
+    /// of their channel gets them (set as it is sent).
+    pub seq: u64,
     pub kind: EventKind,
     pub user: UserId,
     /// `id: …\nevent: …\ndata: {"id":…,"name":…}\n\n`, shared by every stream.
@@ -59,6 +62,7 @@ impl Event {
         Event {
             room: room.clone(),
             id,
+            seq: 0,
             kind,
             user,
             frame: frame(id, kind.as_str(), &data),
@@ -73,6 +77,7 @@ impl Event {
         Event {
             room: room.clone(),
             id: latest,
+            seq: 0,
             kind: EventKind::Reset,
             user: UserId::nil(),
             // Built once for every stream: one copy is no cost here.

@@ -107,7 +107,9 @@ pub struct User<X> {
 /// a room made again starts past every id already sent and its ids never go back.
 #[derive(Debug, Clone)]
 pub struct Outlet {
-    sender: broadcast::Sender<Arc<Event>>,
+    /// The channel, and the `seq` of the last event sent on it: numbered and
+    /// sent under one lock, so that `seq` is the order receivers see.
+    sender: Arc<Mutex<(broadcast::Sender<Arc<Event>>, u64)>>,
     newest: Arc<AtomicU64>,
 }
 
@@ -119,14 +121,28 @@ impl Outlet {
         let backlog = config.backlog.max(1).next_power_of_two();
         let (sender, _) = broadcast::channel(backlog);
         Outlet {
-            sender,
+            sender: Arc::new(Mutex::new((sender, 0))),
             newest: Arc::default(),
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, (broadcast::Sender<Arc<Event>>, u64)> {
+        self.sender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// A receiver of every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.sender.subscribe()
+        self.lock().0.subscribe()
+    }
+
+    /// A receiver of every event from now on, and the `seq` of the last
+    /// event sent before it: what a stream reads from elsewhere (a shard's
+    /// log) starts after that.
+    pub(super) fn subscribe_since(&self) -> (broadcast::Receiver<Arc<Event>>, u64) {
+        let sender = self.lock();
+        (sender.0.subscribe(), sender.1)
     }
 
     /// The newest id sent, in any room.
@@ -134,10 +150,16 @@ impl Outlet {
         self.newest.load(Ordering::Acquire)
     }
 
-    pub(super) fn send(&self, event: Arc<Event>) {
+    /// Numbers `event` among all sent here and sends it; returns it shared.
+    pub(super) fn send(&self, mut event: Event) -> Arc<Event> {
         self.newest.fetch_max(event.id, Ordering::AcqRel);
+        let mut sender = self.lock();
+        sender.1 += 1;
+        event.seq = sender.1;
+        let event = Arc::new(event);
         // An error only means that no stream is open; the history still has it.
-        let _ = self.sender.send(event);
+        let _ = sender.0.send(event.clone());
+        event
     }
 }
 
@@ -204,11 +226,13 @@ impl<K: Kind> Lobby<K> {
         let id = user.id;
         K::opened(state, seq, stream);
         let start = state.start(last_event_id);
+        let (events, since) = state.outlet.subscribe_since();
         let subscription = Subscription {
             user: Some(id),
             room: state.room.clone(),
             start,
-            events: state.outlet.subscribe(),
+            events,
+            since,
             open: Some(Box::new(OpenStream {
                 shared: self.shared.clone(),
                 token: key,
@@ -228,7 +252,7 @@ impl<K: Kind> Lobby<K> {
         let subscription = Subscription::watching(
             state.room.clone(),
             state.start(last_event_id),
-            state.outlet.subscribe(),
+            state.outlet.subscribe_since(),
         );
         self.resumed(last_event_id, &subscription);
         subscription
@@ -334,9 +358,8 @@ impl<K: Kind> State<K> {
 
     pub(super) fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
         self.latest += 1;
-        let event = Arc::new(Event::new(&self.room, self.latest, kind, user, name));
-        self.history.push(event.clone());
-        self.outlet.send(event);
+        let event = Event::new(&self.room, self.latest, kind, user, name);
+        self.history.push(self.outlet.send(event));
         self.latest
     }
 

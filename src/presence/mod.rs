@@ -159,6 +159,9 @@ pub struct Subscription {
     /// skips the other rooms'. A `Lagged` error means the stream fell more
     /// than `backlog` events behind and should end.
     pub events: broadcast::Receiver<Arc<Event>>,
+    /// The `seq` of the last event sent before `events` began: a stream that
+    /// reads events from elsewhere reads only those after it.
+    pub since: u64,
     /// A user's count of open streams; `None` for a watcher.
     open: Option<Box<dyn Open>>,
     /// Whatever the caller wants kept until the stream ends.
@@ -191,13 +194,14 @@ impl Subscription {
     fn watching(
         room: RoomName,
         start: Start,
-        events: broadcast::Receiver<Arc<Event>>,
+        (events, since): (broadcast::Receiver<Arc<Event>>, u64),
     ) -> Subscription {
         Subscription {
             user: None,
             room,
             start,
             events,
+            since,
             open: None,
             held: None,
         }

@@ -219,7 +219,7 @@ impl Replica {
         }
         let users = state.users_json();
         let reset = Event::reset(&state.room, state.latest, users.clone());
-        state.outlet.send(Arc::new(reset));
+        state.outlet.send(reset);
         self.shared.kind.applied.send_replace(state.latest);
     }
 

@@ -161,7 +161,7 @@ impl Rooms {
         let outlet = &self.shared.outlet;
         let empty = Pieces::from("[]");
         let start = Start::Snapshot(event::snapshot_frame(outlet.newest(), empty));
-        let subscription = Subscription::watching(room.clone(), start, outlet.subscribe());
+        let subscription = Subscription::watching(room.clone(), start, outlet.subscribe_since());
         drop(rooms);
         if last_event_id.is_some() {
             self.shared.observer.resumed(false);

@@ -1,15 +1,18 @@
-//! The lean writer: writes every event to every stream on a plain HTTP/1 connection. Streams are
-//! grouped into shards, each one task: one wake-up per event serves every
-//! stream of the shard, and an idle stream is only its socket, its place in the
-//! event channel and a few words. It has no task, timer or buffer of its own.
+//! The lean writer: writes every event to every stream of its room on a plain
+//! HTTP/1 connection. Streams are grouped into shards, each one task: each
+//! shard reads the channel of every room's events once, keeps each event in
+//! its room's log (one per room with streams in the shard), and writes it to
+//! the streams of that room only, so an event costs the streams of its room,
+//! not every stream. An idle stream is only its socket, its place in its
+//! room's log and a few words. It has no task, timer or buffer of its own.
 //!
-//! A stream reads events from its own receiver only while its socket takes
-//! them; a stream whose socket is full leaves them in the channel, and once it
-//! falls a whole backlog behind it is ended (its client resumes with
-//! `Last-Event-ID`). Nothing waits on a slow socket, and no lock is held while
-//! writing.
+//! A stream reads its room's log only while its socket takes what it writes;
+//! the log keeps what its slowest stream has not read, and a stream that
+//! falls a whole backlog behind is ended (its client resumes with
+//! `Last-Event-ID`). Nothing waits on a slow socket, and no lock is held
+//! while writing.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +29,7 @@ use tokio::time::Instant;
 use super::limits::ConnectionSlot;
 use super::stream::{Framing, MAX_BATCH, SizeLine};
 use crate::observe::{Metrics, SlowCause};
-use crate::presence::{Event, Pieces, Subscription, Waiting};
+use crate::presence::{Event, Pieces, RoomName, Subscription, Waiting};
 
 /// While events keep coming (a pass found more than one waiting), a shard
 /// waits this many times its last pass's length, at most `MAX_WAIT`, before
@@ -172,6 +175,12 @@ impl Wake for StreamWaker {
 
 struct Shard {
     streams: Slab<Stream>,
+    /// The log of each room that has streams here.
+    rooms: HashMap<RoomName, RoomLog>,
+    /// The rooms whose logs grew since the last pass.
+    dirty: Vec<RoomName>,
+    /// The `seq` of the last event put in a log.
+    handed: u64,
     limits: StreamLimits,
     ready: Arc<Ready>,
     metrics: Arc<Metrics>,
@@ -187,9 +196,58 @@ struct Shard {
     woken: Vec<usize>,
 }
 
+/// The events of one room that not every stream of it in the shard has
+/// read, shared by them: a stalled stream holds its room's log, not a queue
+/// of its own.
+#[derive(Default)]
+struct RoomLog {
+    /// Oldest first; `events[0]` is number `first` of the events put here.
+    events: VecDeque<Arc<Event>>,
+    first: u64,
+    /// The room's streams, by key.
+    streams: HashSet<usize>,
+    /// Whether the room is in the shard's `dirty` list.
+    dirty: bool,
+}
+
+impl RoomLog {
+    /// The number the next event put here gets.
+    fn end(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+
+    /// Forgets the events every stream in `streams` has read.
+    fn trim(&mut self, streams: &Slab<Stream>) {
+        let read = self
+            .streams
+            .iter()
+            .filter_map(|&key| streams.get(key))
+            .filter(|stream| !stream.lagged)
+            .map(|stream| stream.cursor)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.end());
+        while self.first < read {
+            self.events.pop_front();
+            self.first += 1;
+        }
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+    }
+}
+
 struct Stream {
     socket: TcpStream,
     subscription: Subscription,
+    /// The number in its room's log of the next event it reads.
+    cursor: u64,
+    /// Its room's events sent after it subscribed and before it joined its
+    /// room's log, oldest first; empty (and unallocated) almost always.
+    backfill: VecDeque<Arc<Event>>,
+    /// It fell a backlog behind, or the shard lost events: it reads no more,
+    /// and ends once what it has is written.
+    lagged: bool,
     waker: Waker,
     /// What a write left unwritten, sharing the buffers it came from; empty
     /// (and unallocated) while idle.
@@ -283,6 +341,9 @@ impl Shard {
             metrics,
             tally: Tally::default(),
             streams: Slab::new(),
+            rooms: HashMap::new(),
+            dirty: Vec::new(),
+            handed: 0,
             limits,
             ready: Arc::default(),
             batch: Vec::with_capacity(MAX_BATCH + 3),
@@ -307,11 +368,16 @@ impl Shard {
                     Some(arrival) => self.admit(arrival),
                     None => break,
                 },
-                // Only the wake-up and its time matter: each stream reads its
-                // own receiver.
                 woke = events.recv() => match woke {
-                    Ok(event) => pace.heard(event.at),
-                    Err(RecvError::Lagged(count)) => pace.missed(count, Instant::now()),
+                    Ok(event) => {
+                        let at = event.at;
+                        self.hand_out(event);
+                        pace.heard(at);
+                    }
+                    Err(RecvError::Lagged(count)) => {
+                        self.missed();
+                        pace.missed(count, Instant::now());
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 () = tokio::time::sleep_until(pace.next_pass), if pace.due() => {
@@ -336,9 +402,18 @@ impl Shard {
             ready: self.ready.clone(),
         }));
         let key = entry.key();
+        let mut subscription = arrival.subscription;
+        // What was sent since it subscribed and already put in the logs comes
+        // from its own receiver; from its room's log, all that comes later.
+        let (backfill, lagged) = since_subscribed(&mut subscription, self.handed);
+        let log = self.rooms.entry(subscription.room.clone()).or_default();
+        log.streams.insert(key);
         entry.insert(Stream {
             socket: arrival.socket,
-            subscription: arrival.subscription,
+            subscription,
+            cursor: log.end(),
+            backfill,
+            lagged,
             waker,
             pending: VecDeque::new(),
             framing: arrival.framing,
@@ -349,17 +424,61 @@ impl Shard {
         });
         let stream = &mut self.streams[key];
         let mut flow = stream.write(arrival.opening.parts());
-        // Events sent between the subscription and now wait in its receiver.
         if flow == Flow::Open {
-            flow = stream.deliver(&mut self.batch, &mut self.size_line, &mut self.tally);
+            let log = self.rooms.get(&stream.subscription.room);
+            flow = stream.deliver(log, &mut self.batch, &mut self.size_line, &mut self.tally);
         }
         if flow == Flow::Open {
             flow = stream.watch_for_close();
         }
         if flow == Flow::Close {
-            self.streams.remove(key);
+            self.remove(key);
         }
         self.report();
+    }
+
+    /// Puts `event` in its room's log, if its room has streams here.
+    fn hand_out(&mut self, event: Arc<Event>) {
+        self.handed = event.seq;
+        let Some(log) = self.rooms.get_mut(&event.room) else {
+            return;
+        };
+        if !log.dirty {
+            log.dirty = true;
+            self.dirty.push(event.room.clone());
+        }
+        log.events.push_back(event);
+    }
+
+    /// The shard fell so far behind the channel that it missed events: every
+    /// stream may lack some, so each ends after what it has written (its
+    /// client resumes with `Last-Event-ID`).
+    fn missed(&mut self) {
+        for (_, stream) in &mut self.streams {
+            stream.lagged = true;
+        }
+        for (room, log) in &mut self.rooms {
+            log.first = log.end();
+            log.events.clear();
+            if !log.dirty {
+                log.dirty = true;
+                self.dirty.push(room.clone());
+            }
+        }
+    }
+
+    /// Forgets a stream, which closes its socket.
+    fn remove(&mut self, key: usize) {
+        let Some(stream) = self.streams.try_remove(key) else {
+            return;
+        };
+        let room = &stream.subscription.room;
+        if let Some(log) = self.rooms.get_mut(room) {
+            log.streams.remove(&key);
+            if log.streams.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
     }
 
     /// Tells the metrics what the shard sent and ended since it last did.
@@ -370,15 +489,44 @@ impl Shard {
             .slow_streams_ended(SlowCause::Backlog, tally.lagged);
     }
 
+    /// Writes what came to the logs of the rooms that had events since the
+    /// last pass to their streams, then forgets what all of them have read.
     async fn deliver_all(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
         let mut closed = Vec::new();
-        for (index, (key, stream)) in self.streams.iter_mut().enumerate() {
-            if stream.deliver(&mut self.batch, &mut self.size_line, &mut self.tally) == Flow::Close
-            {
-                closed.push(key);
+        let mut served = 0;
+        for room in &dirty {
+            let Shard {
+                rooms,
+                streams,
+                batch,
+                size_line,
+                tally,
+                limits,
+                ..
+            } = self;
+            let Some(log) = rooms.get_mut(room) else {
+                continue;
+            };
+            log.dirty = false;
+            let log = &*log;
+            for &key in &log.streams {
+                let Some(stream) = streams.get_mut(key) else {
+                    continue;
+                };
+                if !stream.lagged && log.end() - stream.cursor > limits.backlog as u64 {
+                    stream.lagged = true;
+                }
+                if stream.deliver(Some(log), batch, size_line, tally) == Flow::Close {
+                    closed.push(key);
+                }
+                served += 1;
+                if served % STREAMS_PER_TURN == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
-            if index % STREAMS_PER_TURN == STREAMS_PER_TURN - 1 {
-                tokio::task::yield_now().await;
+            if let Some(log) = self.rooms.get_mut(room) {
+                log.trim(&self.streams);
             }
         }
         self.remove_all(closed);
@@ -387,6 +535,9 @@ impl Shard {
 
     fn keep_alive(&mut self) {
         let mut closed = Vec::new();
+        for log in self.rooms.values_mut() {
+            log.trim(&self.streams);
+        }
         for (key, stream) in &mut self.streams {
             // A stream with bytes still pending is not idle: skip it.
             if stream.pending.is_empty()
@@ -417,7 +568,7 @@ impl Shard {
             .filter(|(_, stream)| {
                 if timed_out(stream) {
                     by_timeout += 1;
-                } else if stream.subscription.events.len() > limits.backlog {
+                } else if stream.lagged && !stream.pending.is_empty() {
                     by_backlog += 1;
                 } else {
                     return false;
@@ -457,11 +608,13 @@ impl Shard {
             if flow == Flow::Open && !stream.pending.is_empty() {
                 flow = stream.flush();
                 if flow == Flow::Open && stream.pending.is_empty() {
-                    flow = stream.deliver(&mut self.batch, &mut self.size_line, &mut self.tally);
+                    let log = self.rooms.get(&stream.subscription.room);
+                    flow =
+                        stream.deliver(log, &mut self.batch, &mut self.size_line, &mut self.tally);
                 }
             }
             if flow == Flow::Close {
-                self.streams.remove(key);
+                self.remove(key);
             }
         }
         self.woken = woken;
@@ -470,17 +623,40 @@ impl Shard {
 
     fn remove_all(&mut self, keys: Vec<usize>) {
         for key in keys {
-            self.streams.remove(key);
+            self.remove(key);
+        }
+    }
+}
+
+/// Takes the events of its room waiting in `subscription`'s own receiver
+/// that the shard has put in the logs already (up to `handed`); the shard
+/// puts the later ones in its room's log. `true` if the receiver fell behind
+/// (events were lost). The receiver is not read again.
+fn since_subscribed(subscription: &mut Subscription, handed: u64) -> (VecDeque<Arc<Event>>, bool) {
+    let mut backfill = VecDeque::new();
+    loop {
+        match subscription.events.try_recv() {
+            Ok(event) if event.seq <= handed => {
+                if event.room == subscription.room {
+                    backfill.push_back(event);
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
+                return (backfill, false);
+            }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return (backfill, true),
         }
     }
 }
 
 impl Stream {
-    /// Writes the events waiting in this stream's receiver, a batch at a time,
-    /// while the socket takes them. A stream that ends (its user left, or it
-    /// fell past the backlog) writes the end of its body after its last batch.
+    /// Writes the events of its room's `log` it has not read, a batch at a
+    /// time, while the socket takes them. A stream that ends (its user left,
+    /// or it lagged) writes the end of its body after its last batch.
     fn deliver(
         &mut self,
+        log: Option<&RoomLog>,
         batch: &mut Vec<Bytes>,
         size_line: &mut SizeLine,
         tally: &mut Tally,
@@ -490,7 +666,7 @@ impl Stream {
             // Room for the chunk's size line, pushed to the front once the
             // batch's length is known.
             batch.push(Bytes::new());
-            let waiting = self.subscription.read_waiting(batch, MAX_BATCH + 1);
+            let waiting = self.read(log, batch, MAX_BATCH + 1);
             self.closing = waiting != Waiting::Open;
             tally.lagged += u64::from(waiting == Waiting::Lagged);
             let events = batch.len() - 1;
@@ -514,6 +690,43 @@ impl Stream {
             }
         }
         self.close_if_done()
+    }
+
+    /// Moves the events it has not read into `batch` (its backfill, then
+    /// its room's log), until it holds `max`, so that a stream that missed
+    /// many writes them at once.
+    fn read(&mut self, log: Option<&RoomLog>, batch: &mut Vec<Bytes>, max: usize) -> Waiting {
+        while batch.len() < max {
+            let Some(event) = self.backfill.pop_front() else {
+                break;
+            };
+            if self.subscription.accept(&event, batch) == Waiting::Left {
+                return Waiting::Left;
+            }
+        }
+        if self.lagged {
+            return if self.backfill.is_empty() {
+                Waiting::Lagged
+            } else {
+                Waiting::Open
+            };
+        }
+        let Some(log) = log else {
+            return Waiting::Open;
+        };
+        while batch.len() < max && self.cursor < log.end() {
+            let event = &log.events[(self.cursor - log.first) as usize];
+            self.cursor += 1;
+            // A shard behind the channel puts in the log, after the stream
+            // came, events from before it subscribed.
+            if event.seq <= self.subscription.since {
+                continue;
+            }
+            if self.subscription.accept(event, batch) == Waiting::Left {
+                return Waiting::Left;
+            }
+        }
+        Waiting::Open
     }
 
     /// Writes `bufs` as far as the socket takes them; keeps the rest pending

@@ -108,14 +108,14 @@ async fn burst(
                 let mut errors = Vec::new();
                 let mut tokens = Vec::new();
                 for n in numbers.iter().skip(worker).step_by(CONNECTIONS) {
-                    match conn.join(&format!("burst-{n}")).await {
+                    match conn.join(&format!("burst-{n}"), 0).await {
                         Ok(joined) => tokens.push(joined.token),
                         Err(err) => errors.push(format!("{err:#}")),
                     }
                 }
                 barrier.wait().await;
                 for token in tokens {
-                    if let Err(err) = conn.leave(&token).await {
+                    if let Err(err) = conn.leave(&token, 0).await {
                         errors.push(format!("{err:#}"));
                     }
                 }
@@ -131,8 +131,10 @@ async fn burst(
         }
     }
     let answered = shared.stamp();
+    // Only runs with one room (`run`), room 0.
     wait_for_all(
         shared,
+        0,
         |s| s.target_at.load(Relaxed) != 0,
         Instant::now() + timeout,
     )

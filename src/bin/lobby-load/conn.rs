@@ -140,9 +140,10 @@ impl Conn {
         Ok(head.status)
     }
 
-    /// POST /join; returns the new user's token (the reply must also hold its id).
-    pub async fn join(&mut self, name: &str) -> Result<Joined> {
-        let request = self.target.join_request(name);
+    /// POST /join in room number `room`; returns the new user's token (the
+    /// reply must also hold its id).
+    pub async fn join(&mut self, name: &str, room: usize) -> Result<Joined> {
+        let request = self.target.join_request(name, room);
         let mut scan = wire::JoinScan::default();
         let mut error = Vec::new();
         let mut bytes = 0u64;
@@ -166,9 +167,9 @@ impl Conn {
         }
     }
 
-    /// POST /leave with the token as Bearer.
-    pub async fn leave(&mut self, token: &str) -> Result<()> {
-        let request = self.target.leave_request(token);
+    /// POST /leave in room number `room`, with the token as Bearer.
+    pub async fn leave(&mut self, token: &str, room: usize) -> Result<()> {
+        let request = self.target.leave_request(token, room);
         let status = self.request(&request, &mut |_| {}).await?;
         if status != 204 {
             bail!("POST /leave answered {status}");
@@ -227,11 +228,11 @@ mod tests {
             }
             std::future::pending::<()>().await;
         });
-        let target = Arc::new(Target::from_url(&url, 1).await.expect("a target"));
+        let target = Arc::new(Target::from_url(&url, 1, 1).await.expect("a target"));
         let mut conn = Conn::new(target, 0);
 
         for name in ["a", "b"] {
-            let joined = tokio::time::timeout(Duration::from_secs(5), conn.join(name))
+            let joined = tokio::time::timeout(Duration::from_secs(5), conn.join(name, 0))
                 .await
                 .expect("no wait for a close that never comes")
                 .expect("a join");

@@ -22,6 +22,8 @@ use crate::target::Target;
 /// The source address number of the probe's connections, apart from the
 /// subscribers' (which are numbered from 0).
 const PROBE_SOURCE: usize = usize::MAX / 2;
+/// The room the probes join: its subscribers time the fan-out.
+const PROBED_ROOM: usize = 0;
 
 /// Sends the probes and adds the fan-out's rows; returns every process's
 /// samples. A failed fan-out fails the report (and gives no samples), or, in a
@@ -185,14 +187,19 @@ async fn fan_out(
         let mut probe = None;
         if cluster.is_prober() {
             let sent = shared.stamp();
-            let joined = conn.join(&format!("probe-{tag:016x}")).await?;
+            let joined = conn.join(&format!("probe-{tag:016x}"), PROBED_ROOM).await?;
             // The probe listens too, like any user; its stream ends when it leaves.
             let drain = tokio::spawn(drain(shared.target.clone(), joined.token.clone()));
             probe = Some((sent, joined.token, drain));
         }
         let seen_by_all = |sighting: fn(&Slot) -> &Sighting| {
             let deadline = Instant::now() + timeout;
-            wait_for_all(shared, move |s| sighting(s).of(tag).is_some(), deadline)
+            wait_for_all(
+                shared,
+                PROBED_ROOM,
+                move |s| sighting(s).of(tag).is_some(),
+                deadline,
+            )
         };
         seen_by_all(|s| &s.probe_joined).await;
         // The leave goes out once every process's subscribers have the join.
@@ -203,7 +210,7 @@ async fn fan_out(
         let mut drained = None;
         if let Some((join_sent, token, drain)) = probe {
             let leave_sent = shared.stamp();
-            let left = conn.leave(&token).await;
+            let left = conn.leave(&token, PROBED_ROOM).await;
             if left.is_err() {
                 drain.abort();
             }
@@ -217,8 +224,7 @@ async fn fan_out(
         }
         let arrivals = |sighting: fn(&Slot) -> &Sighting| {
             shared
-                .slots
-                .iter()
+                .in_room(PROBED_ROOM)
                 .map(|s| sighting(s).of(tag).map_or(0, |at| shared.wall(at)))
                 .collect()
         };
@@ -288,6 +294,7 @@ async fn drain(target: Arc<Target>, token: String) {
     let opened = Stream::open(
         &target,
         PROBE_SOURCE,
+        PROBED_ROOM,
         &token,
         None,
         &mut buf,

@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
 
+    /// Spread the subscribers over this many rooms (/rooms/r0, /rooms/r1, …),
+    /// dealt out in turn; the probes join room r0. With 1, the lobby's own
+    /// routes. More than 1 leaves the burst out.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms: u32,
+
     /// Joins in the burst; as many leaves follow (0 skips the burst). In a
     /// cluster run, the joins of all the load processes together.
     #[arg(long, default_value_t = 200)]

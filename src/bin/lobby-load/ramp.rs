@@ -189,11 +189,13 @@ async fn ramp_worker(
         }
         let step = async {
             let started = Instant::now();
-            let joined = conn.join(&format!("load-{index}")).await?;
+            let room = shared.room_of(index);
+            let joined = conn.join(&format!("load-{index}"), room).await?;
             let subscribing = Instant::now();
             let (mut stream, mut bytes) = Stream::open(
                 &shared.target,
                 index,
+                room,
                 &joined.token,
                 None,
                 &mut buf,

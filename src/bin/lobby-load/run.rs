@@ -25,7 +25,7 @@ pub async fn run(args: &Args, cluster: &Cluster) -> Result<Report> {
     if needed > limit {
         bail!("{n} subscribers need about {needed} open files, but this process may open {limit}");
     }
-    let target = Arc::new(Target::from_url(&args.url, args.sources).await?);
+    let target = Arc::new(Target::from_url(&args.url, args.sources, args.rooms as usize).await?);
     let pid = args.pid.or_else(|| server::find_pid(target.addr.port()));
     if pid.is_none() {
         eprintln!(
@@ -43,13 +43,23 @@ pub async fn run(args: &Args, cluster: &Cluster) -> Result<Report> {
     report.add("url", "server", args.url.clone(), "");
     report.add("pid", "server pid", pid, "");
     report.add("subscribers", "subscribers", n, "");
+    if args.rooms > 1 {
+        report.add(
+            "rooms",
+            "rooms (subscribers dealt out in turn)",
+            args.rooms,
+            "",
+        );
+    }
     // What only the prober of a cluster run needs, for the cluster's figures.
     let mut gathered = Gathered::default();
 
     let ramped = ramp::phase(&setup, &mut report).await?;
     gathered.note_ids("after the ramp", &ramped.ids);
     gathered.samples = fanout::phase(&setup, &mut report).await?;
-    if args.burst > 0 {
+    // The burst's joins and leaves all go to one room and wait for every
+    // stream: a run over many rooms leaves it out.
+    if args.burst > 0 && args.rooms == 1 {
         let bursted = burst::phase(&setup, &mut report).await?;
         gathered.note_ids("before the burst", &bursted.ids);
         gathered.bursts = bursted.all;

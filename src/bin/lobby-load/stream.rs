@@ -35,6 +35,7 @@ impl Stream {
     pub async fn open(
         target: &Target,
         source: usize,
+        room: usize,
         token: &str,
         last_id: Option<u64>,
         buf: &mut [u8],
@@ -44,7 +45,7 @@ impl Stream {
             .connect(source)
             .await
             .context("connect for GET /events")?;
-        write_all(&conn, &target.events_request(token, last_id)).await?;
+        write_all(&conn, &target.events_request(token, last_id, room)).await?;
         let mut end = 0;
         let (head, len) = loop {
             if let Some(found) = wire::parse_head(&buf[..end]).map_err(|e| anyhow!(e))? {
@@ -140,7 +141,8 @@ pub async fn follow(shared: Arc<Shared>, index: usize, token: String, mut stream
         let mut buf = vec![0; 16 * 1024];
         let last = stream.parser.tally.last_id;
         let parser = std::mem::take(&mut stream.parser).reconnected();
-        match Stream::open(&shared.target, index, &token, last, &mut buf, parser).await {
+        let room = shared.room_of(index);
+        match Stream::open(&shared.target, index, room, &token, last, &mut buf, parser).await {
             Ok((reopened, _)) => stream = reopened,
             Err(err) => {
                 shared.lose(slot, || format!("reopening failed: {err:#}"));
@@ -224,7 +226,7 @@ mod tests {
             socket.write_all(reply).await.expect("the reply");
             std::future::pending::<()>().await;
         });
-        Arc::new(Target::from_url(&url, 1).await.expect("a target"))
+        Arc::new(Target::from_url(&url, 1, 1).await.expect("a target"))
     }
 
     #[tokio::test]
@@ -237,10 +239,17 @@ mod tests {
         .await;
         let mut buf = vec![0; 4096];
 
-        let (mut stream, _) =
-            Stream::open(&target, 0, "token", None, &mut buf, sse::Parser::default())
-                .await
-                .expect("the stream opens");
+        let (mut stream, _) = Stream::open(
+            &target,
+            0,
+            0,
+            "token",
+            None,
+            &mut buf,
+            sse::Parser::default(),
+        )
+        .await
+        .expect("the stream opens");
         let read =
             tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf, 0))
                 .await

@@ -149,6 +149,16 @@ impl Shared {
     pub fn live(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().filter(|s| !s.lost.load(Relaxed))
     }
+
+    /// Which room subscriber `index` is in: they are dealt out in turn.
+    pub fn room_of(&self, index: usize) -> usize {
+        index % self.target.rooms()
+    }
+
+    /// The subscribers of room number `room`, lost or not.
+    pub fn in_room(&self, room: usize) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().skip(room).step_by(self.target.rooms())
+    }
 }
 
 /// Waits until every live stream has seen the same, latest event and nothing
@@ -159,14 +169,23 @@ async fn settle(shared: &Shared) -> (Duration, usize) {
     let mut last_max = 0;
     let mut steady_since = Instant::now();
     loop {
-        let max = shared
-            .live()
-            .map(|s| s.last_id.load(Relaxed))
-            .max()
-            .unwrap_or(0);
+        // Each room has its own latest event; the newest of all says whether
+        // anything is still coming.
+        let mut maxima = vec![0; shared.target.rooms()];
+        for (index, slot) in shared.slots.iter().enumerate() {
+            if !slot.lost.load(Relaxed) {
+                let room = &mut maxima[shared.room_of(index)];
+                *room = (*room).max(slot.last_id.load(Relaxed));
+            }
+        }
+        let max = maxima.iter().copied().max().unwrap_or(0);
         let behind = shared
-            .live()
-            .filter(|s| s.last_id.load(Relaxed) < max)
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(index, s)| {
+                !s.lost.load(Relaxed) && s.last_id.load(Relaxed) < maxima[shared.room_of(*index)]
+            })
             .count();
         if max != last_max {
             last_max = max;
@@ -205,10 +224,21 @@ pub async fn settle_all(
     }
 }
 
-/// Polls until `seen` is set on every slot whose stream is not lost (a lost
-/// one never will be; it is counted missing) or `deadline` passes.
-pub async fn wait_for_all(shared: &Shared, seen: impl Fn(&Slot) -> bool, deadline: Instant) {
-    while Instant::now() < deadline && !shared.live().all(&seen) {
+/// Polls until `seen` is set on every slot of `room` whose stream is not lost
+/// (a lost one never will be; it is counted missing) or `deadline` passes.
+pub async fn wait_for_all(
+    shared: &Shared,
+    room: usize,
+    seen: impl Fn(&Slot) -> bool,
+    deadline: Instant,
+) {
+    let all_seen = || {
+        shared
+            .in_room(room)
+            .filter(|s| !s.lost.load(Relaxed))
+            .all(&seen)
+    };
+    while Instant::now() < deadline && !all_seen() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

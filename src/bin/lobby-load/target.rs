@@ -15,10 +15,13 @@ pub struct Target {
     host: String,
     /// Source addresses to bind, in turn; empty when the server is not on loopback.
     sources: Vec<Ipv4Addr>,
+    /// How many rooms the subscribers are spread over: 1 is the lobby's own
+    /// routes (`/join`), more are `/rooms/r0/join`, `/rooms/r1/join`, ….
+    rooms: usize,
 }
 
 impl Target {
-    pub async fn from_url(url: &str, sources: u8) -> Result<Target> {
+    pub async fn from_url(url: &str, sources: u8, rooms: usize) -> Result<Target> {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("--url must start with http:// (got {url:?})"))?;
@@ -47,7 +50,21 @@ impl Target {
             addr,
             host,
             sources,
+            rooms: rooms.max(1),
         })
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.rooms
+    }
+
+    /// The routes of room number `room`: the lobby's own with one room.
+    fn routes(&self, room: usize) -> String {
+        if self.rooms == 1 {
+            String::new()
+        } else {
+            format!("/rooms/r{}", room % self.rooms)
+        }
     }
 
     /// Opens a connection from source address number `source` (modulo their count).
@@ -65,28 +82,31 @@ impl Target {
         Ok(stream)
     }
 
-    pub fn join_request(&self, name: &str) -> Vec<u8> {
+    pub fn join_request(&self, name: &str, room: usize) -> Vec<u8> {
         let body = format!("{{\"name\":\"{name}\"}}");
         format!(
-            "POST /join HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {}/join HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.routes(room),
             self.host,
             body.len()
         )
         .into_bytes()
     }
 
-    pub fn leave_request(&self, token: &str) -> Vec<u8> {
+    pub fn leave_request(&self, token: &str, room: usize) -> Vec<u8> {
         format!(
-            "POST /leave HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n",
+            "POST {}/leave HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n",
+            self.routes(room),
             self.host
         )
         .into_bytes()
     }
 
-    pub fn events_request(&self, token: &str, last_id: Option<u64>) -> Vec<u8> {
+    pub fn events_request(&self, token: &str, last_id: Option<u64>, room: usize) -> Vec<u8> {
         let resume = last_id.map_or_else(String::new, |id| format!("Last-Event-ID: {id}\r\n"));
         format!(
-            "GET /events?token={} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
+            "GET {}/events?token={} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
+            self.routes(room),
             query_escape(token),
             self.host
         )
