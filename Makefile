@@ -28,6 +28,8 @@ build:
 # against it, the lobby stopped. Around the 18,000 run, the C fan-out
 # yardstick of ../shared/tools/fanout-yardstick runs just before and just
 # after, and lobby's fan-out p99 is given as a ratio to the mean of theirs.
+# Then 18,000 subscribers dealt out over BENCH_ROOMS rooms (empty: not run),
+# with the probes joining one room, against a fresh lobby.
 # Then wrk (Debian's `wrk`) sends GET /healthz and GET /users to a fresh lobby
 # and to an axum server written from axum's examples (examples/baseline.rs),
 # in turn, BENCH_WRK_RUNS times each; lobby's median requests per second over
@@ -37,6 +39,7 @@ build:
 BENCH_ADDR ?= 127.0.0.1:3999
 BENCH_BASELINE_ADDR ?= 127.0.0.1:3998
 BENCH_SIZES ?= 1000 18000
+BENCH_ROOMS ?= 1000
 BENCH_WRK_RUNS ?= 3
 # The shared folder sits beside the checkout (e.g. /work/shared beside /work/main).
 SHARED ?= $(abspath $(shell git rev-parse --show-toplevel 2>/dev/null || pwd)/../shared)
@@ -64,6 +67,12 @@ bench:
 	  kill $$pid; wait $$pid || true; \
 	  [ $$n != 18000 ] || yardstick after; \
 	done; \
+	if [ -n "$(BENCH_ROOMS)" ]; then \
+	  lobby rooms; echo "== N = 18000 in $(BENCH_ROOMS) rooms"; \
+	  ./target/release/lobby-load --url http://$(BENCH_ADDR) --pid $$pid --subscribers 18000 --rooms $(BENCH_ROOMS) \
+	    | tee $$out/load-rooms.txt; \
+	  kill $$pid; wait $$pid || true; \
+	fi; \
 	echo "== wrk -t2 -c32 -d5s, lobby and the axum baseline in turn, $(BENCH_WRK_RUNS) runs each"; \
 	lobby wrk; \
 	serve baseline ./target/release/examples/baseline $(BENCH_BASELINE_ADDR); ready $(BENCH_BASELINE_ADDR) $$pid; \
@@ -92,6 +101,11 @@ bench:
 	    echo "peak RSS per subscriber (VmHWM after ramp, probes and burst / N), N = 18000: $$(value $$out/load-18000.txt 'server peak RSS per subscriber (VmHWM / N)') KiB"; \
 	    echo "settled RSS per subscriber (VmRSS after the idle period / N), N = 18000: $$(value $$out/load-18000.txt 'server settled RSS per subscriber (VmRSS at the end / N)') KiB"; \
 	  else echo "N = 18000 was not run (BENCH_SIZES): no yardstick ratio, no memory per subscriber at 18,000"; fi; \
+	  if [ -f $$out/load-rooms.txt ]; then rooms=$$out/load-rooms.txt; \
+	    echo "18,000 subscribers in $(BENCH_ROOMS) rooms: ramp $$(value $$rooms 'ramp: all N join and subscribe') s,"; \
+	    echo "  fan-out of a join into one room p99 $$(value $$rooms 'fan-out of a join, p99') ms,"; \
+	    echo "  settled RSS per subscriber $$(value $$rooms 'server settled RSS per subscriber (VmRSS at the end / N)') KiB (rooms included)"; \
+	  fi; \
 	} > $$out/summary.txt; \
 	echo "== summary"; cat $$out/summary.txt; \
 	{ echo "# Benchmarks"; echo; \
@@ -99,6 +113,8 @@ bench:
 	  echo "release build, lobby-load on the same machine. See docs/performance.md for what each figure means."; \
 	  echo; echo "## Against the yardsticks"; echo; echo '```'; cat $$out/summary.txt; echo '```'; \
 	  for n in $(BENCH_SIZES); do echo; echo "## N = $$n"; echo; echo '```'; grep -v '^lobby-load:' $$out/load-$$n.txt; echo '```'; done; \
+	  if [ -f $$out/load-rooms.txt ]; then echo; echo "## N = 18000 in $(BENCH_ROOMS) rooms"; echo; echo '```'; \
+	    grep -v '^lobby-load:' $$out/load-rooms.txt; echo '```'; fi; \
 	} > BENCHMARKS.md; \
 	echo "wrote BENCHMARKS.md"
 

@@ -89,7 +89,7 @@ pub enum ApiError {
     )]
     CrossOrigin,
     #[error(
-        "There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz."
+        "There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz, and each room's /rooms/NAME/join, /events, /leave and /users."
     )]
     NotFound,
     #[error(
