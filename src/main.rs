@@ -46,12 +46,6 @@ enum LogFormat {
     Json,
 }
 
-/// glibc's allocator keeps the heap it grew for the large transient buffers
-/// of a ramp (every join reply and snapshot lists everyone), so an idle lobby
-/// would hold that memory for ever; mimalloc gives it back.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

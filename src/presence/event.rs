@@ -127,7 +127,10 @@ pub(crate) fn snapshot_frame(id: EventId, users: Pieces) -> Pieces {
 /// One SSE frame. `data` is JSON on one line: serde_json escapes every line
 /// break, and names hold no control characters, so no name can split a frame.
 fn frame(id: EventId, event: &str, data: &str) -> Bytes {
-    Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
+    // Boxed first, so that the history keeps the frame and not the spare
+    // capacity `format!` grew it with.
+    let frame = format!("id: {id}\nevent: {event}\ndata: {data}\n\n");
+    Bytes::from(frame.into_boxed_str().into_boxed_bytes())
 }
 
 #[cfg(test)]

@@ -265,6 +265,11 @@ impl<K: Kind> Lobby<K> {
         }
     }
 
+    /// Whether `token` is a user's here.
+    pub(super) fn knows(&self, token: &Token) -> bool {
+        self.shared.lock().tokens.contains_key(&token.key())
+    }
+
     /// The room this lobby keeps.
     pub fn room(&self) -> RoomName {
         self.shared.lock().room.clone()

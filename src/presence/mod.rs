@@ -48,7 +48,7 @@ use tokio::time::Instant;
 
 use lobby::{Kind, Lobby, Open, Outlet, Shared, State, User};
 use observer::Unobserved;
-use rooms::Directory;
+use rooms::Emptied;
 
 /// How many streams one token may hold open at once.
 pub const MAX_STREAMS_PER_USER: u8 = 4;
@@ -269,8 +269,8 @@ pub type Presence = Lobby<Local>;
 pub struct Local {
     /// Wakes the expiry task when a deadline is added or the lobby is dropped.
     expiry: Arc<Notify>,
-    /// The rooms this lobby is one of, told of each user it takes offline.
-    directory: Option<Arc<Directory>>,
+    /// Told when this lobby, one room of many, has no one left.
+    emptied: Option<Emptied>,
 }
 
 /// When a user with no open stream goes offline unless one opens, and why.
@@ -328,18 +328,18 @@ impl Presence {
     }
 
     /// One room of many, sending its events to their shared `outlet` and
-    /// telling `directory` of the users it takes offline.
+    /// telling `emptied` when it has no one left.
     fn in_room(
         room: RoomName,
         config: PresenceConfig,
         observer: Arc<dyn Observe>,
         outlet: Outlet,
-        directory: Option<Arc<Directory>>,
+        emptied: Option<Emptied>,
     ) -> Presence {
         let expiry = Arc::new(Notify::new());
         let local = Local {
             expiry: expiry.clone(),
-            directory,
+            emptied,
         };
         let presence = Lobby::with(room, config, observer, local, BTreeSet::new(), outlet);
         tokio::spawn(expire_users(Arc::downgrade(&presence.shared), expiry));
@@ -349,9 +349,9 @@ impl Presence {
     /// Adds a user and announces them with `new_user`.
     pub fn join(&self, name: Name) -> Result<Joined, JoinError> {
         let config = &self.shared.config;
-        let (id, token) = (UserId::random(), Token::random());
-        let key = token.key();
         let mut state = self.shared.lock();
+        let (id, token) = (UserId::random(), Token::random_in(&state.room));
+        let key = token.key();
         if state.users.len() >= config.max_users {
             return Err(JoinError::Full(state.users.len()));
         }
@@ -422,8 +422,8 @@ pub struct Stats {
 }
 
 impl Shared<Local> {
-    /// Takes the user whose `new_user` is `seq` offline, forgets their
-    /// deadline, and tells the rooms.
+    /// Takes the user whose `new_user` is `seq` offline and forgets their
+    /// deadline; tells the rooms if no one is left.
     fn take_offline(
         &self,
         state: &mut State<Local>,
@@ -433,8 +433,13 @@ impl Shared<Local> {
         if let Some((deadline, _)) = user.own {
             state.own.remove(&(deadline, seq));
         }
-        if let Some(directory) = &self.kind.directory {
-            directory.left(&state.room, user.token, state.users.is_empty());
+        if let Some(emptied) = self
+            .kind
+            .emptied
+            .as_ref()
+            .filter(|_| state.users.is_empty())
+        {
+            emptied.room(&state.room);
         }
         Some(user)
     }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::room::RoomName;
+
 /// The most characters (Unicode scalar values) a name may have after trimming.
 pub const MAX_NAME_CHARS: usize = 32;
 
@@ -97,7 +99,9 @@ impl fmt::Display for UserId {
     }
 }
 
-/// The secret that proves a user is who joined: 256 random bits as 64 hex digits.
+/// The secret that proves a user is who joined: 256 random bits as 64 hex digits,
+/// then, for a room other than the lobby, `.` and the room's name (so that a
+/// token used in another room can be told from an unknown one).
 ///
 /// It has no `Display` and its `Debug` is redacted, so it cannot reach a log line
 /// by accident; [`Token::expose`] is the one door out, used to answer the joiner.
@@ -108,6 +112,24 @@ impl Token {
     pub(crate) fn random() -> Token {
         let bytes: [u8; 32] = rand::random();
         Token(hex(&bytes).into_boxed_str())
+    }
+
+    /// A new token of a user of `room`.
+    pub(crate) fn random_in(room: &RoomName) -> Token {
+        let secret = Token::random();
+        if room.is_lobby() {
+            return secret;
+        }
+        Token(format!("{}.{room}", secret.0).into_boxed_str())
+    }
+
+    /// The room the token says it belongs to (the lobby, if it names none);
+    /// `None` if what it names is no room's name.
+    pub(crate) fn room(&self) -> Option<RoomName> {
+        match self.0.split_once('.') {
+            Some((_, room)) => RoomName::parse(room).ok(),
+            None => Some(RoomName::lobby()),
+        }
     }
 
     /// Wraps a token a client sent; whether it is known is for presence to say.
@@ -237,6 +259,21 @@ mod tests {
         assert_ne!(token.key(), Token::random().key());
         let expected: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
         assert_eq!(token.key(), TokenKey(expected));
+    }
+
+    #[test]
+    fn a_token_names_its_room_unless_it_is_the_lobby_s() {
+        let design = RoomName::parse("doc.42-x").expect("a room");
+        let token = Token::random_in(&design);
+        assert_eq!(token.room(), Some(design));
+        let lobby = Token::random_in(&RoomName::lobby());
+        assert_eq!(
+            lobby.expose().len(),
+            64,
+            "the lobby's tokens are as they were"
+        );
+        assert_eq!(lobby.room(), Some(RoomName::lobby()));
+        assert_eq!(Token::from_client("abc.no room").room(), None);
     }
 
     #[test]

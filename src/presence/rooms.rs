@@ -7,8 +7,10 @@
 //! `Last-Event-ID` never means two things. A watcher of a room that does not
 //! exist reads the same channel and so sees the join that makes it.
 //!
-//! Locks are taken in one order: the map of rooms, then a room, then the
-//! directory of tokens.
+//! A token names its room (`Token::random_in`), so that one used in another
+//! room is told so (403) rather than unknown (401), with nothing kept for it.
+//!
+//! Locks are taken in one order: the map of rooms, then a room.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -18,7 +20,7 @@ use tokio::time::Instant;
 
 use super::event::{self, Event, EventId};
 use super::lobby::Outlet;
-use super::name::{Name, Token, TokenKey, UserId};
+use super::name::{Name, Token, UserId};
 use super::observer::Observe;
 use super::pieces::Pieces;
 use super::room::RoomName;
@@ -34,7 +36,7 @@ pub struct Rooms {
 
 struct Shared {
     rooms: Mutex<HashMap<RoomName, Presence>>,
-    directory: Arc<Directory>,
+    emptied: Emptied,
     outlet: Outlet,
     config: PresenceConfig,
     observer: Arc<dyn Observe>,
@@ -42,28 +44,14 @@ struct Shared {
     max_rooms: usize,
 }
 
-/// Which room each token belongs to, so that a token used in another room is
-/// told so; and the rooms that have just emptied, for the task that drops them.
-#[derive(Debug)]
-pub(super) struct Directory {
-    tokens: Mutex<HashMap<TokenKey, RoomName>>,
-    emptied: mpsc::UnboundedSender<RoomName>,
-}
+/// Tells the task that drops rooms of each room that has just emptied.
+#[derive(Debug, Clone)]
+pub(super) struct Emptied(mpsc::UnboundedSender<RoomName>);
 
-impl Directory {
-    fn lock(&self) -> MutexGuard<'_, HashMap<TokenKey, RoomName>> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// A user of `room` holding `token` went offline; `empty` if no one is left.
-    pub(super) fn left(&self, room: &RoomName, token: TokenKey, empty: bool) {
-        self.lock().remove(&token);
-        if empty {
-            // Fails only once the rooms are gone, when there is nothing to drop.
-            let _ = self.emptied.send(room.clone());
-        }
+impl Emptied {
+    pub(super) fn room(&self, room: &RoomName) {
+        // Fails only once the rooms are gone, when there is nothing to drop.
+        let _ = self.0.send(room.clone());
     }
 }
 
@@ -82,10 +70,7 @@ impl Rooms {
         let rooms = Rooms {
             shared: Arc::new(Shared {
                 rooms: Mutex::default(),
-                directory: Arc::new(Directory {
-                    tokens: Mutex::default(),
-                    emptied,
-                }),
+                emptied: Emptied(emptied),
                 outlet: Outlet::new(&config),
                 config,
                 observer: Arc::new(observer),
@@ -123,17 +108,8 @@ impl Rooms {
             .or_insert_with(|| self.shared.make(room))
             .clone();
         let joined = presence.join(name);
-        match &joined {
-            Ok(joined) => {
-                self.shared
-                    .directory
-                    .lock()
-                    .insert(joined.token.key(), room.clone());
-            }
-            Err(_) if made => {
-                rooms.remove(room);
-            }
-            Err(_) => {}
+        if joined.is_err() && made {
+            rooms.remove(room);
         }
         joined
     }
@@ -249,18 +225,20 @@ impl Shared {
             self.config.clone(),
             self.observer.clone(),
             self.outlet.clone(),
-            Some(self.directory.clone()),
+            Some(self.emptied.clone()),
         )
     }
 
-    /// A token unknown in `room` may be good in another: then it is the wrong
-    /// room's, not an unknown one.
+    /// A token unknown in `room` may be good in the room it names: then it
+    /// is the wrong room's, not an unknown one.
     fn why(&self, room: &RoomName, token: &Token, err: TokenError) -> TokenError {
         if err != TokenError::Unknown {
             return err;
         }
-        match self.directory.lock().get(&token.key()) {
-            Some(owner) if owner != room => TokenError::OtherRoom,
+        let owner = token.room().filter(|owner| owner != room);
+        let lobby = owner.and_then(|owner| self.lock().get(&owner).cloned());
+        match lobby {
+            Some(lobby) if lobby.knows(token) => TokenError::OtherRoom,
             _ => TokenError::Unknown,
         }
     }
