@@ -12,7 +12,7 @@
 //! `Last-Event-ID`). Nothing waits on a slow socket, and no lock is held
 //! while writing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,8 +204,9 @@ struct RoomLog {
     /// Oldest first; `events[0]` is number `first` of the events put here.
     events: VecDeque<Arc<Event>>,
     first: u64,
-    /// The room's streams, by key.
-    streams: HashSet<usize>,
+    /// The room's streams, by key, mostly in the order they came (and so in
+    /// the order the shard keeps them), each at its `place`.
+    streams: Vec<usize>,
     /// Whether the room is in the shard's `dirty` list.
     dirty: bool,
 }
@@ -240,6 +241,8 @@ impl RoomLog {
 struct Stream {
     socket: TcpStream,
     subscription: Subscription,
+    /// Where it is in its room's list of streams.
+    place: usize,
     /// The number in its room's log of the next event it reads.
     cursor: u64,
     /// Its room's events sent after it subscribed and before it joined its
@@ -407,10 +410,11 @@ impl Shard {
         // from its own receiver; from its room's log, all that comes later.
         let (backfill, lagged) = since_subscribed(&mut subscription, self.handed);
         let log = self.rooms.entry(subscription.room.clone()).or_default();
-        log.streams.insert(key);
+        log.streams.push(key);
         entry.insert(Stream {
             socket: arrival.socket,
             subscription,
+            place: log.streams.len() - 1,
             cursor: log.end(),
             backfill,
             lagged,
@@ -474,7 +478,10 @@ impl Shard {
         };
         let room = &stream.subscription.room;
         if let Some(log) = self.rooms.get_mut(room) {
-            log.streams.remove(&key);
+            log.streams.swap_remove(stream.place);
+            if let Some(&moved) = log.streams.get(stream.place) {
+                self.streams[moved].place = stream.place;
+            }
             if log.streams.is_empty() {
                 self.rooms.remove(room);
             }
