@@ -1,19 +1,24 @@
 //! lobby: a small, fast "who's online" server. A client POSTs /join with a name,
 //! then listens on GET /events (Server-Sent Events) for `new_user` and
-//! `disconnect_user`; a leave is noticed when its event stream drops.
+//! `disconnect_user`; a leave is noticed when its event stream drops. Any
+//! number of rooms live side by side under /rooms/{room}/…, and a stream with
+//! no token watches a room without joining it.
 //!
 //! # Layout
 //! - [`presence`]: the core. Who is online, the numbered event history, grace and
 //!   join timeouts, each event encoded once for every stream, and the users list
 //!   kept encoded in pieces. No HTTP in it. One shared core, two kinds of lobby:
-//!   `Presence` (this process decides) and `Replica` (a cluster's log decides).
+//!   `Presence` (one room that this process decides) and `Replica` (a
+//!   cluster's log decides); `Rooms` holds a process's rooms, which share one
+//!   `Outlet` (one event channel and one count of ids).
 //!   It owns its words (`EventId`, `LeaveReason`) and defines what it tells an
 //!   observer (`Observe`); it imports nothing from the rest of the crate.
 //! - [`server`]: transport. Accepts connections (their number, socket
 //!   options), speaks HTTP/1.1 with keep-alive, HTTP/2 without TLS (h2c) and
 //!   HTTPS with HTTP/2 by ALPN, and writes event streams: on a plain HTTP/1
 //!   connection the socket goes to the lean writer (`fanout`: shards of
-//!   streams with no task, parser or buffer of their own), otherwise the
+//!   streams with no task, parser or buffer of their own, each event kept in
+//!   its room's log and written to that room's streams only), otherwise the
 //!   stream is hyper's response body. Every request, streams included, goes
 //!   through the router once.
 //! - [`http`]: translation only: axum handlers for the JSON API, the page and
@@ -23,7 +28,8 @@
 //! - [`cluster`]: with `--redis`, the lobby is shared by several nodes: each
 //!   follows one log in Redis into its `presence::Replica`, and deadlines and
 //!   dead nodes are handled in Redis scripts.
-//! - [`backend`]: what HTTP talks to, one process's presence or a cluster node.
+//! - [`backend`]: what HTTP talks to, one process's rooms or a cluster node
+//!   (which keeps the room `lobby` only, so far).
 //! - [`observe`]: implements presence's `Observe`, so it is told of each join
 //!   and leave where it is decided (presence, or the cluster node that made
 //!   it): Prometheus metrics and `--webhook`.
