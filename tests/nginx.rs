@@ -34,6 +34,29 @@ async fn an_event_reaches_a_client_through_the_sample_config_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_room_s_events_reach_a_member_and_a_watcher_through_the_sample_config() {
+    let lobby = TestServer::with_args(&["--trust-proxy"]).await;
+    let Some(nginx) = Nginx::start(|site| site.sample(lobby_addr(&lobby))).await else {
+        return;
+    };
+    let room = nginx.client().in_room("doc-42");
+    let mut watcher = room.watch(None).await;
+    assert_eq!(watcher.next_event().await.event, "existing_users");
+
+    let latency = event_latency_through(&room).await;
+
+    eprintln!("a room's stream through nginx with deploy/nginx.conf: {latency:?}");
+    assert!(latency < PROMPT, "an event took {latency:?} through nginx");
+    let seen = tokio::time::timeout(PROMPT, watcher.next_event())
+        .await
+        .expect("the watcher sees alice join promptly");
+    assert_eq!(
+        (seen.event.as_str(), user_in(&seen).name.as_str()),
+        ("new_user", "alice")
+    );
+}
+
+#[tokio::test]
 async fn an_event_reaches_a_client_through_a_bare_proxy_pass_with_default_buffering() {
     let lobby = TestServer::start().await;
     let Some(nginx) = Nginx::start(|site| site.bare(lobby_addr(&lobby))).await else {
