@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::redis::{Cluster, Next, ProcessCluster, health, wait_for_health};
 use common::{
-    Client, Joined, PATIENCE, Sse, User, announcements_until, apply_to_view, live_a_short_life,
-    user_in, users_in,
+    Client, Joined, PATIENCE, Sse, User, announcements_until, apply_to_view, assert_error,
+    live_a_short_life, user_in, users_in,
 };
 use eventsource_stream::Event;
 use serde_json::Value;
@@ -687,7 +687,7 @@ async fn a_join_while_redis_is_down_is_a_json_503_on_every_node_and_changes_noth
     for node in cluster.nodes() {
         let response = node.post_join("mallory").await;
 
-        assert_json_error(response, 503).await;
+        assert_error(response, 503).await;
         assert_eq!(node.users().await, [watcher.user()], "{}", node.base);
     }
 
@@ -726,7 +726,7 @@ async fn a_join_and_a_leave_refused_while_redis_hangs_never_happen_later() {
     let refused_leave = cluster.node(0).leave(&alice.token).await;
     cluster.redis.resume();
 
-    assert_json_error(refused_join, 503).await;
+    assert_error(refused_join, 503).await;
     assert_eq!(refused_leave, 503, "the leave is refused while Redis hangs");
     for node in cluster.nodes() {
         wait_for_health(node, 200, RECONCILE).await;
@@ -806,7 +806,7 @@ async fn a_leave_while_redis_is_down_is_a_json_503_and_the_user_stays_online() {
         .await
         .expect("POST /leave");
 
-    assert_json_error(response, 503).await;
+    assert_error(response, 503).await;
     cluster.redis.start_again().await;
     let truth = [watcher.user(), alice.user()];
     for node in cluster.nodes() {
@@ -1015,24 +1015,6 @@ async fn expect_quiet(stream: &mut Sse) {
     }
 }
 
-/// Asserts this status and a JSON body `{"error": "<a sentence>"}`.
-async fn assert_json_error(response: reqwest::Response, status: u16) {
-    assert_eq!(response.status(), status);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{content_type}"
-    );
-    let body: Value = response.json().await.expect("an error body is JSON");
-    let sentence = body["error"].as_str().unwrap_or_default();
-    assert!(!sentence.trim().is_empty(), "a sentence in `error`: {body}");
-}
-
 #[tokio::test]
 async fn a_watcher_on_one_node_sees_a_join_on_another_and_the_lobby_s_room_routes_work() {
     let cluster = Cluster::start(2, &STEADY).await;
@@ -1067,7 +1049,7 @@ async fn a_cluster_refuses_rooms_other_than_the_lobby_with_501() {
     ];
     for request in requests {
         let response = request.send().await.expect("an answer");
-        let sentence = common::assert_error(response, 501).await;
+        let sentence = assert_error(response, 501).await;
         assert!(sentence.contains("only the room named lobby"), "{sentence}");
     }
     assert_eq!(cluster.node(1).users().await, []);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, Sse, TestServer, read_raw_until, user_in, users_in};
+use common::{PATIENCE, Sse, TestServer, assert_error, read_raw_until, user_in, users_in};
 use eventsource_stream::Event;
 use serde_json::Value;
 
@@ -309,20 +309,7 @@ async fn a_fifth_stream_for_one_token_is_refused_with_429_and_a_json_error() {
 
     let response = server.open_events(&alice.token, None).await;
 
-    assert_eq!(response.status(), 429);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "got {content_type:?}"
-    );
-    let body: Value = response.json().await.expect("a JSON body");
-    let error = body["error"].as_str().unwrap_or_default();
-    assert!(!error.is_empty(), "a sentence in `error`, got {body}");
+    assert_error(response, 429).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pieces::Pieces;
@@ -101,16 +100,22 @@ pub struct User<X> {
     pub(super) own: X,
 }
 
-/// Where a lobby's events go and where its ids start: a channel every stream
-/// reads (each skips the events of other rooms) and the newest id sent on it.
-/// A lobby on its own has its own; the rooms of a process share one, so that
-/// a room made again starts past every id already sent and its ids never go back.
+/// Where a lobby's events go and where its ids start: one channel of every
+/// event, and the newest id sent on it. A lobby on its own has its own; the
+/// rooms of a process share one, so that a room made again starts past every
+/// id already sent and its ids never go back.
 #[derive(Debug, Clone)]
-pub struct Outlet {
-    /// The channel, and the `seq` of the last event sent on it: numbered and
-    /// sent under one lock, so that `seq` is the order receivers see.
-    sender: Arc<Mutex<(broadcast::Sender<Arc<Event>>, u64)>>,
-    newest: Arc<AtomicU64>,
+pub struct Outlet(Arc<Mutex<Sending>>);
+
+/// An outlet's channel and counts, under one lock: events are numbered
+/// (`seq`) and sent together, so `seq` is the order receivers see.
+#[derive(Debug)]
+struct Sending {
+    sender: broadcast::Sender<Arc<Event>>,
+    /// The `seq` of the last event sent.
+    seq: u64,
+    /// The newest event id sent, in any room.
+    newest: EventId,
 }
 
 impl Outlet {
@@ -120,45 +125,46 @@ impl Outlet {
         // the backlog, can resume.
         let backlog = config.backlog.max(1).next_power_of_two();
         let (sender, _) = broadcast::channel(backlog);
-        Outlet {
-            sender: Arc::new(Mutex::new((sender, 0))),
-            newest: Arc::default(),
-        }
+        Outlet(Arc::new(Mutex::new(Sending {
+            sender,
+            seq: 0,
+            newest: 0,
+        })))
     }
 
-    fn lock(&self) -> MutexGuard<'_, (broadcast::Sender<Arc<Event>>, u64)> {
-        self.sender
+    fn lock(&self) -> MutexGuard<'_, Sending> {
+        self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver of every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.lock().0.subscribe()
+        self.lock().sender.subscribe()
     }
 
     /// A receiver of every event from now on, and the `seq` of the last
     /// event sent before it: what a stream reads from elsewhere (a shard's
     /// log) starts after that.
     pub(super) fn subscribe_since(&self) -> (broadcast::Receiver<Arc<Event>>, u64) {
-        let sender = self.lock();
-        (sender.0.subscribe(), sender.1)
+        let sending = self.lock();
+        (sending.sender.subscribe(), sending.seq)
     }
 
     /// The newest id sent, in any room.
     pub fn newest(&self) -> EventId {
-        self.newest.load(Ordering::Acquire)
+        self.lock().newest
     }
 
     /// Numbers `event` among all sent here and sends it; returns it shared.
     pub(super) fn send(&self, mut event: Event) -> Arc<Event> {
-        self.newest.fetch_max(event.id, Ordering::AcqRel);
-        let mut sender = self.lock();
-        sender.1 += 1;
-        event.seq = sender.1;
+        let mut sending = self.lock();
+        sending.seq += 1;
+        sending.newest = sending.newest.max(event.id);
+        event.seq = sending.seq;
         let event = Arc::new(event);
         // An error only means that no stream is open; the history still has it.
-        let _ = sender.0.send(event.clone());
+        let _ = sending.sender.send(event.clone());
         event
     }
 }
@@ -231,7 +237,7 @@ impl<K: Kind> Lobby<K> {
             user: Some(id),
             room: state.room.clone(),
             start,
-            events,
+            events: Some(events),
             since,
             open: Some(Box::new(OpenStream {
                 shared: self.shared.clone(),
@@ -268,11 +274,6 @@ impl<K: Kind> Lobby<K> {
     /// Whether `token` is a user's here.
     pub(super) fn knows(&self, token: &Token) -> bool {
         self.shared.lock().tokens.contains_key(&token.key())
-    }
-
-    /// The room this lobby keeps.
-    pub fn room(&self) -> RoomName {
-        self.shared.lock().room.clone()
     }
 
     /// Everyone online, oldest first.

@@ -35,7 +35,7 @@ pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
 pub use observer::{LeaveReason, Observe};
 pub use pieces::Pieces;
 pub use replica::{Change, Known, OutOfOrder, Reload, Replica, StreamKey};
-pub use room::{MAX_ROOM_CHARS, RoomName, RoomNameError};
+pub use room::{RoomName, RoomNameError};
 pub use rooms::{RoomCount, Rooms};
 
 use std::collections::BTreeSet;
@@ -155,10 +155,9 @@ pub struct Subscription {
     pub user: Option<UserId>,
     pub room: RoomName,
     pub start: Start,
-    /// Every event after `start`, in order, of every room: [`accept`](Self::accept)
-    /// skips the other rooms'. A `Lagged` error means the stream fell more
-    /// than `backlog` events behind and should end.
-    pub events: broadcast::Receiver<Arc<Event>>,
+    /// Every event after `start`, in order, of every room ([`accept`](Self::accept)
+    /// skips the other rooms'), until [`stop_receiving`](Self::stop_receiving).
+    events: Option<broadcast::Receiver<Arc<Event>>>,
     /// The `seq` of the last event sent before `events` began: a stream that
     /// reads events from elsewhere reads only those after it.
     pub since: u64,
@@ -200,11 +199,35 @@ impl Subscription {
             user: None,
             room,
             start,
-            events,
+            events: Some(events),
             since,
             open: None,
             held: None,
         }
+    }
+
+    /// The next event of any room, waiting for it. A `Lagged` error means the
+    /// stream fell more than `backlog` events behind and should end.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+        match &mut self.events {
+            Some(events) => events.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+
+    /// The next event of any room, if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Arc<Event>, broadcast::error::TryRecvError> {
+        match &mut self.events {
+            Some(events) => events.try_recv(),
+            None => Err(broadcast::error::TryRecvError::Closed),
+        }
+    }
+
+    /// Lets go of the channel, for a stream that reads its events elsewhere
+    /// from now on (the lean writer's room logs). A receiver kept unread
+    /// would hold the channel's last events, and read them all when dropped.
+    pub fn stop_receiving(&mut self) {
+        self.events = None;
     }
 
     /// Keeps `value` until the stream ends (a count of a client's watchers, say).
@@ -241,7 +264,7 @@ impl Subscription {
     /// that a stream woken for one event writes all that came with it at once.
     pub fn read_waiting(&mut self, batch: &mut Vec<Bytes>, max: usize) -> Waiting {
         while batch.len() < max {
-            match self.events.try_recv() {
+            match self.try_recv() {
                 Ok(event) => {
                     if self.accept(&event, batch) == Waiting::Left {
                         return Waiting::Left;

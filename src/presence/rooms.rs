@@ -92,7 +92,7 @@ impl Rooms {
 
     /// The room's lobby, if someone is in it (or it emptied within its
     /// resume window).
-    pub fn get(&self, room: &RoomName) -> Option<Presence> {
+    fn get(&self, room: &RoomName) -> Option<Presence> {
         self.shared.lock().get(room).cloned()
     }
 

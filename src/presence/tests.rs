@@ -87,7 +87,7 @@ fn subscribe(presence: &Presence, joined: &Joined) -> Subscription {
 fn pending(subscription: &mut Subscription) -> Vec<Frame> {
     let mut frames = Vec::new();
     loop {
-        match subscription.events.try_recv() {
+        match subscription.try_recv() {
             Ok(event) => frames.push(frame_of(&event)),
             Err(TryRecvError::Empty) => return frames,
             Err(error) => panic!("the stream broke: {error:?}"),
@@ -98,7 +98,7 @@ fn pending(subscription: &mut Subscription) -> Vec<Frame> {
 /// The next event, waiting for it on the paused clock (which jumps straight to
 /// the next timer, so this takes no real time).
 async fn next_frame(subscription: &mut Subscription) -> Frame {
-    let event = tokio::time::timeout(Duration::from_secs(3600), subscription.events.recv())
+    let event = tokio::time::timeout(Duration::from_secs(3600), subscription.recv())
         .await
         .expect("an event within an hour")
         .expect("an open, caught-up stream");
@@ -198,7 +198,7 @@ async fn the_token_is_never_in_an_event_or_a_snapshot() {
         panic!("expected a snapshot");
     };
     let mut wire = String::from_utf8(snapshot.to_bytes().to_vec()).expect("UTF-8");
-    while let Ok(event) = stream.events.try_recv() {
+    while let Ok(event) = stream.try_recv() {
         wire.push_str(std::str::from_utf8(&event.frame).expect("UTF-8"));
     }
     assert!(!wire.contains(alice.token.expose()));
@@ -798,7 +798,7 @@ async fn a_stream_that_falls_more_than_the_backlog_behind_is_told_it_lagged() {
     let presence = lobby_with_backlog(4);
     let mut stream = stream_behind_by(&presence, 5);
 
-    let received = stream.events.recv().await;
+    let received = stream.recv().await;
 
     assert!(
         matches!(received, Err(RecvError::Lagged(_))),
@@ -824,7 +824,7 @@ async fn a_backlog_that_is_not_a_power_of_two_is_rounded_up() {
     let mut five_behind = stream_behind_by(&lobby_with_backlog(3), 5);
 
     assert_eq!(pending(&mut four_behind).len(), 4);
-    let received = five_behind.events.recv().await;
+    let received = five_behind.recv().await;
     assert!(
         matches!(received, Err(RecvError::Lagged(_))),
         "{received:?}"

@@ -638,22 +638,24 @@ impl Shard {
 /// Takes the events of its room waiting in `subscription`'s own receiver
 /// that the shard has put in the logs already (up to `handed`); the shard
 /// puts the later ones in its room's log. `true` if the receiver fell behind
-/// (events were lost). The receiver is not read again.
+/// (events were lost). Then the subscription lets go of its receiver.
 fn since_subscribed(subscription: &mut Subscription, handed: u64) -> (VecDeque<Arc<Event>>, bool) {
     let mut backfill = VecDeque::new();
     loop {
-        match subscription.events.try_recv() {
-            Ok(event) if event.seq <= handed => {
-                if event.room == subscription.room {
+        let lagged = match subscription.try_recv() {
+            Ok(event) => {
+                if event.seq <= handed && event.room == subscription.room {
                     backfill.push_back(event);
                 }
+                continue;
             }
-            Ok(_) => {}
             Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
-                return (backfill, false);
+                false
             }
-            Err(broadcast::error::TryRecvError::Lagged(_)) => return (backfill, true),
-        }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => true,
+        };
+        subscription.stop_receiving();
+        return (backfill, lagged);
     }
 }
 

@@ -198,7 +198,7 @@ pub(super) fn body(
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
-                received = subscription.events.recv() => {
+                received = subscription.recv() => {
                     batch.clear();
                     let waiting = match received {
                         Ok(event) => match subscription.accept(&event, &mut batch) {

@@ -347,28 +347,28 @@ impl Client {
 
     /// GET /events?token=…, with `Last-Event-ID` when given. Returns the raw response.
     pub async fn open_events(&self, token: &str, last_event_id: Option<u64>) -> reqwest::Response {
-        let mut request = self
-            .client
-            .get(self.url("/events"))
-            .query(&[("token", token)]);
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id.to_string());
-        }
-        // No overall timeout on a stream: each read has its own deadline.
-        request
-            .timeout(Duration::from_secs(3600))
-            .send()
-            .await
-            .expect("GET /events")
+        self.open_stream(Some(token), last_event_id).await
     }
 
     /// GET /events with no token, a watcher's stream, with `Last-Event-ID`
     /// when given. Returns the raw response.
     pub async fn open_watcher(&self, last_event_id: Option<u64>) -> reqwest::Response {
+        self.open_stream(None, last_event_id).await
+    }
+
+    async fn open_stream(
+        &self,
+        token: Option<&str>,
+        last_event_id: Option<u64>,
+    ) -> reqwest::Response {
         let mut request = self.client.get(self.url("/events"));
+        if let Some(token) = token {
+            request = request.query(&[("token", token)]);
+        }
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
+        // No overall timeout on a stream: each read has its own deadline.
         request
             .timeout(Duration::from_secs(3600))
             .send()
