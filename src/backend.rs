@@ -1,7 +1,6 @@
 //! What the HTTP layer talks to: the rooms, kept in this process or shared by
 //! a cluster of nodes through Redis. Both keep the same rules and hand out the
-//! same subscriptions; the HTTP layer does not know which one it has. A
-//! cluster keeps one room so far, the lobby ([`Backend::keeps`]).
+//! same subscriptions; the HTTP layer does not know which one it has.
 
 use std::sync::Arc;
 
@@ -30,15 +29,6 @@ impl Backend {
         }
     }
 
-    /// Whether `room` can be used here: every room in one process, only the
-    /// lobby in a cluster. The other methods are asked only of rooms it keeps.
-    pub fn keeps(&self, room: &RoomName) -> bool {
-        match self {
-            Backend::Local(_) => true,
-            Backend::Cluster(_) => room.is_lobby(),
-        }
-    }
-
     /// Every event from now on, for the fan-out.
     pub fn events(&self) -> broadcast::Receiver<Arc<Event>> {
         match self {
@@ -50,14 +40,14 @@ impl Backend {
     pub async fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
         match self {
             Backend::Local(rooms) => rooms.join(room, name),
-            Backend::Cluster(cluster) => cluster.join(name).await,
+            Backend::Cluster(cluster) => cluster.join(room, name).await,
         }
     }
 
     pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
         match self {
             Backend::Local(rooms) => rooms.leave(room, token),
-            Backend::Cluster(cluster) => cluster.leave(token).await,
+            Backend::Cluster(cluster) => cluster.leave(room, token).await,
         }
     }
 
@@ -69,7 +59,7 @@ impl Backend {
     ) -> Result<Subscription, TokenError> {
         match self {
             Backend::Local(rooms) => rooms.subscribe(room, token, last_event_id),
-            Backend::Cluster(cluster) => cluster.subscribe(token, last_event_id).await,
+            Backend::Cluster(cluster) => cluster.subscribe(room, token, last_event_id).await,
         }
     }
 
@@ -77,21 +67,21 @@ impl Backend {
     pub async fn watch(&self, room: &RoomName, last_event_id: Option<EventId>) -> Subscription {
         match self {
             Backend::Local(rooms) => rooms.watch(room, last_event_id),
-            Backend::Cluster(cluster) => cluster.watch(last_event_id).await,
+            Backend::Cluster(cluster) => cluster.watch(room, last_event_id).await,
         }
     }
 
     pub async fn users(&self, room: &RoomName) -> Vec<UserView> {
         match self {
             Backend::Local(rooms) => rooms.users(room),
-            Backend::Cluster(cluster) => cluster.users().await,
+            Backend::Cluster(cluster) => cluster.users(room).await,
         }
     }
 
     pub async fn users_json(&self, room: &RoomName) -> Pieces {
         match self {
             Backend::Local(rooms) => rooms.users_json(room),
-            Backend::Cluster(cluster) => cluster.users_json().await,
+            Backend::Cluster(cluster) => cluster.users_json(room).await,
         }
     }
 
@@ -99,7 +89,7 @@ impl Backend {
     pub fn rooms(&self) -> usize {
         match self {
             Backend::Local(rooms) => rooms.count(),
-            Backend::Cluster(_) => 1,
+            Backend::Cluster(cluster) => cluster.rooms(),
         }
     }
 
@@ -107,17 +97,7 @@ impl Backend {
     pub async fn list_rooms(&self, limit: usize) -> Vec<RoomCount> {
         match self {
             Backend::Local(rooms) => rooms.list(limit),
-            Backend::Cluster(cluster) => {
-                let users = cluster.stats().users;
-                let lobby = RoomCount {
-                    room: RoomName::lobby(),
-                    users,
-                };
-                (users > 0 && limit > 0)
-                    .then_some(lobby)
-                    .into_iter()
-                    .collect()
-            }
+            Backend::Cluster(cluster) => cluster.list_rooms(limit).await,
         }
     }
 

@@ -9,8 +9,9 @@
 //!   join timeouts, each event encoded once for every stream, and the users list
 //!   kept encoded in pieces. No HTTP in it. One shared core, two kinds of lobby:
 //!   `Presence` (one room that this process decides) and `Replica` (a
-//!   cluster's log decides); `Rooms` holds a process's rooms, which share one
-//!   `Outlet` (one event channel and one count of ids).
+//!   cluster's log decides); `Rooms` holds a process's rooms and `Replicas` a
+//!   cluster node's, each sharing one `Outlet` (one event channel, and ids
+//!   numbered across every room).
 //!   It owns its words (`EventId`, `LeaveReason`) and defines what it tells an
 //!   observer (`Observe`); it imports nothing from the rest of the crate.
 //! - [`server`]: transport. Accepts connections (their number, socket
@@ -25,11 +26,10 @@
 //!   GET /events (which answers with a [`server::Handoff`]). `limits` holds
 //!   what one client may ask: joins per address, and which other sites' pages
 //!   may use the API.
-//! - [`cluster`]: with `--redis`, the lobby is shared by several nodes: each
-//!   follows one log in Redis into its `presence::Replica`, and deadlines and
+//! - [`cluster`]: with `--redis`, the rooms are shared by several nodes: each
+//!   follows one log in Redis into its `presence::Replicas`, and deadlines and
 //!   dead nodes are handled in Redis scripts.
-//! - [`backend`]: what HTTP talks to, one process's rooms or a cluster node
-//!   (which keeps the room `lobby` only, so far).
+//! - [`backend`]: what HTTP talks to, one process's rooms or a cluster node.
 //! - [`observe`]: implements presence's `Observe`, so it is told of each join
 //!   and leave where it is decided (presence, or the cluster node that made
 //!   it): Prometheus metrics and `--webhook`.
@@ -116,6 +116,7 @@ pub async fn run_with_tls(
         Some(url) => {
             let config = ClusterConfig {
                 presence: config.presence(),
+                max_rooms: config.max_rooms.get(),
                 node_timeout: config.node_timeout,
                 observer: observer.clone(),
             };

@@ -623,6 +623,9 @@ async fn after_redis_restarts_empty_every_node_and_every_stream_sees_exactly_who
         watchers.push(Watcher::open(cluster.node(node), person).await);
     }
     let dave_stream = cluster.node(0).subscribe(&people[3].token, None).await;
+    // erin is in a room of her own, and keeps her stream: she is put back there.
+    let design = cluster.node(1).in_room("design");
+    let (erin, _erin_stream, _) = design.join_and_subscribe("erin").await;
     let before: Vec<User> = people.iter().map(Joined::user).collect();
     let node_ids = every_node_s_id(&cluster).await;
 
@@ -658,6 +661,10 @@ async fn after_redis_restarts_empty_every_node_and_every_stream_sees_exactly_who
         lists.iter().all(|list| *list == lists[0]),
         "the nodes list people in different orders: {lists:?}"
     );
+    for node in cluster.nodes() {
+        let design = node.in_room("design");
+        wait_until_users_within(&design, RECONCILE, |users| users == [erin.user()]).await;
+    }
     let sentinel = cluster.node(0).join("sentinel").await;
     let mut expected = truth.clone();
     expected.push(sentinel.user());
@@ -1031,26 +1038,135 @@ async fn a_watcher_on_one_node_sees_a_join_on_another_and_the_lobby_s_room_route
     );
 }
 
-/// A cluster keeps the lobby only, so far: another room is refused on every
-/// route with a sentence that says so, and nothing changes.
+// ---- Rooms across nodes ----
+
+/// A join in a room on one node reaches that room's members and watchers on
+/// the other nodes under one id, and no other room's streams.
 #[tokio::test]
-async fn a_cluster_refuses_rooms_other_than_the_lobby_with_501() {
-    let cluster = Cluster::start(2, &STEADY).await;
-    let design = cluster.node(0).in_room("design");
-    let requests = [
-        design.client.get(design.url("")),
-        design.client.get(design.url("/users")),
-        design.client.get(design.url("/events")),
-        design
-            .client
-            .post(design.url("/join"))
-            .json(&serde_json::json!({"name": "ada"})),
-        design.client.post(design.url("/leave")).bearer_auth("x"),
-    ];
-    for request in requests {
-        let response = request.send().await.expect("an answer");
-        let sentence = assert_error(response, 501).await;
-        assert!(sentence.contains("only the room named lobby"), "{sentence}");
+async fn a_join_in_a_room_reaches_its_members_and_watchers_on_every_node_under_one_id() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let design: Vec<_> = (0..3).map(|n| cluster.node(n).in_room("design")).collect();
+    let (ada, mut ada_sees, _) = design[0].join_and_subscribe("ada").await;
+    let mut watcher = design[1].watch(None).await;
+    assert_eq!(users_in(&watcher.next_event().await), [ada.user()]);
+    let (_bob, mut ops_sees, _) = cluster
+        .node(2)
+        .in_room("ops")
+        .join_and_subscribe("bob")
+        .await;
+
+    let cy = design[2].join("cy").await;
+
+    let seen_by_member = ada_sees.next_event().await;
+    let seen_by_watcher = watcher.next_event().await;
+    assert_announces("new_user", &cy, &seen_by_member);
+    assert_announces("new_user", &cy, &seen_by_watcher);
+    assert_eq!(
+        seen_by_member.id, seen_by_watcher.id,
+        "one id on every node"
+    );
+    expect_quiet(&mut ops_sees).await;
+    for node in &design {
+        assert_eq!(node.users().await, [ada.user(), cy.user()]);
     }
-    assert_eq!(cluster.node(1).users().await, []);
+    assert_eq!(cluster.node(0).in_room("ops").users().await.len(), 1);
+    assert_eq!(
+        cluster.node(1).users().await,
+        [],
+        "the lobby is a room of its own"
+    );
+}
+
+/// A stream of a room that moves to another node with `Last-Event-ID` is
+/// replayed its room's events only, though the ids between went to others.
+#[tokio::test]
+async fn a_room_s_stream_resumed_on_another_node_gets_exactly_its_room_s_events() {
+    let cluster = Cluster::start(3, &STEADY).await;
+    let (design, ops) = (
+        cluster.node(0).in_room("design"),
+        cluster.node(1).in_room("ops"),
+    );
+    let (ada, stream, _) = design.join_and_subscribe("ada").await;
+    let last_seen = stream.last_id.expect("the snapshot has an id");
+    drop(stream);
+    let bob = ops.join("bob").await;
+    let cy = cluster.node(2).in_room("design").join("cy").await;
+    assert_eq!(ops.leave(&bob.token).await, 204);
+    assert_eq!(design.leave(&cy.token).await, 204);
+
+    let mut resumed = cluster
+        .node(2)
+        .in_room("design")
+        .subscribe(&ada.token, Some(last_seen))
+        .await;
+    assert_announces("new_user", &cy, &resumed.next_event().await);
+    assert_announces("disconnect_user", &cy, &resumed.next_event().await);
+    expect_quiet(&mut resumed).await;
+}
+
+/// Tokens, `--max-rooms` and a room's users hold across nodes: another
+/// room's token gets 403 on any node, and a room past the cap gets 503
+/// whichever node the other rooms were made on.
+#[tokio::test]
+async fn tokens_belong_to_their_room_and_max_rooms_holds_across_nodes() {
+    let flags = [&STEADY[..], &["--max-rooms", "2"]].concat();
+    let cluster = Cluster::start(2, &flags).await;
+    let ada = cluster.node(0).in_room("one").join("ada").await;
+    cluster.node(1).in_room("two").join("bob").await;
+
+    let refused = cluster.node(1).in_room("three").post_join("cy").await;
+    let sentence = assert_error(refused, 503).await;
+    assert!(sentence.contains("2 rooms"), "{sentence}");
+
+    let two = cluster.node(1).in_room("two");
+    let sentence = assert_error(two.open_events(&ada.token, None).await, 403).await;
+    assert!(sentence.contains("another room"), "{sentence}");
+    assert_eq!(two.leave(&ada.token).await, 403);
+    assert_eq!(cluster.node(1).in_room("one").users().await, [ada.user()]);
+    assert_eq!(cluster.node(1).in_room("one").leave(&ada.token).await, 204);
+    cluster.node(0).in_room("three").join("cy").await;
+}
+
+/// The users a killed node streamed to leave their rooms once, seen by
+/// each room's watchers on the other nodes; the other rooms see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_of_a_killed_node_leave_their_rooms_once_on_every_other_node() {
+    let mut cluster = ProcessCluster::start(3, &FLAGS).await;
+    let mut design_watcher = cluster.node(1).in_room("design").watch(None).await;
+    design_watcher.next_event().await;
+    let mut ops_watcher = cluster.node(2).in_room("ops").watch(None).await;
+    ops_watcher.next_event().await;
+    let (ada, _ada_stream, _) = cluster
+        .node(0)
+        .in_room("design")
+        .join_and_subscribe("ada")
+        .await;
+    let (bob, _bob_stream, _) = cluster
+        .node(0)
+        .in_room("ops")
+        .join_and_subscribe("bob")
+        .await;
+    assert_announces("new_user", &ada, &design_watcher.next_event().await);
+    assert_announces("new_user", &bob, &ops_watcher.next_event().await);
+
+    let killed = Instant::now();
+    cluster.sigkill(0);
+
+    for (watcher, who) in [(&mut design_watcher, &ada), (&mut ops_watcher, &bob)] {
+        let left = (killed + LOST_BOUND).saturating_duration_since(Instant::now());
+        let event = watcher.next_within(left).await;
+        let event = event.unwrap_or_else(|| panic!("{} not gone within the bound", who.name));
+        assert_announces("disconnect_user", who, &event);
+        let again = watcher.next_within(PAST_GRACE).await;
+        assert!(again.is_none(), "after {}'s leave, {again:?}", who.name);
+    }
+    for node in [1, 2] {
+        for room in ["design", "ops"] {
+            assert_eq!(cluster.node(node).in_room(room).users().await, []);
+        }
+    }
+    assert_eq!(
+        cluster.redis.hash_fields("lobby:rooms").await,
+        Vec::<String>::new()
+    );
 }

@@ -1,14 +1,21 @@
-//! Cluster mode (`--redis`): several lobby nodes, one lobby. Redis holds the
-//! truth; each node keeps a copy of it in a [`Replica`] (the same core as a
-//! single process's lobby, fed the log instead of deciding) and serves its
-//! streams from there, exactly as a single process does.
+//! Cluster mode (`--redis`): several lobby nodes, one set of rooms. Redis
+//! holds the truth; each node keeps a copy of every room in its [`Replicas`]
+//! (the same core as a single process's rooms, fed the log instead of
+//! deciding) and serves its streams from there, exactly as a single process
+//! does.
 //!
-//! - **One log.** Every join and leave is a Lua script that numbers the event
-//!   (`INCR lobby:seq`) and appends it to a Redis stream whose entry id is that
-//!   number (`XADD lobby:log <id>-0`, trimmed to the history). So an event id is
-//!   the same integer on every node, every node applies events in one order,
-//!   and a stream that resumes on another node with `Last-Event-ID` gets a
-//!   replay from that node's copy of the same history.
+//! - **One log, for every room.** Every join and leave is a Lua script that
+//!   numbers the event (`INCR lobby:seq`) and appends it, with its room, to a
+//!   Redis stream whose entry id is that number (`XADD lobby:log <id>-0`,
+//!   trimmed to the history). So an event id is the same integer on every
+//!   node, ids are numbered across rooms as in one process (a room's increase,
+//!   skipping other rooms'), every node applies events in one order, and a
+//!   stream that resumes on another node with `Last-Event-ID` gets a replay
+//!   from that node's copy of the same history.
+//! - **Rooms are counted in Redis** (`lobby:rooms`), so `--max-users` (per
+//!   room) and `--max-rooms` hold across nodes; a node's replica of a room is
+//!   made by the room's first event and dropped once it has been empty for
+//!   its resume window, as in one process.
 //! - **Each node follows it** (`XREAD BLOCK`) and applies each event to its
 //!   replica, which fans it out. A gap (the node fell behind the trimmed log, or
 //!   the log began again) reloads the replica, ending its streams; their
@@ -38,10 +45,10 @@ use tokio_util::sync::CancellationToken;
 use crate::observe::Observer;
 use crate::presence::{
     Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe, Pieces,
-    PresenceConfig, Replica, RoomName, Stats, StreamKey, Subscription, Token, TokenError, UserId,
-    UserView,
+    PresenceConfig, Replicas, RoomCount, RoomName, Stats, StreamKey, Subscription, Token,
+    TokenError, UserId, UserView,
 };
-use store::{Joining, Opening, Store};
+use store::{Joining, Limits, Member, Opening, Store};
 
 /// How long a request waits for this node to apply an event it knows exists.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -59,6 +66,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub presence: PresenceConfig,
+    /// A join that would make one more room than this is refused.
+    pub max_rooms: usize,
     pub node_timeout: Duration,
     /// Told of each join and leave this node makes: each is told once, by
     /// the node that made it, never by the replicas that apply it.
@@ -72,8 +81,8 @@ pub struct Cluster {
 }
 
 struct Shared {
-    /// This node's copy of the lobby, which serves its streams.
-    presence: Replica,
+    /// This node's copy of every room, which serves its streams.
+    presence: Replicas,
     store: Store,
     config: ClusterConfig,
     node: String,
@@ -107,7 +116,7 @@ impl Cluster {
     pub fn start(url: &str, config: ClusterConfig) -> redis::RedisResult<Cluster> {
         let store = Store::new(url, config.presence.history_len())?;
         let (closed, reports) = mpsc::unbounded_channel();
-        let presence = Replica::new(
+        let presence = Replicas::new(
             config.presence.clone(),
             closed.clone(),
             config.observer.clone(),
@@ -152,24 +161,25 @@ impl Cluster {
         }
     }
 
-    pub async fn join(&self, name: Name) -> Result<Joined, JoinError> {
+    pub async fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
         let shared = &self.shared;
-        let (id, token) = (UserId::random(), Token::random());
+        let (id, token) = (UserId::random(), Token::random_in(room));
         let before = shared.presence.expect_join(id);
-        let config = &shared.config.presence;
-        let joining = shared
-            .store
-            .join(
-                config.max_users,
-                config.join_timeout,
-                id,
-                token.key(),
-                &name,
-            )
-            .await;
-        let failed = match joining {
+        let limits = Limits {
+            max_users: shared.config.presence.max_users,
+            max_rooms: shared.config.max_rooms,
+            join_timeout: shared.config.presence.join_timeout,
+        };
+        let member = Member {
+            room,
+            user: id,
+            token: token.key(),
+            name: &name,
+        };
+        let failed = match shared.store.join(limits, member).await {
             Ok(Joining::Joined) => None,
             Ok(Joining::Full(online)) => Some(JoinError::Full(online)),
+            Ok(Joining::TooManyRooms(rooms)) => Some(JoinError::TooManyRooms(rooms)),
             Err(err) => {
                 tracing::warn!("join not recorded: {err}");
                 Some(JoinError::Unavailable)
@@ -184,12 +194,9 @@ impl Cluster {
         // through the log; if it is slow to, the list as this node has it.
         let users = match tokio::time::timeout(CATCH_UP, before).await {
             Ok(Ok(users)) => users,
-            _ => shared.presence.users_json(),
+            _ => shared.presence.users_json(room),
         };
-        shared
-            .config
-            .observer
-            .joined(&RoomName::lobby(), id, &name, None);
+        shared.config.observer.joined(room, id, &name, None);
         Ok(Joined {
             id,
             name,
@@ -198,19 +205,14 @@ impl Cluster {
         })
     }
 
-    pub async fn leave(&self, token: &Token) -> Result<UserId, TokenError> {
+    pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
         self.sync().await;
-        let user = self
-            .shared
-            .presence
-            .user_of(token)
-            .ok_or(TokenError::Unknown)?;
+        let user = self.shared.presence.user_of(room, token)?;
         match self.shared.store.leave(user.id, token.key()).await {
             Ok(Some(seq)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;
-                let lobby = RoomName::lobby();
-                observer.left(&lobby, user.id, &user.name, LeaveReason::Leave, Some(seq));
+                observer.left(room, user.id, &user.name, LeaveReason::Leave, Some(seq));
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -227,10 +229,20 @@ impl Cluster {
     /// the stream is counted once Redis is back.
     pub async fn subscribe(
         &self,
+        room: &RoomName,
         token: &Token,
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
         let shared = &self.shared;
+        if token.room().as_ref() != Some(room) {
+            // Another room's token (or none's): not counted anywhere.
+            self.sync().await;
+            return Err(shared
+                .presence
+                .user_of(room, token)
+                .err()
+                .unwrap_or(TokenError::Unknown));
+        }
         let numbered = OpeningStream::new(shared);
         let stream = numbered.stream;
         let opened = shared
@@ -246,14 +258,14 @@ impl Cluster {
                 }
             }
             _ => {
-                let subscription = shared.presence.open(token, last_event_id, stream)?;
+                let subscription = shared.presence.open(room, token, last_event_id, stream)?;
                 shared.resync.notify_one();
                 return Ok(subscription);
             }
         };
         shared
             .presence
-            .open(token, last_event_id, stream)
+            .open(room, token, last_event_id, stream)
             .inspect_err(|_| {
                 // Counted in Redis but not here (the replica lags, or was
                 // reloaded since): take it back.
@@ -261,26 +273,38 @@ impl Cluster {
             })
     }
 
-    /// A watcher's stream: the lobby as this node's replica has it, once it
-    /// has caught up.
-    pub async fn watch(&self, last_event_id: Option<EventId>) -> Subscription {
+    /// A watcher's stream of `room`: the room as this node's replica has
+    /// it, once it has caught up.
+    pub async fn watch(&self, room: &RoomName, last_event_id: Option<EventId>) -> Subscription {
         self.sync().await;
-        self.shared.presence.watch(last_event_id)
+        self.shared.presence.watch(room, last_event_id)
     }
 
-    /// The replica's figures: the whole lobby's users, this node's streams.
+    /// The replicas' figures: every room's users, this node's streams.
     pub fn stats(&self) -> Stats {
         self.shared.presence.stats()
     }
 
-    pub async fn users(&self) -> Vec<UserView> {
+    pub async fn users(&self, room: &RoomName) -> Vec<UserView> {
         self.sync().await;
-        self.shared.presence.users()
+        self.shared.presence.users(room)
     }
 
-    pub async fn users_json(&self) -> Pieces {
+    pub async fn users_json(&self, room: &RoomName) -> Pieces {
         self.sync().await;
-        self.shared.presence.users_json()
+        self.shared.presence.users_json(room)
+    }
+
+    /// How many rooms this node has a replica of: those with someone in
+    /// them, and those emptied within their resume window.
+    pub fn rooms(&self) -> usize {
+        self.shared.presence.count()
+    }
+
+    /// The `limit` fullest rooms, fullest first.
+    pub async fn list_rooms(&self, limit: usize) -> Vec<RoomCount> {
+        self.sync().await;
+        self.shared.presence.list(limit)
     }
 
     /// Stops the node's tasks. The users it streamed to start grace (their
@@ -429,8 +453,8 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                 Err(_) => break "the log did not answer in time".to_owned(),
             };
             let mut in_order = true;
-            for (id, change) in entries {
-                if let Err(gap) = shared.presence.apply(id, change) {
+            for entry in entries {
+                if let Err(gap) = shared.presence.apply(entry) {
                     tracing::info!("{gap}: reloading from Redis");
                     in_order = false;
                     break;
@@ -609,10 +633,8 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                 if reaped.lost_nodes > 0 {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
-                for (id, name, reason) in &reaped.gone {
-                    config
-                        .observer
-                        .left(&RoomName::lobby(), *id, name, *reason, None);
+                for (id, room, name, reason) in &reaped.gone {
+                    config.observer.left(room, *id, name, *reason, None);
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

@@ -11,7 +11,8 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::{AsyncConnectionConfig, AsyncTypedCommands, Client, RedisResult, Script, Value};
 
 use crate::presence::{
-    Change, EventId, Known, LeaveReason, Name, Reload, StreamKey, TokenKey, UserId,
+    Change, Entry, EventId, Known, LeaveReason, Name, Online, Reload, RoomName, StreamKey,
+    TokenKey, UserId,
 };
 
 /// The stream that holds the log.
@@ -58,10 +59,29 @@ pub(super) struct Store {
     clock: Arc<AtomicI64>,
 }
 
+/// What a join may not go past.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub max_users: usize,
+    pub max_rooms: usize,
+    pub join_timeout: Duration,
+}
+
+/// Who joins, where.
+pub(super) struct Member<'a> {
+    pub room: &'a RoomName,
+    pub user: UserId,
+    pub token: TokenKey,
+    pub name: &'a Name,
+}
+
 /// What `join` found.
 pub(super) enum Joining {
     Joined,
+    /// The room has this many users, its most.
     Full(usize),
+    /// There are this many rooms, the most.
+    TooManyRooms(usize),
 }
 
 /// What `open` found.
@@ -74,8 +94,8 @@ pub(super) enum Opening {
 /// What a reap did.
 pub(super) struct Reaped {
     pub lost_nodes: u64,
-    /// Each user taken offline: id, name and why.
-    pub gone: Vec<(UserId, Name, LeaveReason)>,
+    /// Each user taken offline: id, room, name and why.
+    pub gone: Vec<(UserId, RoomName, Name, LeaveReason)>,
     /// How long until the next deadline, if there is one.
     pub next: Option<Duration>,
 }
@@ -121,28 +141,24 @@ impl Store {
             .await
     }
 
-    pub(super) async fn join(
-        &self,
-        max_users: usize,
-        join_timeout: Duration,
-        user: UserId,
-        token: TokenKey,
-        name: &Name,
-    ) -> RedisResult<Joining> {
-        let (seq, online): (i64, usize) = self
+    pub(super) async fn join(&self, limits: Limits, joining: Member<'_>) -> RedisResult<Joining> {
+        let (seq, count): (i64, usize) = self
             .scripts
             .join
             .arg(self.history)
-            .arg(max_users)
-            .arg(millis(join_timeout))
-            .arg(user.to_string())
-            .arg(token.to_hex())
-            .arg(name.as_str())
+            .arg(limits.max_users)
+            .arg(millis(limits.join_timeout))
+            .arg(joining.user.to_string())
+            .arg(joining.token.to_hex())
+            .arg(joining.name.as_str())
             .arg(self.give_up_at())
+            .arg(joining.room.as_str())
+            .arg(limits.max_rooms)
             .invoke_async(&mut self.commands.clone())
             .await?;
         match seq {
-            0 => Ok(Joining::Full(online)),
+            0 => Ok(Joining::Full(count)),
+            -2 => Ok(Joining::TooManyRooms(count)),
             1.. => Ok(Joining::Joined),
             _ => Err(too_late()),
         }
@@ -282,13 +298,13 @@ impl Store {
             return Err(malformed("reap"));
         };
         let gone = values[1..values.len() - 1]
-            .chunks(3)
-            .filter_map(|triple| {
-                let gone = parse_gone(triple);
+            .chunks(4)
+            .filter_map(|four| {
+                let gone = parse_gone(four);
                 if gone.is_none() {
                     // The user is gone from Redis all the same; only the
                     // metrics and the webhook miss this one leave.
-                    tracing::warn!(?triple, "a user left, for a reason lobby cannot read");
+                    tracing::warn!(?four, "a user left, for a reason lobby cannot read");
                 }
                 gone
             })
@@ -347,6 +363,7 @@ impl Store {
         for known in users {
             call.arg(known.user.to_string())
                 .arg(known.token.to_hex())
+                .arg(known.room.as_str())
                 .arg(known.name.as_str());
         }
         call.invoke_async(&mut self.commands.clone()).await
@@ -370,7 +387,7 @@ impl Store {
             .ids
             .iter()
             .map(|entry| parse_entry(entry).ok_or_else(|| malformed(LOG)))
-            .collect::<RedisResult<Vec<_>>>()?;
+            .collect::<RedisResult<Vec<Entry>>>()?;
         history.reverse();
         Ok((
             epoch,
@@ -388,7 +405,7 @@ pub(super) async fn read_log(
     connection: &mut MultiplexedConnection,
     after: EventId,
     block: Duration,
-) -> RedisResult<Vec<(EventId, Change)>> {
+) -> RedisResult<Vec<Entry>> {
     let options = StreamReadOptions::default()
         .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX))
         .count(1024);
@@ -407,21 +424,30 @@ pub(super) async fn read_log(
         .collect()
 }
 
-/// `<id of new_user> <token key> <name>`, as lobby:users holds each user.
-fn parse_user(user: &str, entry: &str) -> Option<(EventId, UserId, Name, TokenKey)> {
-    let mut parts = entry.splitn(3, ' ');
-    let seq = parts.next()?.parse().ok()?;
+/// `<id of new_user> <token key> <room> <name>`, as lobby:users holds each user.
+fn parse_user(user: &str, entry: &str) -> Option<Online> {
+    let mut parts = entry.splitn(4, ' ');
+    let joined = parts.next()?.parse().ok()?;
     let token = TokenKey::from_hex(parts.next()?)?;
+    let room = RoomName::parse(parts.next()?).ok()?;
     let name = Name::parse(parts.next()?).ok()?;
-    Some((seq, UserId::parse(user)?, name, token))
+    Some(Online {
+        joined,
+        room,
+        user: UserId::parse(user)?,
+        name,
+        token,
+    })
 }
 
-/// `<user id>, <name>, <reason>`, as the reap script lists each user it took offline.
-fn parse_gone(triple: &[Value]) -> Option<(UserId, Name, LeaveReason)> {
-    let text = |i: usize| redis::from_redis_value_ref::<String>(triple.get(i)?).ok();
+/// `<user id>, <room>, <name>, <reason>`, as the reap script lists each user
+/// it took offline.
+fn parse_gone(four: &[Value]) -> Option<(UserId, RoomName, Name, LeaveReason)> {
+    let text = |i: usize| redis::from_redis_value_ref::<String>(four.get(i)?).ok();
     let user = UserId::parse(&text(0)?)?;
-    let name = Name::parse(&text(1)?).ok()?;
-    Some((user, name, leave_reason(&text(2)?)?))
+    let room = RoomName::parse(&text(1)?).ok()?;
+    let name = Name::parse(&text(2)?).ok()?;
+    Some((user, room, name, leave_reason(&text(3)?)?))
 }
 
 /// A leave reason as the Lua scripts write it ("grace expired", …).
@@ -431,11 +457,13 @@ fn leave_reason(text: &str) -> Option<LeaveReason> {
         .find(|reason| reason.as_str().replace('_', " ") == text)
 }
 
-/// A log entry: id `<event id>-0`; fields `k` (kind), `u` (user), `n` (name),
-/// and `t` (token key) for a join or `s` (id of the user's new_user) for a leave.
-fn parse_entry(entry: &StreamId) -> Option<(EventId, Change)> {
+/// A log entry: id `<event id>-0`; fields `k` (kind), `w` (room), `u`
+/// (user), `n` (name), and `t` (token key) for a join or `s` (id of the
+/// user's new_user) for a leave.
+fn parse_entry(entry: &StreamId) -> Option<Entry> {
     let id = entry.id.strip_suffix("-0")?.parse().ok()?;
     let field = |name: &str| entry.get::<String>(name);
+    let room = RoomName::parse(&field("w")?).ok()?;
     let user = UserId::parse(&field("u")?)?;
     let name = Name::parse(&field("n")?).ok()?;
     let change = match field("k")?.as_str() {
@@ -451,7 +479,7 @@ fn parse_entry(entry: &StreamId) -> Option<(EventId, Change)> {
         },
         _ => return None,
     };
-    Some((id, change))
+    Some(Entry { id, room, change })
 }
 
 /// This machine's clock, in ms since 1970.

@@ -62,10 +62,6 @@ pub enum ApiError {
     )]
     TooManyRooms(usize),
     #[error(
-        "This lobby runs as a cluster, which keeps only the room named lobby so far. Use /join, /events, /users and /leave."
-    )]
-    RoomsNotClustered,
-    #[error(
         "Your address already has {0} watcher streams open. Close one before opening another, or join to get a token."
     )]
     TooManyWatchers(usize),
@@ -119,7 +115,6 @@ impl ApiError {
             }
             ApiError::CrossOrigin | ApiError::OtherRoomsToken => StatusCode::FORBIDDEN,
             ApiError::TooManyRooms(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RoomsNotClustered => StatusCode::NOT_IMPLEMENTED,
             ApiError::TooManyWatchers(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

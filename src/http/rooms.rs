@@ -38,9 +38,6 @@ impl FromRequestParts<AppState> for Room {
             Some((_, raw)) => RoomName::parse(raw)?,
             None => RoomName::lobby(),
         };
-        if !state.presence.keeps(&room) {
-            return Err(ApiError::RoomsNotClustered);
-        }
         Ok(Room(room))
     }
 }

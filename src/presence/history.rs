@@ -1,6 +1,10 @@
-//! The bounded log of recent events, so a stream that reconnects with
-//! `Last-Event-ID` gets what it missed instead of a fresh snapshot.
+//! The bounded log of a room's recent events, so a stream that reconnects
+//! with `Last-Event-ID` gets what it missed instead of a fresh snapshot.
 //! Once full, the oldest event is forgotten; asking for it gives `None`.
+//!
+//! Ids are numbered across every room, so a room's ids increase but skip
+//! the other rooms': the history knows where its knowledge begins (`floor`)
+//! rather than counting back from its newest event.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,44 +16,45 @@ use super::pieces::Pieces;
 pub(crate) struct History {
     events: VecDeque<Arc<Event>>,
     capacity: usize,
+    /// Every event of the room after this id is kept.
+    floor: EventId,
 }
 
 impl History {
-    pub(crate) fn new(capacity: usize) -> History {
+    /// An empty history of a room that has had no event after `floor`, or
+    /// whose earlier events are not known here.
+    pub(crate) fn new(capacity: usize, floor: EventId) -> History {
         History {
             // Grown as events come: a quiet room keeps a few.
             events: VecDeque::new(),
             capacity,
+            floor,
         }
     }
 
     pub(crate) fn push(&mut self, event: Arc<Event>) {
         if self.capacity == 0 {
+            self.floor = event.id;
             return;
         }
-        if self.events.len() >= self.capacity {
-            self.events.pop_front();
+        if self.events.len() >= self.capacity
+            && let Some(oldest) = self.events.pop_front()
+        {
+            self.floor = oldest.id;
         }
         self.events.push_back(event);
     }
 
     /// Every frame after `after`, in order and sharing the events' buffers, when the
-    /// history still holds all of them. `latest` is the newest event id issued.
-    /// `None` when `after` is older than what is kept, or newer than `latest`
-    /// (an id this server never gave out).
-    pub(crate) fn replay_after(&self, after: EventId, latest: EventId) -> Option<Pieces> {
-        if after > latest {
+    /// history still holds all of them. `newest` is the newest event id issued
+    /// in any room. `None` when `after` is older than what is kept, or newer
+    /// than `newest` (an id this server never gave out).
+    pub(crate) fn replay_after(&self, after: EventId, newest: EventId) -> Option<Pieces> {
+        if after > newest || after < self.floor {
             return None;
         }
-        if after == latest {
-            return Some(Pieces::default());
-        }
-        let oldest = self.events.front()?.id;
-        if after + 1 < oldest {
-            return None;
-        }
-        let skip = usize::try_from(after + 1 - oldest).ok()?;
-        let mut out = Pieces::with_capacity(self.events.len() - skip.min(self.events.len()));
+        let skip = self.events.partition_point(|event| event.id <= after);
+        let mut out = Pieces::with_capacity(self.events.len() - skip);
         for event in self.events.iter().skip(skip) {
             out.push(event.frame.clone());
         }
@@ -74,7 +79,7 @@ mod tests {
 
     fn history_of(ids: std::ops::RangeInclusive<EventId>, capacity: usize) -> History {
         let name = Name::parse("x").expect("valid");
-        let mut history = History::new(capacity);
+        let mut history = History::new(capacity, ids.start() - 1);
         for id in ids {
             history.push(Arc::new(Event::new(
                 &crate::presence::RoomName::lobby(),
@@ -137,5 +142,34 @@ mod tests {
     fn an_id_from_the_future_cannot_be_replayed() {
         let history = history_of(1..=5, 10);
         assert_eq!(history.replay_after(6, 5), None);
+    }
+
+    #[test]
+    fn a_room_s_ids_skip_other_rooms_and_replay_still_finds_what_came_after() {
+        let name = Name::parse("x").expect("valid");
+        let room = crate::presence::RoomName::lobby();
+        let mut history = History::new(2, 1);
+        for id in [3, 7, 12] {
+            let event = Event::new(&room, id, EventKind::NewUser, UserId::random(), &name);
+            history.push(Arc::new(event));
+        }
+        assert_eq!(
+            history.replay_after(8, 20).map(|b| ids_in(&b)),
+            Some(vec![12])
+        );
+        assert_eq!(
+            history.replay_after(15, 20).map(|b| ids_in(&b)),
+            Some(vec![]),
+            "ids 13 to 20 went to other rooms"
+        );
+        assert_eq!(history.replay_after(2, 20), None, "event 3 is forgotten");
+        assert_eq!(
+            history.replay_after(3, 20).map(|b| ids_in(&b)),
+            Some(vec![7, 12])
+        );
+        assert_eq!(
+            history.replay_after(5, 20).map(|b| ids_in(&b)),
+            Some(vec![7, 12])
+        );
     }
 }

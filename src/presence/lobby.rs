@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pieces::Pieces;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use super::event::{self, Event, EventId, EventKind, UserView};
 use super::history::History;
@@ -46,6 +47,8 @@ pub trait Kind: fmt::Debug + Send + Sync + Sized + 'static {
     type State: fmt::Debug + Send;
     /// What it knows of one open stream.
     type Stream: fmt::Debug + Copy + Send + Sync;
+    /// Kept once for all the rooms of this kind ([`RoomsOf`](super::rooms::RoomsOf)).
+    type Rooms: Send + Sync + 'static;
 
     /// A stream of the user whose `new_user` is `seq` opened (and is counted).
     fn opened(state: &mut State<Self>, seq: EventId, stream: Self::Stream);
@@ -100,10 +103,12 @@ pub struct User<X> {
     pub(super) own: X,
 }
 
-/// Where a lobby's events go and where its ids start: one channel of every
+/// Where a lobby's events go and who numbers them: one channel of every
 /// event, and the newest id sent on it. A lobby on its own has its own; the
-/// rooms of a process share one, so that a room made again starts past every
-/// id already sent and its ids never go back.
+/// rooms of a process share one, so ids are numbered across every room: a
+/// room's ids increase (skipping the other rooms'), a room made again starts
+/// past every id already sent, and a client's `Last-Event-ID` never means two
+/// things. A cluster's replicas send the ids the cluster's log gave.
 #[derive(Debug, Clone)]
 pub struct Outlet(Arc<Mutex<Sending>>);
 
@@ -114,8 +119,18 @@ struct Sending {
     sender: broadcast::Sender<Arc<Event>>,
     /// The `seq` of the last event sent.
     seq: u64,
-    /// The newest event id sent, in any room.
+    /// The newest event id sent (or applied, in a replica), in any room.
     newest: EventId,
+}
+
+/// A receiver of every event from some moment on, and where that moment is.
+pub(super) struct Since {
+    pub(super) events: broadcast::Receiver<Arc<Event>>,
+    /// The `seq` of the last event sent before it: what a stream reads from
+    /// elsewhere (a shard's log) starts after that.
+    pub(super) seq: u64,
+    /// The newest id sent before it: a snapshot taken now is as of this id.
+    pub(super) newest: EventId,
 }
 
 impl Outlet {
@@ -143,12 +158,14 @@ impl Outlet {
         self.lock().sender.subscribe()
     }
 
-    /// A receiver of every event from now on, and the `seq` of the last
-    /// event sent before it: what a stream reads from elsewhere (a shard's
-    /// log) starts after that.
-    pub(super) fn subscribe_since(&self) -> (broadcast::Receiver<Arc<Event>>, u64) {
+    /// A receiver of every event from now on, and where it starts.
+    pub(super) fn subscribe_since(&self) -> Since {
         let sending = self.lock();
-        (sending.sender.subscribe(), sending.seq)
+        Since {
+            events: sending.sender.subscribe(),
+            seq: sending.seq,
+            newest: sending.newest,
+        }
     }
 
     /// The newest id sent, in any room.
@@ -156,9 +173,26 @@ impl Outlet {
         self.lock().newest
     }
 
-    /// Numbers `event` among all sent here and sends it; returns it shared.
-    pub(super) fn send(&self, mut event: Event) -> Arc<Event> {
+    /// Gives the next id to the event `make` builds, and sends it.
+    pub(super) fn publish(&self, make: impl FnOnce(EventId) -> Event) -> Arc<Event> {
         let mut sending = self.lock();
+        let event = make(sending.newest + 1);
+        Outlet::send_locked(&mut sending, event)
+    }
+
+    /// Sends `event`, whose id was given elsewhere (a cluster's log).
+    pub(super) fn send(&self, event: Event) -> Arc<Event> {
+        Outlet::send_locked(&mut self.lock(), event)
+    }
+
+    /// Notes that ids up to `id` are used, by events sent elsewhere.
+    pub(super) fn reached(&self, id: EventId) {
+        let mut sending = self.lock();
+        sending.newest = sending.newest.max(id);
+    }
+
+    /// Numbers `event` among all sent here and sends it; returns it shared.
+    fn send_locked(sending: &mut Sending, mut event: Event) -> Arc<Event> {
         sending.seq += 1;
         sending.newest = sending.newest.max(event.id);
         event.seq = sending.seq;
@@ -171,8 +205,8 @@ impl Outlet {
 
 impl<K: Kind> Lobby<K> {
     /// An empty lobby of kind `kind` named `room`, which keeps `own` beside
-    /// the shared part and sends its events to `outlet`, numbered from past
-    /// the newest sent there.
+    /// the shared part and sends its events to `outlet`; its history starts
+    /// at the newest id sent there.
     pub(super) fn with(
         room: RoomName,
         config: PresenceConfig,
@@ -186,7 +220,7 @@ impl<K: Kind> Lobby<K> {
             users: BTreeMap::new(),
             tokens: HashMap::new(),
             roster: Roster::default(),
-            history: History::new(config.history_len()),
+            history: History::new(config.history_len(), outlet.newest()),
             latest: outlet.newest(),
             outlet,
             own,
@@ -231,14 +265,13 @@ impl<K: Kind> Lobby<K> {
         user.streams += 1;
         let id = user.id;
         K::opened(state, seq, stream);
-        let start = state.start(last_event_id);
-        let (events, since) = state.outlet.subscribe_since();
+        let since = state.outlet.subscribe_since();
         let subscription = Subscription {
             user: Some(id),
             room: state.room.clone(),
-            start,
-            events: Some(events),
-            since,
+            start: state.start(last_event_id, since.newest),
+            events: Some(since.events),
+            since: since.seq,
             open: Some(Box::new(OpenStream {
                 shared: self.shared.clone(),
                 token: key,
@@ -255,11 +288,9 @@ impl<K: Kind> Lobby<K> {
     /// no user; it keeps no one online.
     pub fn watch(&self, last_event_id: Option<EventId>) -> Subscription {
         let state = &mut *self.shared.lock();
-        let subscription = Subscription::watching(
-            state.room.clone(),
-            state.start(last_event_id),
-            state.outlet.subscribe_since(),
-        );
+        let since = state.outlet.subscribe_since();
+        let start = state.start(last_event_id, since.newest);
+        let subscription = Subscription::watching(state.room.clone(), start, since);
         self.resumed(last_event_id, &subscription);
         subscription
     }
@@ -269,6 +300,15 @@ impl<K: Kind> Lobby<K> {
             let replayed = matches!(subscription.start, Start::Resume(_));
             self.shared.observer.resumed(replayed);
         }
+    }
+
+    /// Since when the room has had no one in it, if it has no one.
+    pub(super) fn empty_since(&self) -> Option<Instant> {
+        let state = self.shared.lock();
+        state
+            .users
+            .is_empty()
+            .then(|| state.history.newest_at().unwrap_or_else(Instant::now))
     }
 
     /// Whether `token` is a user's here.
@@ -316,13 +356,14 @@ impl<K: Kind> Shared<K> {
 }
 
 impl<K: Kind> State<K> {
-    /// How a stream starts: after `last_event_id`, when the history still
-    /// holds what came since; otherwise (and without it) with a snapshot.
-    fn start(&mut self, last_event_id: Option<EventId>) -> Start {
-        let replay = last_event_id.and_then(|after| self.history.replay_after(after, self.latest));
+    /// How a stream starts, `newest` being the newest id sent in any room:
+    /// after `last_event_id`, when the history still holds what came since;
+    /// otherwise (and without it) with a snapshot as of `newest`.
+    fn start(&mut self, last_event_id: Option<EventId>, newest: EventId) -> Start {
+        let replay = last_event_id.and_then(|after| self.history.replay_after(after, newest));
         match replay {
             Some(frames) => Start::Resume(frames),
-            None => Start::Snapshot(event::snapshot_frame(self.latest, self.users_json())),
+            None => Start::Snapshot(event::snapshot_frame(newest, self.users_json())),
         }
     }
 
@@ -362,18 +403,40 @@ impl<K: Kind> State<K> {
         self.roster.added(seq);
     }
 
+    /// Announces an event under the next id, past every room's.
     pub(super) fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
-        self.latest += 1;
-        let event = Event::new(&self.room, self.latest, kind, user, name);
-        self.history.push(self.outlet.send(event));
+        let room = &self.room;
+        let event = self
+            .outlet
+            .publish(|id| Event::new(room, id, kind, user, name));
+        self.keep(event)
+    }
+
+    /// Announces an event under the id a cluster's log gave it.
+    pub(super) fn publish_at(&mut self, id: EventId, kind: EventKind, user: UserId, name: &Name) {
+        let event = self
+            .outlet
+            .send(Event::new(&self.room, id, kind, user, name));
+        self.keep(event);
+    }
+
+    fn keep(&mut self, event: Arc<Event>) -> EventId {
+        self.latest = event.id;
+        self.history.push(event);
         self.latest
+    }
+
+    /// Takes the user whose `new_user` is `seq` offline, announcing nothing.
+    pub(super) fn take(&mut self, seq: EventId) -> Option<User<K::User>> {
+        let user = self.users.remove(&seq)?;
+        self.tokens.remove(&user.token);
+        self.roster.removed(seq);
+        Some(user)
     }
 
     /// Takes the user whose `new_user` is `seq` offline and announces it.
     pub(super) fn remove(&mut self, seq: EventId) -> Option<User<K::User>> {
-        let user = self.users.remove(&seq)?;
-        self.tokens.remove(&user.token);
-        self.roster.removed(seq);
+        let user = self.take(seq)?;
         self.publish(EventKind::DisconnectUser, user.id, &user.name);
         Some(user)
     }

@@ -11,10 +11,12 @@
 //!
 //! Two kinds of lobby share one core (`lobby.rs`: who is online, the history,
 //! how a stream starts and is counted). [`Presence`], here, is this process's
-//! own: it decides, numbers the events and keeps the deadlines. A [`Replica`]
-//! follows a log that a cluster keeps elsewhere: [`Replica::apply`] feeds it
-//! each event in order, and it reports each stream of its node that closes
-//! ([`StreamKey`]), so that the cluster can count streams and keep the deadlines.
+//! own: it decides, numbers the events and keeps the deadlines. A replica
+//! follows a log that a cluster keeps elsewhere: [`Replicas::apply`] feeds
+//! each event in order to its room's replica, and it reports each stream of
+//! its node that closes ([`StreamKey`]), so that the cluster can count
+//! streams and keep the deadlines. Rooms of either kind are kept in a
+//! `RoomsOf` (`rooms.rs`): [`Rooms`] and [`Replicas`].
 //!
 //! Presence tells the world outside of joins, leaves and resumes through
 //! [`Observe`], which it defines and the outside implements.
@@ -34,7 +36,7 @@ pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
 pub use observer::{LeaveReason, Observe};
 pub use pieces::Pieces;
-pub use replica::{Change, Known, OutOfOrder, Reload, Replica, StreamKey};
+pub use replica::{Change, Entry, Known, Online, OutOfOrder, Reload, Replicas, StreamKey};
 pub use room::{RoomName, RoomNameError};
 pub use rooms::{RoomCount, Rooms};
 
@@ -46,7 +48,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
-use lobby::{Kind, Lobby, Open, Outlet, Shared, State, User};
+use lobby::{Kind, Lobby, Open, Outlet, Shared, Since, State, User};
 use observer::Unobserved;
 use rooms::Emptied;
 
@@ -190,17 +192,13 @@ pub enum Waiting {
 }
 
 impl Subscription {
-    fn watching(
-        room: RoomName,
-        start: Start,
-        (events, since): (broadcast::Receiver<Arc<Event>>, u64),
-    ) -> Subscription {
+    fn watching(room: RoomName, start: Start, since: Since) -> Subscription {
         Subscription {
             user: None,
             room,
             start,
-            events: Some(events),
-            since,
+            events: Some(since.events),
+            since: since.seq,
             open: None,
             held: None,
         }
@@ -306,6 +304,7 @@ impl Kind for Local {
     /// When each user with no open stream goes offline, soonest first.
     type State = BTreeSet<(Instant, EventId)>;
     type Stream = ();
+    type Rooms = ();
 
     fn opened(state: &mut State<Local>, seq: EventId, (): ()) {
         if let Some((deadline, _)) = state.users.get_mut(&seq).and_then(|user| user.own.take()) {
@@ -424,15 +423,6 @@ impl Presence {
             .observer
             .left(&room, user.id, &user.name, reason, Some(event));
         Ok(user.id)
-    }
-
-    /// Since when the room has had no one in it, if it has no one.
-    fn empty_since(&self) -> Option<Instant> {
-        let state = self.shared.lock();
-        state
-            .users
-            .is_empty()
-            .then(|| state.history.newest_at().unwrap_or_else(Instant::now))
     }
 }
 

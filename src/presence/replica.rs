@@ -1,50 +1,64 @@
-//! A lobby kept as a replica of a log that a cluster numbers elsewhere: the
-//! cluster feeds it each event in order ([`Replica::apply`]), or its whole
-//! state after a gap ([`Replica::reload`]). The cluster numbers each stream it
-//! opens here ([`Replica::open`]), and the replica reports each one that closes
-//! ([`StreamKey`]), so that the cluster can count every user's streams on every
-//! node and keep the deadlines; a replica keeps none itself. Streams are served
-//! from it exactly as from a local lobby: the core is the same.
+//! A cluster node's copy of the rooms a cluster keeps: [`Replicas`], a
+//! [`Replica`] per room, fed each event of the cluster's one log in order
+//! ([`Replicas::apply`]), or the whole state after a gap
+//! ([`Replicas::reload`]). The log numbers every room's events in one
+//! sequence, so the ids are the same on every node; the replicas check that
+//! none is missed. The cluster numbers each stream it opens here
+//! ([`Replicas::open`]), and a replica reports each one that closes
+//! ([`StreamKey`]), so that the cluster can count every user's streams on
+//! every node and keep the deadlines; a replica keeps none itself. Streams are
+//! served from it exactly as from a local lobby: the core is the same.
 
 use std::collections::HashMap;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::pieces::Pieces;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::PresenceConfig;
 use super::event::{Event, EventId, EventKind, UserView};
 use super::history::History;
-use super::lobby::{Kind, Lobby, Outlet, Shared, State};
+use super::lobby::{Kind, Lobby, Shared, State};
 use super::name::{Name, Token, TokenKey, UserId};
 use super::observer::Observe;
 use super::room::RoomName;
+use super::rooms::RoomsOf;
 use super::roster::Roster;
+use super::{PresenceConfig, Subscription, TokenError};
 
-/// A replica of the lobby a cluster keeps. Cheap to clone: every clone is a
-/// handle to the same replica.
+/// One room as a cluster node has it.
 pub type Replica = Lobby<Replicated>;
 
-/// What a replica adds to the shared part: where it reports its streams, and
-/// how far it has applied the log.
+/// Every room of a cluster, as this node has it. Cheap to clone: every
+/// clone is a handle to the same replicas.
+pub type Replicas = RoomsOf<Replicated>;
+
+/// What a replica adds to the shared part: where it reports its streams.
 #[derive(Debug)]
 pub struct Replicated {
     /// Where each stream that closes on this node is reported, for the
     /// cluster to count.
     closed: mpsc::UnboundedSender<StreamKey>,
-    /// The newest event applied, for those waiting until an event is.
+}
+
+/// What the replicas keep once for every room.
+#[derive(Debug)]
+pub struct Following {
+    closed: mpsc::UnboundedSender<StreamKey>,
+    /// The newest event of the log applied, for those waiting until an event is.
     applied: watch::Sender<EventId>,
+    /// Joins waiting for their `new_user`: each gets its room's users list as
+    /// it was just before.
+    joins: Mutex<HashMap<UserId, oneshot::Sender<Pieces>>>,
 }
 
 impl Kind for Replicated {
     /// The cluster's ids of the user's streams open on this node.
     type User = Vec<u64>;
-    /// Joins waiting for their `new_user`: each gets the users list as it was
-    /// just before.
-    type State = HashMap<UserId, oneshot::Sender<Pieces>>;
+    type State = ();
     /// The cluster's id for the stream.
     type Stream = u64;
+    type Rooms = Following;
 
     fn opened(state: &mut State<Replicated>, seq: EventId, stream: u64) {
         if let Some(user) = state.users.get_mut(&seq) {
@@ -78,7 +92,15 @@ pub struct StreamKey {
     pub stream: u64,
 }
 
-/// One change in a replica's log, as the cluster numbered it.
+/// One event of the cluster's log: its id, its room and what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: EventId,
+    pub room: RoomName,
+    pub change: Change,
+}
+
+/// One change in a room, as the cluster's log has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Joined {
@@ -94,7 +116,7 @@ pub enum Change {
     },
 }
 
-/// An event that does not follow the last one applied: the replica missed some.
+/// An event that does not follow the last one applied: the replicas missed some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("event {got} does not follow event {latest}")]
 pub struct OutOfOrder {
@@ -102,88 +124,243 @@ pub struct OutOfOrder {
     pub got: EventId,
 }
 
-/// A replica's whole state, as the cluster has it: everyone online (with the id
-/// of their `new_user` event), the newest event id, and the recent events.
+/// The cluster's whole state: everyone online, the newest event id, and the
+/// recent events of every room, oldest first.
 #[derive(Debug, Default)]
 pub struct Reload {
     pub latest: EventId,
-    pub users: Vec<(EventId, UserId, Name, TokenKey)>,
-    pub history: Vec<(EventId, Change)>,
+    pub users: Vec<Online>,
+    pub history: Vec<Entry>,
 }
 
-/// A user as a replica knows them, for a cluster that must put them back.
+/// A user online, as the cluster has them.
 #[derive(Debug, Clone)]
-pub struct Known {
+pub struct Online {
+    /// The id of their `new_user` event.
+    pub joined: EventId,
+    pub room: RoomName,
     pub user: UserId,
     pub name: Name,
     pub token: TokenKey,
 }
 
-impl Replica {
-    /// Creates an empty replica: it keeps no deadlines and numbers nothing
-    /// itself. It sends each stream it closes to `closed`.
-    /// Its joins and leaves are the cluster's to observe; it tells `observer`
-    /// only of resumes.
+/// A user as a replica knows them, for a cluster that must put them back.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub room: RoomName,
+    pub user: UserId,
+    pub name: Name,
+    pub token: TokenKey,
+}
+
+impl Replicas {
+    /// No rooms yet: the replicas keep no deadlines and number nothing
+    /// themselves. They send each stream that closes to `closed`. Their joins
+    /// and leaves are the cluster's to observe; they tell `observer` only of
+    /// resumes.
     pub fn new(
         config: PresenceConfig,
         closed: mpsc::UnboundedSender<StreamKey>,
         observer: impl Observe,
-    ) -> Replica {
-        let applied = watch::Sender::new(0);
-        let outlet = Outlet::new(&config);
+    ) -> Replicas {
+        let following = Following {
+            closed,
+            applied: watch::Sender::new(0),
+            joins: Mutex::default(),
+        };
+        // The cluster decides how many rooms there may be.
+        RoomsOf::with(config, usize::MAX, Arc::new(observer), following)
+    }
+
+    fn make(&self, room: &RoomName) -> Replica {
+        let shared = &self.shared;
+        let replicated = Replicated {
+            closed: shared.own.closed.clone(),
+        };
         Lobby::with(
-            RoomName::lobby(),
-            config,
-            Arc::new(observer),
-            Replicated { closed, applied },
-            HashMap::new(),
-            outlet,
+            room.clone(),
+            shared.config.clone(),
+            shared.observer.clone(),
+            replicated,
+            (),
+            shared.outlet.clone(),
         )
     }
 
-    /// Applies the next event of the shared log: `id` must follow the newest
-    /// one applied, or nothing changes and the cluster must [`reload`](Self::reload).
-    pub fn apply(&self, id: EventId, change: Change) -> Result<(), OutOfOrder> {
-        let mut state = self.shared.lock();
-        if id != state.latest + 1 {
-            return Err(OutOfOrder {
-                latest: state.latest,
-                got: id,
-            });
+    fn joins(&self) -> MutexGuard<'_, HashMap<UserId, oneshot::Sender<Pieces>>> {
+        self.shared
+            .own
+            .joins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The newest event of the log applied.
+    pub fn latest(&self) -> EventId {
+        *self.shared.own.applied.borrow()
+    }
+
+    /// Applies the next event of the shared log: its id must follow the
+    /// newest one applied, or nothing changes and the cluster must
+    /// [`reload`](Self::reload).
+    pub fn apply(&self, entry: Entry) -> Result<(), OutOfOrder> {
+        let Entry { id, room, change } = entry;
+        let mut rooms = self.lock();
+        let latest = self.latest();
+        if id != latest + 1 {
+            return Err(OutOfOrder { latest, got: id });
         }
         match change {
             Change::Joined { user, name, token } => {
+                let replica = rooms
+                    .entry(room.clone())
+                    .or_insert_with(|| self.make(&room));
+                let mut state = replica.shared.lock();
                 // A join made on this node, waiting for its event (`expect_join`).
-                if let Some(waiting) = state.own.remove(&user) {
+                if let Some(waiting) = self.joins().remove(&user) {
                     let _ = waiting.send(state.users_json());
                 }
-                state.publish(EventKind::NewUser, user, &name);
+                state.publish_at(id, EventKind::NewUser, user, &name);
                 state.add(id, user, name, token, Vec::new());
             }
             Change::Left { user, name, joined } => {
-                if state
-                    .users
-                    .get(&joined)
-                    .is_some_and(|known| known.id == user)
-                {
-                    state.remove(joined);
-                } else {
-                    // Not known here (it cannot happen in order), but the
-                    // event is still the log's: every stream gets it.
-                    state.publish(EventKind::DisconnectUser, user, &name);
+                // A room unknown here cannot have a leave, in order.
+                if let Some(replica) = rooms.get(&room) {
+                    let mut state = replica.shared.lock();
+                    if state
+                        .users
+                        .get(&joined)
+                        .is_some_and(|known| known.id == user)
+                    {
+                        state.take(joined);
+                    }
+                    // Even for a user not known here (it cannot happen in
+                    // order): the event is still the log's, every stream gets it.
+                    state.publish_at(id, EventKind::DisconnectUser, user, &name);
+                    if state.users.is_empty() {
+                        self.shared.emptied.room(&room);
+                    }
                 }
             }
         }
-        drop(state);
-        self.shared.kind.applied.send_replace(id);
+        drop(rooms);
+        self.shared.outlet.reached(id);
+        self.shared.own.applied.send_replace(id);
         Ok(())
     }
 
     /// Replaces everything with the cluster's state. Every open stream gets
-    /// a fresh `existing_users` and goes on (or ends, if its user is gone);
-    /// users who are still online keep their streams here. Joins waiting for
-    /// their event are let go.
+    /// a fresh `existing_users` of its room and goes on (or ends, if its user
+    /// is gone); users who are still online keep their streams here. Joins
+    /// waiting for their event are let go.
     pub fn reload(&self, reload: Reload) {
+        let Reload {
+            latest,
+            users,
+            history,
+        } = reload;
+        // The history holds every event after the one before its first.
+        let floor = history
+            .first()
+            .map_or(latest, |entry| entry.id.saturating_sub(1));
+        let mut by_room: HashMap<RoomName, (Vec<Online>, Vec<Entry>)> = HashMap::new();
+        for online in users {
+            by_room
+                .entry(online.room.clone())
+                .or_default()
+                .0
+                .push(online);
+        }
+        for entry in history {
+            by_room.entry(entry.room.clone()).or_default().1.push(entry);
+        }
+        let mut rooms = self.lock();
+        self.joins().clear();
+        let known: Vec<RoomName> = rooms.keys().cloned().collect();
+        for room in known {
+            by_room.entry(room).or_default();
+        }
+        for (room, (users, history)) in by_room {
+            let replica = rooms
+                .entry(room.clone())
+                .or_insert_with(|| self.make(&room));
+            if replica.reload(latest, floor, users, history) {
+                self.shared.emptied.room(&room);
+            }
+        }
+        drop(rooms);
+        self.shared.outlet.reached(latest);
+        self.shared.own.applied.send_replace(latest);
+    }
+
+    /// The users list of `room` as it is just before `user`'s `new_user` is
+    /// applied. Ask before the join is sent to the cluster; the receiver
+    /// fails if the replicas are reloaded first.
+    pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Pieces> {
+        let (sender, receiver) = oneshot::channel();
+        self.joins().insert(user, sender);
+        receiver
+    }
+
+    /// Forgets a join that [`expect_join`](Self::expect_join) waited for.
+    pub fn forget_join(&self, user: UserId) {
+        self.joins().remove(&user);
+    }
+
+    /// Opens a stream, numbered `stream` by the cluster, for the user of
+    /// `room` holding `token`.
+    pub fn open(
+        &self,
+        room: &RoomName,
+        token: &Token,
+        last_event_id: Option<EventId>,
+        stream: u64,
+    ) -> Result<Subscription, TokenError> {
+        let found = self.get(room).ok_or(TokenError::Unknown);
+        let opened = found.and_then(|replica| replica.open(token, last_event_id, stream));
+        opened.map_err(|err| self.why(room, token, err))
+    }
+
+    /// The user of `room` holding `token`, as far as this node knows; or
+    /// why not (the token is unknown, or another room's).
+    pub fn user_of(&self, room: &RoomName, token: &Token) -> Result<UserView, TokenError> {
+        let found = self.get(room).and_then(|replica| replica.user_of(token));
+        found.ok_or_else(|| self.why(room, token, TokenError::Unknown))
+    }
+
+    /// Every stream the cluster opened on this node that is open now.
+    pub fn open_streams(&self) -> Vec<StreamKey> {
+        let rooms: Vec<Replica> = self.lock().values().cloned().collect();
+        rooms.iter().flat_map(Replica::open_streams).collect()
+    }
+
+    /// Everyone this node knows to be online, in every room.
+    pub fn known(&self) -> Vec<Known> {
+        let rooms: Vec<Replica> = self.lock().values().cloned().collect();
+        rooms.iter().flat_map(Replica::known).collect()
+    }
+
+    /// Waits (at most `patience`) until event `id` has been applied; says
+    /// whether it was.
+    pub async fn applied(&self, id: EventId, patience: Duration) -> bool {
+        let mut applied = self.shared.own.applied.subscribe();
+        tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= id))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+}
+
+impl Replica {
+    /// Replaces the room's state with the cluster's, as of event `latest`,
+    /// with its `history` (every event of the room after `floor`). Says
+    /// whether the room is left empty.
+    fn reload(
+        &self,
+        latest: EventId,
+        floor: EventId,
+        users: Vec<Online>,
+        history: Vec<Entry>,
+    ) -> bool {
         let mut state = self.shared.lock();
         let state = &mut *state;
         let mut streams: HashMap<TokenKey, (u8, Vec<u64>)> = state
@@ -197,10 +374,9 @@ impl Replica {
             .collect();
         state.users.clear();
         state.tokens.clear();
-        state.own.clear();
         state.roster = Roster::default();
-        state.history = History::new(self.shared.config.history_len());
-        for (id, change) in reload.history {
+        state.history = History::new(self.shared.config.history_len(), floor);
+        for Entry { id, change, .. } in history {
             let (kind, user, name) = match change {
                 Change::Joined { user, name, .. } => (EventKind::NewUser, user, name),
                 Change::Left { user, name, .. } => (EventKind::DisconnectUser, user, name),
@@ -209,36 +385,23 @@ impl Replica {
                 .history
                 .push(Arc::new(Event::new(&state.room, id, kind, user, &name)));
         }
-        state.latest = reload.latest;
-        for (seq, user, name, token) in reload.users {
-            let (count, ids) = streams.remove(&token).unwrap_or_default();
-            state.add(seq, user, name, token, ids);
+        state.latest = latest;
+        for online in users {
+            let (count, ids) = streams.remove(&online.token).unwrap_or_default();
+            let seq = online.joined;
+            state.add(seq, online.user, online.name, online.token, ids);
             if let Some(user) = state.users.get_mut(&seq) {
                 user.streams = count;
             }
         }
         let users = state.users_json();
-        let reset = Event::reset(&state.room, state.latest, users.clone());
+        let reset = Event::reset(&state.room, latest, users);
         state.outlet.send(reset);
-        self.shared.kind.applied.send_replace(state.latest);
+        state.users.is_empty()
     }
 
-    /// The users list as it is just before `user`'s `new_user` is applied.
-    /// Ask before the join is sent to the cluster; the receiver fails if the
-    /// replica is reloaded first.
-    pub fn expect_join(&self, user: UserId) -> oneshot::Receiver<Pieces> {
-        let (sender, receiver) = oneshot::channel();
-        self.shared.lock().own.insert(user, sender);
-        receiver
-    }
-
-    /// Forgets a join that [`expect_join`](Self::expect_join) waited for.
-    pub fn forget_join(&self, user: UserId) {
-        self.shared.lock().own.remove(&user);
-    }
-
-    /// The user holding `token`, as far as this lobby knows.
-    pub fn user_of(&self, token: &Token) -> Option<UserView> {
+    /// The user holding `token`, as far as this room knows.
+    fn user_of(&self, token: &Token) -> Option<UserView> {
         let key = token.key();
         let state = self.shared.lock();
         let seq = state.tokens.get(&key)?;
@@ -248,8 +411,7 @@ impl Replica {
             .map(|user| UserView::new(user.id, &user.name))
     }
 
-    /// Every stream the cluster opened on this node that is open now.
-    pub fn open_streams(&self) -> Vec<StreamKey> {
+    fn open_streams(&self) -> Vec<StreamKey> {
         let state = self.shared.lock();
         state
             .users
@@ -263,27 +425,18 @@ impl Replica {
             .collect()
     }
 
-    /// Everyone this lobby knows to be online, oldest first.
-    pub fn known(&self) -> Vec<Known> {
+    fn known(&self) -> Vec<Known> {
         let state = self.shared.lock();
         state
             .users
             .values()
             .map(|user| Known {
+                room: state.room.clone(),
                 user: user.id,
                 name: user.name.clone(),
                 token: user.token,
             })
             .collect()
-    }
-
-    /// Waits (at most `patience`) until event `id` has been applied; says
-    /// whether it was.
-    pub async fn applied(&self, id: EventId, patience: Duration) -> bool {
-        let mut applied = self.shared.kind.applied.subscribe();
-        tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= id))
-            .await
-            .is_ok_and(|result| result.is_ok())
     }
 }
 
@@ -300,7 +453,12 @@ mod tests {
         Name::parse(raw).expect("a valid name")
     }
 
+    fn room(raw: &str) -> RoomName {
+        RoomName::parse(raw).expect("a valid room name")
+    }
+
     struct Someone {
+        room: RoomName,
         user: UserId,
         name: Name,
         token: Token,
@@ -308,37 +466,70 @@ mod tests {
 
     impl Someone {
         fn new(raw: &str) -> Someone {
+            Someone::in_room(raw, RoomName::lobby())
+        }
+
+        fn in_room(raw: &str, room: RoomName) -> Someone {
             Someone {
                 user: UserId::random(),
                 name: name(raw),
-                token: Token::random(),
+                token: Token::random_in(&room),
+                room,
             }
         }
 
-        fn joined(&self) -> Change {
-            Change::Joined {
+        fn entry(&self, id: EventId, change: Change) -> Entry {
+            Entry {
+                id,
+                room: self.room.clone(),
+                change,
+            }
+        }
+
+        /// Their `new_user`, event `id` of the log.
+        fn joined(&self, id: EventId) -> Entry {
+            let change = Change::Joined {
+                user: self.user,
+                name: self.name.clone(),
+                token: self.token.key(),
+            };
+            self.entry(id, change)
+        }
+
+        /// Their `disconnect_user`, event `id`; their `new_user` was `joined`.
+        fn left(&self, id: EventId, joined: EventId) -> Entry {
+            let change = Change::Left {
+                user: self.user,
+                name: self.name.clone(),
+                joined,
+            };
+            self.entry(id, change)
+        }
+
+        fn online(&self, joined: EventId) -> Online {
+            Online {
+                joined,
+                room: self.room.clone(),
                 user: self.user,
                 name: self.name.clone(),
                 token: self.token.key(),
             }
         }
 
-        fn left(&self, joined: EventId) -> Change {
-            Change::Left {
-                user: self.user,
-                name: self.name.clone(),
-                joined,
-            }
-        }
-
         fn person(&self) -> (String, String) {
             (self.user.to_string(), self.name.to_string())
         }
+
+        fn open(&self, replicas: &Replicas, last: Option<EventId>, stream: u64) -> Subscription {
+            replicas
+                .open(&self.room, &self.token, last, stream)
+                .expect("known")
+        }
     }
 
-    fn replica(config: PresenceConfig) -> (Replica, mpsc::UnboundedReceiver<StreamKey>) {
+    fn replicas(config: PresenceConfig) -> (Replicas, mpsc::UnboundedReceiver<StreamKey>) {
         let (closed, reports) = mpsc::unbounded_channel();
-        (Replica::new(config, closed, Unobserved), reports)
+        (Replicas::new(config, closed, Unobserved), reports)
     }
 
     /// What a stream would write now, frame by frame, and whether it goes on.
@@ -348,42 +539,85 @@ mod tests {
         (parse_frames(&batch.concat()), waiting)
     }
 
+    fn ids(frames: &[Frame]) -> Vec<EventId> {
+        frames.iter().map(|frame| frame.id).collect()
+    }
+
     #[tokio::test]
     async fn events_are_applied_with_the_cluster_s_ids_and_only_in_order() {
-        let replica = replica(PresenceConfig::default()).0;
+        let replicas = replicas(PresenceConfig::default()).0;
         let (ann, bob) = (Someone::new("ann"), Someone::new("bob"));
-        let mut watcher = replica.events();
-        replica.apply(1, ann.joined()).expect("the first event");
+        let mut watcher = replicas.events();
+        replicas.apply(ann.joined(1)).expect("the first event");
         assert_eq!(
-            replica.apply(3, bob.joined()),
+            replicas.apply(bob.joined(3)),
             Err(OutOfOrder { latest: 1, got: 3 })
         );
         assert_eq!(
-            replica.users().len(),
+            replicas.users(&RoomName::lobby()).len(),
             1,
             "an event out of order changes nothing"
         );
-        replica.apply(2, bob.joined()).expect("the next event");
-        replica.apply(3, ann.left(1)).expect("the next event");
+        replicas.apply(bob.joined(2)).expect("the next event");
+        replicas.apply(ann.left(3, 1)).expect("the next event");
         let ids: Vec<EventId> = std::iter::from_fn(|| watcher.try_recv().ok())
             .map(|event| event.id)
             .collect();
         assert_eq!(ids, [1, 2, 3]);
+        let lobby = RoomName::lobby();
         assert_eq!(
-            replica.user_of(&bob.token).map(|view| view.id),
-            Some(bob.user)
+            replicas.user_of(&lobby, &bob.token).map(|view| view.id),
+            Ok(bob.user)
         );
-        assert_eq!(replica.user_of(&ann.token), None, "ann left");
-        assert!(replica.applied(3, Duration::ZERO).await);
+        assert_eq!(
+            replicas.user_of(&lobby, &ann.token),
+            Err(TokenError::Unknown),
+            "ann left"
+        );
+        assert!(replicas.applied(3, Duration::ZERO).await);
     }
 
     #[tokio::test]
-    async fn a_join_waiting_for_its_event_gets_the_users_just_before_it() {
-        let replica = replica(PresenceConfig::default()).0;
+    async fn each_room_gets_its_own_events_under_the_log_s_ids_and_resumes_across_the_gaps() {
+        let replicas = replicas(PresenceConfig::default()).0;
+        let design = room("design");
+        let ann = Someone::in_room("ann", design.clone());
+        let bob = Someone::in_room("bob", room("ops"));
+        let cat = Someone::in_room("cat", design.clone());
+        replicas.apply(ann.joined(1)).expect("in order");
+        let mut ann_sees = ann.open(&replicas, None, 1);
+        replicas.apply(bob.joined(2)).expect("in order");
+        replicas.apply(cat.joined(3)).expect("in order");
+        replicas.apply(bob.left(4, 2)).expect("in order");
+        replicas.apply(cat.left(5, 3)).expect("in order");
+
+        let (frames, waiting) = written(&mut ann_sees);
+        assert_eq!(waiting, Waiting::Open);
+        assert_eq!(ids(&frames), [3, 5], "ops' events are not design's");
+        assert_eq!(replicas.users(&design).len(), 1);
+        assert_eq!(
+            replicas.user_of(&design, &bob.token),
+            Err(TokenError::Unknown),
+            "bob is gone from ops, and was never in design"
+        );
+
+        // A resume after an id of another room replays what came since.
+        let resumed = ann.open(&replicas, Some(2), 2);
+        let replayed = parse_frames(&resumed.start.into_pieces());
+        assert_eq!(ids(&replayed), [3, 5]);
+        let resumed = ann.open(&replicas, Some(5), 3);
+        assert_eq!(resumed.start, Start::Resume(Pieces::default()));
+    }
+
+    #[tokio::test]
+    async fn a_join_waiting_for_its_event_gets_its_room_s_users_just_before_it() {
+        let replicas = replicas(PresenceConfig::default()).0;
         let (ann, bob) = (Someone::new("ann"), Someone::new("bob"));
-        replica.apply(1, ann.joined()).expect("in order");
-        let before = replica.expect_join(bob.user);
-        replica.apply(2, bob.joined()).expect("in order");
+        let elsewhere = Someone::in_room("cy", room("ops"));
+        replicas.apply(ann.joined(1)).expect("in order");
+        replicas.apply(elsewhere.joined(2)).expect("in order");
+        let before = replicas.expect_join(bob.user);
+        replicas.apply(bob.joined(3)).expect("in order");
         let users = before.await.expect("the join's event came");
         assert_eq!(people_in_json(&users), [ann.person()]);
     }
@@ -395,53 +629,69 @@ mod tests {
             join_timeout: Duration::from_secs(1),
             ..PresenceConfig::default()
         };
-        let (replica, mut reports) = replica(config);
+        let (replicas, mut reports) = replicas(config);
         let ann = Someone::new("ann");
-        replica.apply(1, ann.joined()).expect("in order");
-        let first = replica.open(&ann.token, None, 7).expect("known");
-        let second = replica.open(&ann.token, None, 8).expect("known");
+        replicas.apply(ann.joined(1)).expect("in order");
+        let first = ann.open(&replicas, None, 7);
+        let second = ann.open(&replicas, None, 8);
         let key = |stream| StreamKey {
             user: ann.user,
             stream,
         };
-        assert_eq!(replica.open_streams(), [key(7), key(8)]);
+        assert_eq!(replicas.open_streams(), [key(7), key(8)]);
         drop(first);
         assert_eq!(reports.try_recv(), Ok(key(7)));
         drop(second);
         assert_eq!(reports.try_recv(), Ok(key(8)));
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(
-            replica.users().len(),
+            replicas.users(&RoomName::lobby()).len(),
             1,
             "only the cluster takes her offline"
         );
-        assert!(replica.open_streams().is_empty());
+        assert!(replicas.open_streams().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_room_emptied_by_the_log_is_dropped_after_its_resume_window() {
+        let config = PresenceConfig {
+            grace: Duration::from_secs(1),
+            ..PresenceConfig::default()
+        };
+        let replicas = replicas(config).0;
+        let ann = Someone::in_room("ann", room("design"));
+        replicas.apply(ann.joined(1)).expect("in order");
+        replicas.apply(ann.left(2, 1)).expect("in order");
+        assert_eq!(replicas.count(), 1, "kept for its resume window");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(replicas.count(), 0);
     }
 
     #[tokio::test]
     async fn a_reload_sends_every_stream_the_new_state_and_ends_those_whose_user_is_gone() {
-        let (replica, mut reports) = replica(PresenceConfig::default());
+        let (replicas, mut reports) = replicas(PresenceConfig::default());
         let (ann, bob, cat) = (
             Someone::new("ann"),
             Someone::new("bob"),
             Someone::new("cat"),
         );
-        replica.apply(1, ann.joined()).expect("in order");
-        replica.apply(2, bob.joined()).expect("in order");
-        let mut ann_stream = replica.open(&ann.token, None, 1).expect("known");
-        let mut bob_stream = replica.open(&bob.token, None, 2).expect("known");
+        let dee = Someone::in_room("dee", room("ops"));
+        replicas.apply(ann.joined(1)).expect("in order");
+        replicas.apply(bob.joined(2)).expect("in order");
+        replicas.apply(dee.joined(3)).expect("in order");
+        let mut ann_stream = ann.open(&replicas, None, 1);
+        let mut bob_stream = bob.open(&replicas, None, 2);
+        let mut dee_stream = dee.open(&replicas, None, 3);
 
-        // The log began again: ann is back under a new id, bob is gone, cat came.
-        replica.reload(Reload {
+        // The log began again: ann is back under a new id, bob and dee are
+        // gone, cat came.
+        replicas.reload(Reload {
             latest: 1_000_005,
-            users: vec![
-                (1_000_003, ann.user, ann.name.clone(), ann.token.key()),
-                (1_000_005, cat.user, cat.name.clone(), cat.token.key()),
-            ],
+            users: vec![ann.online(1_000_003), cat.online(1_000_005)],
             history: vec![
-                (1_000_003, ann.joined()),
-                (1_000_004, bob.left(2)),
-                (1_000_005, cat.joined()),
+                ann.joined(1_000_003),
+                bob.left(1_000_004, 2),
+                cat.joined(1_000_005),
             ],
         });
         let (frames, waiting) = written(&mut ann_stream);
@@ -459,30 +709,33 @@ mod tests {
             .collect();
         assert_eq!(users, [ann.person(), cat.person()]);
         assert_eq!(written(&mut bob_stream), (vec![], Waiting::Left));
+        assert_eq!(
+            written(&mut dee_stream),
+            (vec![], Waiting::Left),
+            "a room the log no longer has"
+        );
 
         // Ann's stream still counts here, and its close is reported; bob's
-        // went with him.
+        // and dee's went with them.
         let ann_key = StreamKey {
             user: ann.user,
             stream: 1,
         };
-        assert_eq!(replica.open_streams(), [ann_key]);
+        assert_eq!(replicas.open_streams(), [ann_key]);
         drop(ann_stream);
         drop(bob_stream);
+        drop(dee_stream);
         assert_eq!(reports.try_recv(), Ok(ann_key));
         assert_eq!(reports.try_recv(), Err(TryRecvError::Empty));
 
         // The new history replays; an id of the old log gets a snapshot.
-        let resumed = replica.open(&cat.token, Some(1_000_003), 3).expect("known");
-        let replayed: Vec<EventId> = parse_frames(&resumed.start.into_pieces())
-            .iter()
-            .map(|frame| frame.id)
-            .collect();
-        assert_eq!(replayed, [1_000_004, 1_000_005]);
-        let old = replica.open(&cat.token, Some(2), 4).expect("known");
+        let resumed = cat.open(&replicas, Some(1_000_003), 3);
+        let replayed = parse_frames(&resumed.start.into_pieces());
+        assert_eq!(ids(&replayed), [1_000_004, 1_000_005]);
+        let old = cat.open(&replicas, Some(2), 4);
         assert!(matches!(old.start, Start::Snapshot(_)));
-        replica
-            .apply(1_000_006, cat.left(1_000_005))
+        replicas
+            .apply(cat.left(1_000_006, 1_000_005))
             .expect("in order");
     }
 }

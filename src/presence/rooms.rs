@@ -1,5 +1,7 @@
-//! Every room of this process: a [`Presence`] each, made by the first join
-//! and dropped once it has been empty for its resume window (`grace`).
+//! Rooms: a lobby each, made by the first join and dropped once it has been
+//! empty for its resume window (`grace`). [`Rooms`] are this process's own
+//! ([`Presence`] each); a cluster node's [`Replicas`](super::Replicas) follow
+//! the cluster's log (`replica.rs`). What they share is here.
 //!
 //! The rooms share one [`Outlet`]: one channel every stream reads (skipping
 //! other rooms' events) and one count of ids, so that a room made again
@@ -19,29 +21,42 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::event::{self, Event, EventId};
-use super::lobby::Outlet;
+use super::lobby::{Kind, Lobby, Outlet};
 use super::name::{Name, Token, UserId};
 use super::observer::Observe;
 use super::pieces::Pieces;
 use super::room::RoomName;
 use super::{
-    JoinError, Joined, Presence, PresenceConfig, Start, Stats, Subscription, TokenError, UserView,
+    JoinError, Joined, Local, Presence, PresenceConfig, Start, Stats, Subscription, TokenError,
+    UserView,
 };
 
-/// Cheap to clone: every clone is a handle to the same rooms.
-#[derive(Clone)]
-pub struct Rooms {
-    shared: Arc<Shared>,
+/// Rooms of one kind. Cheap to clone: every clone is a handle to the same rooms.
+pub struct RoomsOf<K: Kind> {
+    pub(super) shared: Arc<Shared<K>>,
 }
 
-struct Shared {
-    rooms: Mutex<HashMap<RoomName, Presence>>,
-    emptied: Emptied,
-    outlet: Outlet,
-    config: PresenceConfig,
-    observer: Arc<dyn Observe>,
+impl<K: Kind> Clone for RoomsOf<K> {
+    fn clone(&self) -> Self {
+        RoomsOf {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// This process's own rooms.
+pub type Rooms = RoomsOf<Local>;
+
+pub(super) struct Shared<K: Kind> {
+    rooms: Mutex<HashMap<RoomName, Lobby<K>>>,
+    pub(super) emptied: Emptied,
+    pub(super) outlet: Outlet,
+    pub(super) config: PresenceConfig,
+    pub(super) observer: Arc<dyn Observe>,
     /// A join that would make one more room than this is refused.
     max_rooms: usize,
+    /// What only this kind of rooms keeps.
+    pub(super) own: K::Rooms,
 }
 
 /// Tells the task that drops rooms of each room that has just emptied.
@@ -62,19 +77,25 @@ pub struct RoomCount {
     pub users: usize,
 }
 
-impl Rooms {
+impl<K: Kind> RoomsOf<K> {
     /// No rooms yet, and the task that drops the rooms that empty, which ends
     /// with the last handle. Needs a tokio runtime.
-    pub fn new(config: PresenceConfig, max_rooms: usize, observer: impl Observe) -> Rooms {
+    pub(super) fn with(
+        config: PresenceConfig,
+        max_rooms: usize,
+        observer: Arc<dyn Observe>,
+        own: K::Rooms,
+    ) -> RoomsOf<K> {
         let (emptied, empties) = mpsc::unbounded_channel();
-        let rooms = Rooms {
+        let rooms = RoomsOf {
             shared: Arc::new(Shared {
                 rooms: Mutex::default(),
                 emptied: Emptied(emptied),
                 outlet: Outlet::new(&config),
                 config,
-                observer: Arc::new(observer),
+                observer,
                 max_rooms,
+                own,
             }),
         };
         tokio::spawn(drop_empty_rooms(Arc::downgrade(&rooms.shared), empties));
@@ -92,8 +113,113 @@ impl Rooms {
 
     /// The room's lobby, if someone is in it (or it emptied within its
     /// resume window).
-    fn get(&self, room: &RoomName) -> Option<Presence> {
+    pub(super) fn get(&self, room: &RoomName) -> Option<Lobby<K>> {
         self.shared.lock().get(room).cloned()
+    }
+
+    /// The map of rooms, locked.
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<RoomName, Lobby<K>>> {
+        self.shared.lock()
+    }
+
+    /// Opens a watcher's stream on `room`, which need not exist: it then
+    /// starts with no one and sees the join that makes it.
+    pub fn watch(&self, room: &RoomName, last_event_id: Option<EventId>) -> Subscription {
+        let rooms = self.shared.lock();
+        if let Some(lobby) = rooms.get(room) {
+            return lobby.watch(last_event_id);
+        }
+        // Subscribed under the map's lock, so no join makes the room unseen.
+        let since = self.shared.outlet.subscribe_since();
+        let empty = Pieces::from("[]");
+        let start = Start::Snapshot(event::snapshot_frame(since.newest, empty));
+        let subscription = Subscription::watching(room.clone(), start, since);
+        drop(rooms);
+        if last_event_id.is_some() {
+            self.shared.observer.resumed(false);
+        }
+        subscription
+    }
+
+    /// Everyone in `room`, oldest first.
+    pub fn users(&self, room: &RoomName) -> Vec<UserView> {
+        self.get(room)
+            .map(|lobby| lobby.users())
+            .unwrap_or_default()
+    }
+
+    /// Everyone in `room`, oldest first, as a JSON array of `{"id","name"}`.
+    pub fn users_json(&self, room: &RoomName) -> Pieces {
+        match self.get(room) {
+            Some(lobby) => lobby.users_json(),
+            None => Pieces::from("[]"),
+        }
+    }
+
+    /// How many rooms there are.
+    pub fn count(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    /// The `limit` fullest rooms, fullest first (then by name).
+    pub fn list(&self, limit: usize) -> Vec<RoomCount> {
+        let rooms: Vec<(RoomName, Lobby<K>)> = self
+            .shared
+            .lock()
+            .iter()
+            .map(|(room, lobby)| (room.clone(), lobby.clone()))
+            .collect();
+        let mut counts: Vec<RoomCount> = rooms
+            .into_iter()
+            .map(|(room, lobby)| RoomCount {
+                room,
+                users: lobby.stats().users,
+            })
+            .filter(|count| count.users > 0)
+            .collect();
+        counts.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.room.cmp(&b.room)));
+        counts.truncate(limit);
+        counts
+    }
+
+    /// Users, streams and history summed over every room; the newest id sent.
+    pub fn stats(&self) -> Stats {
+        let rooms: Vec<Lobby<K>> = self.shared.lock().values().cloned().collect();
+        let mut total = Stats {
+            users: 0,
+            streams: 0,
+            history: 0,
+            latest_event: self.shared.outlet.newest(),
+        };
+        for lobby in rooms {
+            let stats = lobby.stats();
+            total.users += stats.users;
+            total.streams += stats.streams;
+            total.history += stats.history;
+        }
+        total
+    }
+
+    /// A token unknown in `room` may be good in the room it names: then it
+    /// is the wrong room's, not an unknown one.
+    pub(super) fn why(&self, room: &RoomName, token: &Token, err: TokenError) -> TokenError {
+        if err != TokenError::Unknown {
+            return err;
+        }
+        let owner = token.room().filter(|owner| owner != room);
+        let lobby = owner.and_then(|owner| self.get(&owner));
+        match lobby {
+            Some(lobby) if lobby.knows(token) => TokenError::OtherRoom,
+            _ => TokenError::Unknown,
+        }
+    }
+}
+
+impl Rooms {
+    /// No rooms yet, and the task that drops the rooms that empty, which ends
+    /// with the last handle. Needs a tokio runtime.
+    pub fn new(config: PresenceConfig, max_rooms: usize, observer: impl Observe) -> Rooms {
+        RoomsOf::with(config, max_rooms, Arc::new(observer), ())
     }
 
     /// Adds a user to `room`, making the room if it is not there.
@@ -105,7 +231,7 @@ impl Rooms {
         }
         let presence = rooms
             .entry(room.clone())
-            .or_insert_with(|| self.shared.make(room))
+            .or_insert_with(|| self.make(room))
             .clone();
         let joined = presence.join(name);
         if joined.is_err() && made {
@@ -123,124 +249,33 @@ impl Rooms {
     ) -> Result<Subscription, TokenError> {
         let found = self.get(room).ok_or(TokenError::Unknown);
         let subscribed = found.and_then(|presence| presence.subscribe(token, last_event_id));
-        subscribed.map_err(|err| self.shared.why(room, token, err))
-    }
-
-    /// Opens a watcher's stream on `room`, which need not exist: it then
-    /// starts with no one and sees the join that makes it.
-    pub fn watch(&self, room: &RoomName, last_event_id: Option<EventId>) -> Subscription {
-        let rooms = self.shared.lock();
-        if let Some(presence) = rooms.get(room) {
-            return presence.watch(last_event_id);
-        }
-        // Subscribed under the map's lock, so no join makes the room unseen.
-        let outlet = &self.shared.outlet;
-        let empty = Pieces::from("[]");
-        let start = Start::Snapshot(event::snapshot_frame(outlet.newest(), empty));
-        let subscription = Subscription::watching(room.clone(), start, outlet.subscribe_since());
-        drop(rooms);
-        if last_event_id.is_some() {
-            self.shared.observer.resumed(false);
-        }
-        subscription
+        subscribed.map_err(|err| self.why(room, token, err))
     }
 
     /// Takes the user of `room` holding `token` offline.
     pub fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
         let found = self.get(room).ok_or(TokenError::Unknown);
         let left = found.and_then(|presence| presence.leave(token));
-        left.map_err(|err| self.shared.why(room, token, err))
-    }
-
-    /// Everyone in `room`, oldest first.
-    pub fn users(&self, room: &RoomName) -> Vec<UserView> {
-        self.get(room)
-            .map(|presence| presence.users())
-            .unwrap_or_default()
-    }
-
-    /// Everyone in `room`, oldest first, as a JSON array of `{"id","name"}`.
-    pub fn users_json(&self, room: &RoomName) -> Pieces {
-        match self.get(room) {
-            Some(presence) => presence.users_json(),
-            None => Pieces::from("[]"),
-        }
-    }
-
-    /// How many rooms there are.
-    pub fn count(&self) -> usize {
-        self.shared.lock().len()
-    }
-
-    /// The `limit` fullest rooms, fullest first (then by name).
-    pub fn list(&self, limit: usize) -> Vec<RoomCount> {
-        let rooms: Vec<(RoomName, Presence)> = self
-            .shared
-            .lock()
-            .iter()
-            .map(|(room, presence)| (room.clone(), presence.clone()))
-            .collect();
-        let mut counts: Vec<RoomCount> = rooms
-            .into_iter()
-            .map(|(room, presence)| RoomCount {
-                room,
-                users: presence.stats().users,
-            })
-            .filter(|count| count.users > 0)
-            .collect();
-        counts.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.room.cmp(&b.room)));
-        counts.truncate(limit);
-        counts
-    }
-
-    /// Users, streams and history summed over every room; the newest id sent.
-    pub fn stats(&self) -> Stats {
-        let rooms: Vec<Presence> = self.shared.lock().values().cloned().collect();
-        let mut total = Stats {
-            users: 0,
-            streams: 0,
-            history: 0,
-            latest_event: self.shared.outlet.newest(),
-        };
-        for presence in rooms {
-            let stats = presence.stats();
-            total.users += stats.users;
-            total.streams += stats.streams;
-            total.history += stats.history;
-        }
-        total
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, HashMap<RoomName, Presence>> {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        left.map_err(|err| self.why(room, token, err))
     }
 
     fn make(&self, room: &RoomName) -> Presence {
+        let shared = &self.shared;
         Presence::in_room(
             room.clone(),
-            self.config.clone(),
-            self.observer.clone(),
-            self.outlet.clone(),
-            Some(self.emptied.clone()),
+            shared.config.clone(),
+            shared.observer.clone(),
+            shared.outlet.clone(),
+            Some(shared.emptied.clone()),
         )
     }
+}
 
-    /// A token unknown in `room` may be good in the room it names: then it
-    /// is the wrong room's, not an unknown one.
-    fn why(&self, room: &RoomName, token: &Token, err: TokenError) -> TokenError {
-        if err != TokenError::Unknown {
-            return err;
-        }
-        let owner = token.room().filter(|owner| owner != room);
-        let lobby = owner.and_then(|owner| self.lock().get(&owner).cloned());
-        match lobby {
-            Some(lobby) if lobby.knows(token) => TokenError::OtherRoom,
-            _ => TokenError::Unknown,
-        }
+impl<K: Kind> Shared<K> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RoomName, Lobby<K>>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Drops `room` if it has been empty for its resume window; otherwise
@@ -259,7 +294,10 @@ impl Shared {
 
 /// Drops each room that emptied once its resume window has passed, unless
 /// someone came back. Holds only a weak reference, so it ends with the rooms.
-async fn drop_empty_rooms(shared: Weak<Shared>, mut empties: mpsc::UnboundedReceiver<RoomName>) {
+async fn drop_empty_rooms<K: Kind>(
+    shared: Weak<Shared<K>>,
+    mut empties: mpsc::UnboundedReceiver<RoomName>,
+) {
     let mut waiting: BTreeSet<(Instant, RoomName)> = BTreeSet::new();
     loop {
         let next = waiting.first().map(|(due, _)| *due);

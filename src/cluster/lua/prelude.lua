@@ -3,8 +3,10 @@
 -- once for every node. The keys:
 --   lobby:epoch        the log's identity; a new one means the log began again
 --   lobby:seq          the newest event id
---   lobby:log          the events, a stream whose entry ids are <event id>-0
---   lobby:users        user id -> "<id of their new_user> <token key> <name>"
+--   lobby:log          the events of every room, a stream whose entry ids
+--                      are <event id>-0
+--   lobby:users        user id -> "<id of their new_user> <token key> <room> <name>"
+--   lobby:rooms        room -> how many users are in it (rooms with someone)
 --   lobby:tokens       token key -> user id
 --   lobby:deadlines    user id -> when they go offline (ms, Redis's clock);
 --                      only users no node streams to have one
@@ -30,17 +32,19 @@ local function publish(history, fields)
   return seq
 end
 
+-- A user's id of their new_user, token key, room and name; nil if not online.
 local function user_of(user)
   local entry = redis.call('HGET', 'lobby:users', user)
   if not entry then
     return nil
   end
-  return string.match(entry, '^(%d+) (%x+) (.*)$')
+  return string.match(entry, '^(%d+) (%x+) (%S+) (.*)$')
 end
 
-local function add_user(history, user, token, name, deadline, why)
-  local seq = publish(history, {'k', 'new_user', 'u', user, 'n', name, 't', token})
-  redis.call('HSET', 'lobby:users', user, seq .. ' ' .. token .. ' ' .. name)
+local function add_user(history, room, user, token, name, deadline, why)
+  local seq = publish(history, {'k', 'new_user', 'w', room, 'u', user, 'n', name, 't', token})
+  redis.call('HSET', 'lobby:users', user, seq .. ' ' .. token .. ' ' .. room .. ' ' .. name)
+  redis.call('HINCRBY', 'lobby:rooms', room, 1)
   redis.call('HSET', 'lobby:tokens', token, user)
   redis.call('ZADD', 'lobby:deadlines', deadline, user)
   redis.call('HSET', 'lobby:why', user, why)
@@ -49,11 +53,14 @@ end
 
 -- Takes a user offline and announces it; 0 if they were not online.
 local function remove_user(history, user, reason)
-  local joined, token, name = user_of(user)
+  local joined, token, room, name = user_of(user)
   if not joined then
     return 0
   end
   redis.call('HDEL', 'lobby:users', user)
+  if redis.call('HINCRBY', 'lobby:rooms', room, -1) <= 0 then
+    redis.call('HDEL', 'lobby:rooms', room)
+  end
   redis.call('HDEL', 'lobby:tokens', token)
   redis.call('ZREM', 'lobby:deadlines', user)
   redis.call('HDEL', 'lobby:why', user)
@@ -62,7 +69,7 @@ local function remove_user(history, user, reason)
     redis.call('SREM', 'lobby:held:' .. node, user .. ' ' .. stream)
   end
   redis.call('DEL', 'lobby:on:' .. user)
-  return publish(history, {'k', 'disconnect_user', 'u', user, 'n', name, 's', joined, 'r', reason})
+  return publish(history, {'k', 'disconnect_user', 'w', room, 'u', user, 'n', name, 's', joined, 'r', reason})
 end
 
 -- A node opened a stream of the user: no deadline while one is open. Each

@@ -7,8 +7,8 @@
 -- node gets a fresh period instead, and none is taken for dead. Users whose
 -- deadline has passed go offline, each exactly once: whichever node runs this
 -- first removes them, and the others find nothing left to do.
--- Returns {lost node count, then for each user taken offline: id, name,
--- reason; and last the ms until the next deadline, or -1}.
+-- Returns {lost node count, then for each user taken offline: id, room,
+-- name, reason; and last the ms until the next deadline, or -1}.
 local now = now_ms()
 local out = {0}
 local last = tonumber(redis.call('GET', 'lobby:reaped') or now)
@@ -31,9 +31,10 @@ elseif ARGV[4] == '1' then
 end
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', 'lobby:deadlines', '-inf', now, 'LIMIT', 0, 512)) do
   local reason = redis.call('HGET', 'lobby:why', user) or 'grace expired'
-  local _, _, name = user_of(user)
+  local _, _, room, name = user_of(user)
   if remove_user(ARGV[1], user, reason) > 0 then
     table.insert(out, user)
+    table.insert(out, room)
     table.insert(out, name)
     table.insert(out, reason)
   end
