@@ -1055,9 +1055,15 @@ async fn a_join_in_a_room_reaches_its_members_and_watchers_on_every_node_under_o
         .join_and_subscribe("bob")
         .await;
 
+    let opened = ada_sees.last_id.expect("the snapshot has an id");
     let cy = design[2].join("cy").await;
 
     let seen_by_member = ada_sees.next_event().await;
+    assert_eq!(
+        seen_by_member.id,
+        (opened + 1).to_string(),
+        "design's ids follow one another, though ops' join came between"
+    );
     let seen_by_watcher = watcher.next_event().await;
     assert_announces("new_user", &cy, &seen_by_member);
     assert_announces("new_user", &cy, &seen_by_watcher);

@@ -5,13 +5,14 @@
 //! does.
 //!
 //! - **One log, for every room.** Every join and leave is a Lua script that
-//!   numbers the event (`INCR lobby:seq`) and appends it, with its room, to a
-//!   Redis stream whose entry id is that number (`XADD lobby:log <id>-0`,
-//!   trimmed to the history). So an event id is the same integer on every
-//!   node, ids are numbered across rooms as in one process (a room's increase,
-//!   skipping other rooms'), every node applies events in one order, and a
-//!   stream that resumes on another node with `Last-Event-ID` gets a replay
-//!   from that node's copy of the same history.
+//!   numbers the entry (`INCR lobby:seq`) and appends it to a Redis stream
+//!   whose entry id is that number (`XADD lobby:log <n>-0`, trimmed to the
+//!   history), with its room and its id in the room (one past the room's
+//!   last, as in one process; a room with no one starts past every id sent).
+//!   So every node applies every room's events in one order, an event id is
+//!   the same integer on every node, and a stream that resumes on another
+//!   node with `Last-Event-ID` gets a replay from that node's copy of the
+//!   same history.
 //! - **Rooms are counted in Redis** (`lobby:rooms`), so `--max-users` (per
 //!   room) and `--max-rooms` hold across nodes; a node's replica of a room is
 //!   made by the room's first event and dropped once it has been empty for
@@ -209,10 +210,10 @@ impl Cluster {
         self.sync().await;
         let user = self.shared.presence.user_of(room, token)?;
         match self.shared.store.leave(user.id, token.key()).await {
-            Ok(Some(seq)) => {
+            Ok(Some((seq, event))) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;
-                observer.left(room, user.id, &user.name, LeaveReason::Leave, Some(seq));
+                observer.left(room, user.id, &user.name, LeaveReason::Leave, Some(event));
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -235,13 +236,10 @@ impl Cluster {
     ) -> Result<Subscription, TokenError> {
         let shared = &self.shared;
         if token.room().as_ref() != Some(room) {
-            // Another room's token (or none's): not counted anywhere.
+            // Another room's token (or no room's): refused before Redis
+            // counts a stream for it, which would touch its user's deadline.
             self.sync().await;
-            return Err(shared
-                .presence
-                .user_of(room, token)
-                .err()
-                .unwrap_or(TokenError::Unknown));
+            return Err(shared.presence.why(room, token, TokenError::Unknown));
         }
         let numbered = OpeningStream::new(shared);
         let stream = numbered.stream;
@@ -506,8 +504,8 @@ async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::Redis
     Ok(())
 }
 
-/// Whether the log still holds every event after `latest`.
-async fn continues(shared: &Shared, latest: EventId) -> redis::RedisResult<bool> {
+/// Whether the log still holds every entry after `latest`.
+async fn continues(shared: &Shared, latest: u64) -> redis::RedisResult<bool> {
     let newest = shared.store.latest().await?;
     if newest <= latest {
         return Ok(newest == latest);

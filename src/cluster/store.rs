@@ -164,13 +164,14 @@ impl Store {
         }
     }
 
-    /// The id of the `disconnect_user` event, or `None` if the user was not online.
+    /// The log entry of the `disconnect_user` event and its id, or `None`
+    /// if the user was not online.
     pub(super) async fn leave(
         &self,
         user: UserId,
         token: TokenKey,
-    ) -> RedisResult<Option<EventId>> {
-        let seq: i64 = self
+    ) -> RedisResult<Option<(u64, EventId)>> {
+        let (seq, id): (i64, EventId) = self
             .scripts
             .leave
             .arg(self.history)
@@ -181,7 +182,7 @@ impl Store {
             .await?;
         match seq {
             0 => Ok(None),
-            1.. => Ok(EventId::try_from(seq).ok()),
+            1.. => Ok(u64::try_from(seq).ok().map(|seq| (seq, id))),
             _ => Err(too_late()),
         }
     }
@@ -196,15 +197,15 @@ impl Store {
 
     /// Counts a new stream `stream` on `node` for the holder of `token`,
     /// unless they have `max` open across the cluster. Also returns the newest
-    /// event id, which the node must have applied before it serves the stream.
+    /// log entry, which the node must have applied before it serves the stream.
     pub(super) async fn open(
         &self,
         node: &str,
         token: TokenKey,
         stream: u64,
         max: u8,
-    ) -> RedisResult<(Opening, EventId)> {
-        let (outcome, seq, user): (i8, EventId, String) = self
+    ) -> RedisResult<(Opening, u64)> {
+        let (outcome, seq, user): (i8, u64, String) = self
             .scripts
             .open
             .arg(node)
@@ -316,9 +317,9 @@ impl Store {
         })
     }
 
-    /// The newest event id in the log.
-    pub(super) async fn latest(&self) -> RedisResult<EventId> {
-        let seq: Option<EventId> = self
+    /// The number of the log's newest entry.
+    pub(super) async fn latest(&self) -> RedisResult<u64> {
+        let seq: Option<u64> = self
             .commands
             .clone()
             .get("lobby:seq")
@@ -329,8 +330,8 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
-    /// The oldest event id the log still holds.
-    pub(super) async fn oldest(&self) -> RedisResult<Option<EventId>> {
+    /// The number of the oldest entry the log still holds.
+    pub(super) async fn oldest(&self) -> RedisResult<Option<u64>> {
         let first: StreamRangeReply = redis::cmd("XRANGE")
             .arg(LOG)
             .arg("-")
@@ -347,7 +348,7 @@ impl Store {
 
     /// The epoch of the log, which is begun again (under `fresh`) if Redis
     /// lost it or holds an older one than the node has seen (`latest`).
-    pub(super) async fn epoch(&self, fresh: &str, latest: EventId) -> RedisResult<String> {
+    pub(super) async fn epoch(&self, fresh: &str, latest: u64) -> RedisResult<String> {
         self.scripts
             .epoch
             .arg(fresh)
@@ -371,14 +372,22 @@ impl Store {
 
     /// The epoch, and everything a replica needs to follow the log from now.
     pub(super) async fn state(&self) -> RedisResult<(String, Reload)> {
-        type Users = Vec<(String, String)>;
+        type Pairs = Vec<(String, String)>;
         type Entries = StreamRangeReply;
-        let (epoch, latest, users, entries): (String, EventId, Users, Entries) = self
+        let (epoch, latest, rooms, users, entries): (String, u64, Pairs, Pairs, Entries) = self
             .scripts
             .state
             .arg(self.history)
             .invoke_async(&mut self.commands.clone())
             .await?;
+        let rooms = rooms
+            .iter()
+            .map(|(room, id)| {
+                let room = RoomName::parse(room).ok();
+                room.zip(id.parse().ok())
+                    .ok_or_else(|| malformed("lobby:last"))
+            })
+            .collect::<RedisResult<_>>()?;
         let users = users
             .iter()
             .map(|(user, entry)| parse_user(user, entry).ok_or_else(|| malformed("lobby:users")))
@@ -393,6 +402,7 @@ impl Store {
             epoch,
             Reload {
                 latest,
+                rooms,
                 users,
                 history,
             },
@@ -400,10 +410,10 @@ impl Store {
     }
 }
 
-/// Waits up to `block` for events after `after`; returns them in order.
+/// Waits up to `block` for entries after `after`; returns them in order.
 pub(super) async fn read_log(
     connection: &mut MultiplexedConnection,
-    after: EventId,
+    after: u64,
     block: Duration,
 ) -> RedisResult<Vec<Entry>> {
     let options = StreamReadOptions::default()
@@ -457,13 +467,14 @@ fn leave_reason(text: &str) -> Option<LeaveReason> {
         .find(|reason| reason.as_str().replace('_', " ") == text)
 }
 
-/// A log entry: id `<event id>-0`; fields `k` (kind), `w` (room), `u`
-/// (user), `n` (name), and `t` (token key) for a join or `s` (id of the
-/// user's new_user) for a leave.
+/// A log entry: id `<number>-0`; fields `w` (room), `i` (id in the room),
+/// `k` (kind), `u` (user), `n` (name), and `t` (token key) for a join or `s`
+/// (id of the user's new_user) for a leave.
 fn parse_entry(entry: &StreamId) -> Option<Entry> {
-    let id = entry.id.strip_suffix("-0")?.parse().ok()?;
+    let seq = entry.id.strip_suffix("-0")?.parse().ok()?;
     let field = |name: &str| entry.get::<String>(name);
     let room = RoomName::parse(&field("w")?).ok()?;
+    let id = field("i")?.parse().ok()?;
     let user = UserId::parse(&field("u")?)?;
     let name = Name::parse(&field("n")?).ok()?;
     let change = match field("k")?.as_str() {
@@ -479,7 +490,12 @@ fn parse_entry(entry: &StreamId) -> Option<Entry> {
         },
         _ => return None,
     };
-    Some(Entry { id, room, change })
+    Some(Entry {
+        seq,
+        id,
+        room,
+        change,
+    })
 }
 
 /// This machine's clock, in ms since 1970.

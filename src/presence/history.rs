@@ -2,9 +2,9 @@
 //! with `Last-Event-ID` gets what it missed instead of a fresh snapshot.
 //! Once full, the oldest event is forgotten; asking for it gives `None`.
 //!
-//! Ids are numbered across every room, so a room's ids increase but skip
-//! the other rooms': the history knows where its knowledge begins (`floor`)
-//! rather than counting back from its newest event.
+//! A room's ids follow one another, but may jump forward (a cluster's room
+//! made again starts past every id already sent), so the history knows where
+//! its knowledge begins (`floor`) rather than counting back from its newest.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -46,11 +46,11 @@ impl History {
     }
 
     /// Every frame after `after`, in order and sharing the events' buffers, when the
-    /// history still holds all of them. `newest` is the newest event id issued
-    /// in any room. `None` when `after` is older than what is kept, or newer
-    /// than `newest` (an id this server never gave out).
-    pub(crate) fn replay_after(&self, after: EventId, newest: EventId) -> Option<Pieces> {
-        if after > newest || after < self.floor {
+    /// history still holds all of them. `latest` is the room's newest event id.
+    /// `None` when `after` is older than what is kept, or newer than `latest`
+    /// (an id this room never gave out).
+    pub(crate) fn replay_after(&self, after: EventId, latest: EventId) -> Option<Pieces> {
+        if after > latest || after < self.floor {
             return None;
         }
         let skip = self.events.partition_point(|event| event.id <= after);
@@ -145,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn a_room_s_ids_skip_other_rooms_and_replay_still_finds_what_came_after() {
+    fn a_room_s_ids_may_jump_and_replay_still_finds_what_came_after() {
         let name = Name::parse("x").expect("valid");
         let room = crate::presence::RoomName::lobby();
         let mut history = History::new(2, 1);
@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(
             history.replay_after(15, 20).map(|b| ids_in(&b)),
             Some(vec![]),
-            "ids 13 to 20 went to other rooms"
+            "nothing after 12 happened in the room"
         );
         assert_eq!(history.replay_after(2, 20), None, "event 3 is forgotten");
         assert_eq!(

@@ -103,12 +103,11 @@ pub struct User<X> {
     pub(super) own: X,
 }
 
-/// Where a lobby's events go and who numbers them: one channel of every
+/// Where a lobby's events go and where its ids start: one channel of every
 /// event, and the newest id sent on it. A lobby on its own has its own; the
-/// rooms of a process share one, so ids are numbered across every room: a
-/// room's ids increase (skipping the other rooms'), a room made again starts
-/// past every id already sent, and a client's `Last-Event-ID` never means two
-/// things. A cluster's replicas send the ids the cluster's log gave.
+/// rooms of a process share one, so that a room made again numbers its
+/// events past every id already sent: a room's ids follow on one from the
+/// next, never go back, and a client's `Last-Event-ID` never means two things.
 #[derive(Debug, Clone)]
 pub struct Outlet(Arc<Mutex<Sending>>);
 
@@ -129,7 +128,8 @@ pub(super) struct Since {
     /// The `seq` of the last event sent before it: what a stream reads from
     /// elsewhere (a shard's log) starts after that.
     pub(super) seq: u64,
-    /// The newest id sent before it: a snapshot taken now is as of this id.
+    /// The newest id sent before it, in any room: a room that does not exist
+    /// yet will number its events past it.
     pub(super) newest: EventId,
 }
 
@@ -173,26 +173,15 @@ impl Outlet {
         self.lock().newest
     }
 
-    /// Gives the next id to the event `make` builds, and sends it.
-    pub(super) fn publish(&self, make: impl FnOnce(EventId) -> Event) -> Arc<Event> {
-        let mut sending = self.lock();
-        let event = make(sending.newest + 1);
-        Outlet::send_locked(&mut sending, event)
-    }
-
-    /// Sends `event`, whose id was given elsewhere (a cluster's log).
-    pub(super) fn send(&self, event: Event) -> Arc<Event> {
-        Outlet::send_locked(&mut self.lock(), event)
-    }
-
-    /// Notes that ids up to `id` are used, by events sent elsewhere.
+    /// Notes that ids up to `id` are taken (a cluster's log gave them).
     pub(super) fn reached(&self, id: EventId) {
         let mut sending = self.lock();
         sending.newest = sending.newest.max(id);
     }
 
     /// Numbers `event` among all sent here and sends it; returns it shared.
-    fn send_locked(sending: &mut Sending, mut event: Event) -> Arc<Event> {
+    pub(super) fn send(&self, mut event: Event) -> Arc<Event> {
+        let mut sending = self.lock();
         sending.seq += 1;
         sending.newest = sending.newest.max(event.id);
         event.seq = sending.seq;
@@ -269,7 +258,7 @@ impl<K: Kind> Lobby<K> {
         let subscription = Subscription {
             user: Some(id),
             room: state.room.clone(),
-            start: state.start(last_event_id, since.newest),
+            start: state.start(last_event_id),
             events: Some(since.events),
             since: since.seq,
             open: Some(Box::new(OpenStream {
@@ -289,7 +278,7 @@ impl<K: Kind> Lobby<K> {
     pub fn watch(&self, last_event_id: Option<EventId>) -> Subscription {
         let state = &mut *self.shared.lock();
         let since = state.outlet.subscribe_since();
-        let start = state.start(last_event_id, since.newest);
+        let start = state.start(last_event_id);
         let subscription = Subscription::watching(state.room.clone(), start, since);
         self.resumed(last_event_id, &subscription);
         subscription
@@ -356,14 +345,13 @@ impl<K: Kind> Shared<K> {
 }
 
 impl<K: Kind> State<K> {
-    /// How a stream starts, `newest` being the newest id sent in any room:
-    /// after `last_event_id`, when the history still holds what came since;
-    /// otherwise (and without it) with a snapshot as of `newest`.
-    fn start(&mut self, last_event_id: Option<EventId>, newest: EventId) -> Start {
-        let replay = last_event_id.and_then(|after| self.history.replay_after(after, newest));
+    /// How a stream starts: after `last_event_id`, when the history still
+    /// holds what came since; otherwise (and without it) with a snapshot.
+    fn start(&mut self, last_event_id: Option<EventId>) -> Start {
+        let replay = last_event_id.and_then(|after| self.history.replay_after(after, self.latest));
         match replay {
             Some(frames) => Start::Resume(frames),
-            None => Start::Snapshot(event::snapshot_frame(newest, self.users_json())),
+            None => Start::Snapshot(event::snapshot_frame(self.latest, self.users_json())),
         }
     }
 
@@ -403,27 +391,18 @@ impl<K: Kind> State<K> {
         self.roster.added(seq);
     }
 
-    /// Announces an event under the next id, past every room's.
+    /// Announces an event under the room's next id.
     pub(super) fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
-        let room = &self.room;
-        let event = self
-            .outlet
-            .publish(|id| Event::new(room, id, kind, user, name));
-        self.keep(event)
+        let id = self.latest + 1;
+        self.publish_at(id, kind, user, name);
+        id
     }
 
-    /// Announces an event under the id a cluster's log gave it.
+    /// Announces an event under `id` (a cluster's log gave it).
     pub(super) fn publish_at(&mut self, id: EventId, kind: EventKind, user: UserId, name: &Name) {
-        let event = self
-            .outlet
-            .send(Event::new(&self.room, id, kind, user, name));
-        self.keep(event);
-    }
-
-    fn keep(&mut self, event: Arc<Event>) -> EventId {
-        self.latest = event.id;
-        self.history.push(event);
-        self.latest
+        self.latest = id;
+        let event = Event::new(&self.room, id, kind, user, name);
+        self.history.push(self.outlet.send(event));
     }
 
     /// Takes the user whose `new_user` is `seq` offline, announcing nothing.

@@ -1,9 +1,9 @@
 //! A cluster node's copy of the rooms a cluster keeps: [`Replicas`], a
 //! [`Replica`] per room, fed each event of the cluster's one log in order
 //! ([`Replicas::apply`]), or the whole state after a gap
-//! ([`Replicas::reload`]). The log numbers every room's events in one
-//! sequence, so the ids are the same on every node; the replicas check that
-//! none is missed. The cluster numbers each stream it opens here
+//! ([`Replicas::reload`]). The log has one sequence over every room, which
+//! the replicas follow so that none is missed, and gives each event its
+//! room's id, the same on every node. The cluster numbers each stream it opens here
 //! ([`Replicas::open`]), and a replica reports each one that closes
 //! ([`StreamKey`]), so that the cluster can count every user's streams on
 //! every node and keep the deadlines; a replica keeps none itself. Streams are
@@ -45,8 +45,8 @@ pub struct Replicated {
 #[derive(Debug)]
 pub struct Following {
     closed: mpsc::UnboundedSender<StreamKey>,
-    /// The newest event of the log applied, for those waiting until an event is.
-    applied: watch::Sender<EventId>,
+    /// The newest entry of the log applied, for those waiting until one is.
+    applied: watch::Sender<u64>,
     /// Joins waiting for their `new_user`: each gets its room's users list as
     /// it was just before.
     joins: Mutex<HashMap<UserId, oneshot::Sender<Pieces>>>,
@@ -92,9 +92,13 @@ pub struct StreamKey {
     pub stream: u64,
 }
 
-/// One event of the cluster's log: its id, its room and what changed.
+/// One event of the cluster's log: its place in the log, its id in its
+/// room, its room and what changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Its place in the log, across every room: each follows the one before.
+    pub seq: u64,
+    /// Its id in its room, as streams see it.
     pub id: EventId,
     pub room: RoomName,
     pub change: Change,
@@ -116,19 +120,21 @@ pub enum Change {
     },
 }
 
-/// An event that does not follow the last one applied: the replicas missed some.
+/// An entry of the log that does not follow the last one applied: the
+/// replicas missed some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("event {got} does not follow event {latest}")]
+#[error("log entry {got} does not follow entry {latest}")]
 pub struct OutOfOrder {
-    pub latest: EventId,
-    pub got: EventId,
+    pub latest: u64,
+    pub got: u64,
 }
 
-/// The cluster's whole state: everyone online, the newest event id, and the
-/// recent events of every room, oldest first.
+/// The cluster's whole state: everyone online, the log's newest entry, each
+/// room's newest event id, and the recent entries of every room, oldest first.
 #[derive(Debug, Default)]
 pub struct Reload {
-    pub latest: EventId,
+    pub latest: u64,
+    pub rooms: HashMap<RoomName, EventId>,
     pub users: Vec<Online>,
     pub history: Vec<Entry>,
 }
@@ -195,20 +201,25 @@ impl Replicas {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The newest event of the log applied.
-    pub fn latest(&self) -> EventId {
+    /// The newest entry of the log applied.
+    pub fn latest(&self) -> u64 {
         *self.shared.own.applied.borrow()
     }
 
-    /// Applies the next event of the shared log: its id must follow the
-    /// newest one applied, or nothing changes and the cluster must
+    /// Applies the next entry of the shared log: it must follow the newest
+    /// one applied, or nothing changes and the cluster must
     /// [`reload`](Self::reload).
     pub fn apply(&self, entry: Entry) -> Result<(), OutOfOrder> {
-        let Entry { id, room, change } = entry;
+        let Entry {
+            seq,
+            id,
+            room,
+            change,
+        } = entry;
         let mut rooms = self.lock();
         let latest = self.latest();
-        if id != latest + 1 {
-            return Err(OutOfOrder { latest, got: id });
+        if seq != latest + 1 {
+            return Err(OutOfOrder { latest, got: seq });
         }
         match change {
             Change::Joined { user, name, token } => {
@@ -244,8 +255,7 @@ impl Replicas {
             }
         }
         drop(rooms);
-        self.shared.outlet.reached(id);
-        self.shared.own.applied.send_replace(id);
+        self.shared.own.applied.send_replace(seq);
         Ok(())
     }
 
@@ -256,13 +266,10 @@ impl Replicas {
     pub fn reload(&self, reload: Reload) {
         let Reload {
             latest,
+            rooms: last,
             users,
             history,
         } = reload;
-        // The history holds every event after the one before its first.
-        let floor = history
-            .first()
-            .map_or(latest, |entry| entry.id.saturating_sub(1));
         let mut by_room: HashMap<RoomName, (Vec<Online>, Vec<Entry>)> = HashMap::new();
         for online in users {
             by_room
@@ -280,16 +287,18 @@ impl Replicas {
         for room in known {
             by_room.entry(room).or_default();
         }
+        // Every room's ids are below the log's newest entry: a room made
+        // from now on numbers its events past it.
+        self.shared.outlet.reached(latest);
         for (room, (users, history)) in by_room {
             let replica = rooms
                 .entry(room.clone())
                 .or_insert_with(|| self.make(&room));
-            if replica.reload(latest, floor, users, history) {
+            if replica.reload(last.get(&room).copied(), users, history) {
                 self.shared.emptied.room(&room);
             }
         }
         drop(rooms);
-        self.shared.outlet.reached(latest);
         self.shared.own.applied.send_replace(latest);
     }
 
@@ -340,29 +349,28 @@ impl Replicas {
         rooms.iter().flat_map(Replica::known).collect()
     }
 
-    /// Waits (at most `patience`) until event `id` has been applied; says
-    /// whether it was.
-    pub async fn applied(&self, id: EventId, patience: Duration) -> bool {
+    /// Waits (at most `patience`) until entry `seq` of the log has been
+    /// applied; says whether it was.
+    pub async fn applied(&self, seq: u64, patience: Duration) -> bool {
         let mut applied = self.shared.own.applied.subscribe();
-        tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= id))
+        tokio::time::timeout(patience, applied.wait_for(|&latest| latest >= seq))
             .await
             .is_ok_and(|result| result.is_ok())
     }
 }
 
 impl Replica {
-    /// Replaces the room's state with the cluster's, as of event `latest`,
-    /// with its `history` (every event of the room after `floor`). Says
-    /// whether the room is left empty.
-    fn reload(
-        &self,
-        latest: EventId,
-        floor: EventId,
-        users: Vec<Online>,
-        history: Vec<Entry>,
-    ) -> bool {
+    /// Replaces the room's state with the cluster's: its newest event id
+    /// (`None` if the cluster has no one in it), its users and its recent
+    /// events, which hold every event of the room after the one before their
+    /// first. Says whether the room is left empty.
+    fn reload(&self, latest: Option<EventId>, users: Vec<Online>, history: Vec<Entry>) -> bool {
         let mut state = self.shared.lock();
         let state = &mut *state;
+        let floor = history.first().map(|entry| entry.id.saturating_sub(1));
+        let newest = history.last().map(|entry| entry.id);
+        let latest = latest.or(newest).unwrap_or(state.latest);
+        let floor = floor.unwrap_or(latest);
         let mut streams: HashMap<TokenKey, (u8, Vec<u64>)> = state
             .users
             .values_mut()
@@ -478,32 +486,34 @@ mod tests {
             }
         }
 
-        fn entry(&self, id: EventId, change: Change) -> Entry {
+        /// Entry `seq` of the log, with id `id` in the room.
+        fn entry(&self, (seq, id): (u64, EventId), change: Change) -> Entry {
             Entry {
+                seq,
                 id,
                 room: self.room.clone(),
                 change,
             }
         }
 
-        /// Their `new_user`, event `id` of the log.
-        fn joined(&self, id: EventId) -> Entry {
+        /// Their `new_user`: entry and id `at`, or as `(entry, id)`.
+        fn joined(&self, at: impl Into<At>) -> Entry {
             let change = Change::Joined {
                 user: self.user,
                 name: self.name.clone(),
                 token: self.token.key(),
             };
-            self.entry(id, change)
+            self.entry(at.into().0, change)
         }
 
-        /// Their `disconnect_user`, event `id`; their `new_user` was `joined`.
-        fn left(&self, id: EventId, joined: EventId) -> Entry {
+        /// Their `disconnect_user` at `at`; their `new_user` was `joined`.
+        fn left(&self, at: impl Into<At>, joined: EventId) -> Entry {
             let change = Change::Left {
                 user: self.user,
                 name: self.name.clone(),
                 joined,
             };
-            self.entry(id, change)
+            self.entry(at.into().0, change)
         }
 
         fn online(&self, joined: EventId) -> Online {
@@ -524,6 +534,22 @@ mod tests {
             replicas
                 .open(&self.room, &self.token, last, stream)
                 .expect("known")
+        }
+    }
+
+    /// Where an entry is: its number in the log and its id in its room,
+    /// the same number for a test with one room.
+    struct At((u64, EventId));
+
+    impl From<u64> for At {
+        fn from(both: u64) -> At {
+            At((both, both))
+        }
+    }
+
+    impl From<(u64, EventId)> for At {
+        fn from(at: (u64, EventId)) -> At {
+            At(at)
         }
     }
 
@@ -578,34 +604,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_room_gets_its_own_events_under_the_log_s_ids_and_resumes_across_the_gaps() {
+    async fn each_room_gets_its_own_events_under_the_log_s_ids_and_resumes_in_its_room() {
         let replicas = replicas(PresenceConfig::default()).0;
         let design = room("design");
         let ann = Someone::in_room("ann", design.clone());
         let bob = Someone::in_room("bob", room("ops"));
         let cat = Someone::in_room("cat", design.clone());
-        replicas.apply(ann.joined(1)).expect("in order");
+        // Entries 1 to 5 of the log; design's ids are 1, 2, 3 and ops' 2, 3.
+        replicas.apply(ann.joined((1, 1))).expect("in order");
         let mut ann_sees = ann.open(&replicas, None, 1);
-        replicas.apply(bob.joined(2)).expect("in order");
-        replicas.apply(cat.joined(3)).expect("in order");
-        replicas.apply(bob.left(4, 2)).expect("in order");
-        replicas.apply(cat.left(5, 3)).expect("in order");
+        replicas.apply(bob.joined((2, 2))).expect("in order");
+        replicas.apply(cat.joined((3, 2))).expect("in order");
+        replicas.apply(bob.left((4, 3), 2)).expect("in order");
+        replicas.apply(cat.left((5, 3), 2)).expect("in order");
+        assert_eq!(
+            replicas.apply(ann.left((7, 4), 1)),
+            Err(OutOfOrder { latest: 5, got: 7 }),
+            "the log's order is checked, not a room's ids"
+        );
 
         let (frames, waiting) = written(&mut ann_sees);
         assert_eq!(waiting, Waiting::Open);
-        assert_eq!(ids(&frames), [3, 5], "ops' events are not design's");
+        assert_eq!(ids(&frames), [2, 3], "ops' events are not design's");
         assert_eq!(replicas.users(&design).len(), 1);
         assert_eq!(
             replicas.user_of(&design, &bob.token),
             Err(TokenError::Unknown),
-            "bob is gone from ops, and was never in design"
+            "bob has left ops, and was never in design"
         );
 
-        // A resume after an id of another room replays what came since.
-        let resumed = ann.open(&replicas, Some(2), 2);
+        let resumed = ann.open(&replicas, Some(1), 2);
         let replayed = parse_frames(&resumed.start.into_pieces());
-        assert_eq!(ids(&replayed), [3, 5]);
-        let resumed = ann.open(&replicas, Some(5), 3);
+        assert_eq!(ids(&replayed), [2, 3]);
+        let resumed = ann.open(&replicas, Some(3), 3);
         assert_eq!(resumed.start, Start::Resume(Pieces::default()));
     }
 
@@ -687,6 +718,7 @@ mod tests {
         // gone, cat came.
         replicas.reload(Reload {
             latest: 1_000_005,
+            rooms: HashMap::from([(RoomName::lobby(), 1_000_005)]),
             users: vec![ann.online(1_000_003), cat.online(1_000_005)],
             history: vec![
                 ann.joined(1_000_003),

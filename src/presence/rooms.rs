@@ -200,9 +200,10 @@ impl<K: Kind> RoomsOf<K> {
         total
     }
 
-    /// A token unknown in `room` may be good in the room it names: then it
-    /// is the wrong room's, not an unknown one.
-    pub(super) fn why(&self, room: &RoomName, token: &Token, err: TokenError) -> TokenError {
+    /// Why `token` was refused in `room` with `err`: a token unknown there
+    /// may be good in the room it names, and then it is the wrong room's
+    /// (403), not an unknown one (401).
+    pub fn why(&self, room: &RoomName, token: &Token, err: TokenError) -> TokenError {
         if err != TokenError::Unknown {
             return err;
         }

@@ -1,10 +1,10 @@
 
--- epoch: ARGV = a new epoch id, the newest event id this node has applied.
+-- epoch: ARGV = a new epoch id, the newest log entry this node has applied.
 -- Returns the epoch of the log as it now is. A log that is missing (Redis
 -- lost its data) or older than what this node saw (Redis came back from an
--- old snapshot) is started again under the new epoch, its ids a million past
--- any this node gave out, so that no client's old Last-Event-ID can be taken
--- for an id of the new log.
+-- old snapshot) is started again under the new epoch, numbered a million
+-- past any entry this node applied (and so past any id it sent, in any room),
+-- so that no client's old Last-Event-ID can be taken for an id of the new log.
 local epoch = redis.call('GET', 'lobby:epoch')
 local seq = tonumber(redis.call('GET', 'lobby:seq') or '0')
 local mine = tonumber(ARGV[2])

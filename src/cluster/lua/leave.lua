@@ -1,13 +1,14 @@
 
 -- leave: ARGV = history, user id, token key, and the time (ms, Redis's
 -- clock) after which the node no longer waits for the answer.
--- Returns the id of the disconnect_user event, 0 if the user is not online
--- (or the token is not theirs), or -1 if the node gave up.
+-- Returns {the log entry of the disconnect_user, its id}; the entry is 0 if
+-- the user is not online (or the token is not theirs), -1 if the node gave up.
 if now_ms() > tonumber(ARGV[4]) then
-  return -1
+  return {-1, 0}
 end
 local joined, token = user_of(ARGV[2])
 if not joined or token ~= ARGV[3] then
-  return 0
+  return {0, 0}
 end
-return remove_user(ARGV[1], ARGV[2], 'leave')
+local seq, id = remove_user(ARGV[1], ARGV[2], 'leave')
+return {seq, id}

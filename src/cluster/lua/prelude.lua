@@ -2,9 +2,11 @@
 -- A script runs whole, with nothing in between, so every rule below holds at
 -- once for every node. The keys:
 --   lobby:epoch        the log's identity; a new one means the log began again
---   lobby:seq          the newest event id
+--   lobby:seq          the number of the log's newest entry
 --   lobby:log          the events of every room, a stream whose entry ids
---                      are <event id>-0
+--                      are <number>-0; each carries its room (w) and its id
+--                      in that room (i), which is what streams see
+--   lobby:last         room -> its newest event id (rooms with someone)
 --   lobby:users        user id -> "<id of their new_user> <token key> <room> <name>"
 --   lobby:rooms        room -> how many users are in it (rooms with someone)
 --   lobby:tokens       token key -> user id
@@ -24,12 +26,21 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- Appends an event; its id is the next event id, so ids mean the same on
--- every node and the stream's order is the lobby's.
-local function publish(history, fields)
+-- Appends an event of `room` to the log. Its entry is the log's next
+-- number, so every node applies the events of every room in one order. Its
+-- id in the room is one past the room's last; a room with no one in it
+-- starts at the entry's own number, past every id already sent in any room
+-- (an id is never above its entry's number). Returns both.
+local function publish(history, room, fields)
   local seq = redis.call('INCR', 'lobby:seq')
-  redis.call('XADD', 'lobby:log', 'MAXLEN', '~', history, seq .. '-0', unpack(fields))
-  return seq
+  local id = seq
+  if redis.call('HEXISTS', 'lobby:last', room) == 1 then
+    id = redis.call('HINCRBY', 'lobby:last', room, 1)
+  else
+    redis.call('HSET', 'lobby:last', room, id)
+  end
+  redis.call('XADD', 'lobby:log', 'MAXLEN', '~', history, seq .. '-0', 'w', room, 'i', id, unpack(fields))
+  return seq, id
 end
 
 -- A user's id of their new_user, token key, room and name; nil if not online.
@@ -41,26 +52,25 @@ local function user_of(user)
   return string.match(entry, '^(%d+) (%x+) (%S+) (.*)$')
 end
 
+-- Returns the log entry's number and the new_user's id.
 local function add_user(history, room, user, token, name, deadline, why)
-  local seq = publish(history, {'k', 'new_user', 'w', room, 'u', user, 'n', name, 't', token})
-  redis.call('HSET', 'lobby:users', user, seq .. ' ' .. token .. ' ' .. room .. ' ' .. name)
+  local seq, id = publish(history, room, {'k', 'new_user', 'u', user, 'n', name, 't', token})
+  redis.call('HSET', 'lobby:users', user, id .. ' ' .. token .. ' ' .. room .. ' ' .. name)
   redis.call('HINCRBY', 'lobby:rooms', room, 1)
   redis.call('HSET', 'lobby:tokens', token, user)
   redis.call('ZADD', 'lobby:deadlines', deadline, user)
   redis.call('HSET', 'lobby:why', user, why)
-  return seq
+  return seq, id
 end
 
--- Takes a user offline and announces it; 0 if they were not online.
+-- Takes a user offline and announces it; returns the log entry's number and
+-- the disconnect_user's id, or 0 if they were not online.
 local function remove_user(history, user, reason)
   local joined, token, room, name = user_of(user)
   if not joined then
     return 0
   end
   redis.call('HDEL', 'lobby:users', user)
-  if redis.call('HINCRBY', 'lobby:rooms', room, -1) <= 0 then
-    redis.call('HDEL', 'lobby:rooms', room)
-  end
   redis.call('HDEL', 'lobby:tokens', token)
   redis.call('ZREM', 'lobby:deadlines', user)
   redis.call('HDEL', 'lobby:why', user)
@@ -69,7 +79,12 @@ local function remove_user(history, user, reason)
     redis.call('SREM', 'lobby:held:' .. node, user .. ' ' .. stream)
   end
   redis.call('DEL', 'lobby:on:' .. user)
-  return publish(history, {'k', 'disconnect_user', 'w', room, 'u', user, 'n', name, 's', joined, 'r', reason})
+  local seq, id = publish(history, room, {'k', 'disconnect_user', 'u', user, 'n', name, 's', joined, 'r', reason})
+  if redis.call('HINCRBY', 'lobby:rooms', room, -1) <= 0 then
+    redis.call('HDEL', 'lobby:rooms', room)
+    redis.call('HDEL', 'lobby:last', room)
+  end
+  return seq, id
 end
 
 -- A node opened a stream of the user: no deadline while one is open. Each
