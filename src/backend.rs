@@ -37,9 +37,18 @@ impl Backend {
         }
     }
 
-    pub async fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
+    /// Adds `name` to `room`: a membership of `person` (a signed join's
+    /// `sub`), or with `None` someone new.
+    pub async fn join(
+        &self,
+        room: &RoomName,
+        person: Option<UserId>,
+        name: Name,
+    ) -> Result<Joined, JoinError> {
         match self {
-            Backend::Local(rooms) => rooms.join(room, name),
+            Backend::Local(rooms) => rooms.join(room, person, name),
+            // A cluster takes open joins only (`Config::tickets` refuses
+            // `--join-secret` with `--redis`), so there is no person to pass.
             Backend::Cluster(cluster) => cluster.join(room, name).await,
         }
     }

@@ -10,6 +10,7 @@ use clap::Parser;
 
 use crate::observe::WebhookConfig;
 use crate::presence::PresenceConfig;
+use crate::tickets::Tickets;
 
 /// A small, fast "who's online" server: POST /join, then listen on GET /events.
 #[derive(Debug, Clone, Parser)]
@@ -147,6 +148,21 @@ pub struct Config {
     )]
     pub webhook_secret: Option<String>,
 
+    /// Take signed joins only: every join carries a ticket, a JWT that the
+    /// site's backend signs (HS256) with this secret. One process only, so far.
+    #[arg(
+        long,
+        env = "LOBBY_JOIN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "join_secret_file"
+    )]
+    pub join_secret: Option<String>,
+
+    /// --join-secret, read from this file (a trailing line break is not part of it).
+    #[arg(long, env = "LOBBY_JOIN_SECRET_FILE", value_name = "FILE")]
+    pub join_secret_file: Option<PathBuf>,
+
     /// How long one webhook attempt may take before it is retried.
     #[arg(long, env = "LOBBY_WEBHOOK_TIMEOUT", default_value = "5s", value_name = "DUR", value_parser = parse_positive_duration)]
     pub webhook_timeout: Duration,
@@ -190,6 +206,41 @@ impl Config {
             timeout: self.webhook_timeout,
             queue: self.webhook_queue.get(),
         })
+    }
+
+    /// What checks signed joins' tickets, with `--join-secret` (or its
+    /// file); `None` for open joins. Fails on a file that cannot be read, an
+    /// empty secret, or `--redis`, which cannot count one person's tabs as
+    /// one person yet.
+    pub fn tickets(&self) -> Result<Option<Tickets>, String> {
+        let secret = match (&self.join_secret, &self.join_secret_file) {
+            (Some(secret), _) => secret.clone().into_bytes(),
+            (None, Some(file)) => {
+                let mut secret = std::fs::read(file).map_err(|err| {
+                    format!("cannot read the join secret from {}: {err}", file.display())
+                })?;
+                while secret
+                    .last()
+                    .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+                {
+                    secret.pop();
+                }
+                secret
+            }
+            (None, None) => return Ok(None),
+        };
+        if secret.is_empty() {
+            return Err("the join secret is empty; give one of at least 32 bytes".to_owned());
+        }
+        if self.redis.is_some() {
+            return Err(
+                "--join-secret does not work with --redis yet: a cluster would count \
+                        one person's tabs on two nodes as two people. Run one process, or \
+                        leave --join-secret out"
+                    .to_owned(),
+            );
+        }
+        Tickets::new(&secret).map(Some)
     }
 
     pub fn presence(&self) -> PresenceConfig {

@@ -47,6 +47,7 @@ pub mod http;
 pub mod observe;
 pub mod presence;
 pub mod server;
+pub mod tickets;
 pub mod watch;
 
 use std::future::Future;
@@ -91,6 +92,7 @@ pub async fn run_with_tls(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tickets = config.tickets().map_err(std::io::Error::other)?;
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let webhooks = config
@@ -124,7 +126,7 @@ pub async fn run_with_tls(
             Backend::Cluster(cluster)
         }
     };
-    let state = http::AppState::new(backend.clone(), &config, observer, stop.clone());
+    let state = http::AppState::new(backend.clone(), &config, tickets, observer, stop.clone());
     if let Some(listener) = metrics_listener {
         tokio::spawn(http::serve_metrics(listener, state.clone(), stop.clone()));
     }

@@ -93,6 +93,12 @@ async fn serve(config: Config, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Told before anything is served (`run` reads it again, as it must when
+    // a test calls it alone).
+    if let Err(err) = config.tickets() {
+        eprintln!("lobby: {err}");
+        return ExitCode::FAILURE;
+    }
 
     let listener = match TcpListener::bind(config.bind).await {
         Ok(listener) => listener,

@@ -2,6 +2,8 @@
 // fed by GET /events (existing_users, new_user, disconnect_user). Before
 // joining, the same list is kept by a watcher's stream (GET /events with no
 // token). A room's page (/rooms/NAME, body data-room) uses that room's routes.
+// With signed joins (lobby --join-secret) the page has no form: the site that
+// embeds lobby joins its people, and this page only watches.
 // Names are always set with textContent, never as HTML.
 "use strict";
 
@@ -9,9 +11,9 @@ const ROOM = document.body.dataset.room;
 // The routes of this page's room: /join, or /rooms/NAME/join.
 const BASE = ROOM === undefined ? "" : `/rooms/${encodeURIComponent(ROOM)}`;
 
-const form = document.getElementById("join");
-const nameInput = form.elements.name;
-const joinButton = form.querySelector("button");
+const form = document.getElementById("join"); // null with signed joins
+const nameInput = form?.elements.name;
+const joinButton = form?.querySelector("button");
 const errorLine = document.getElementById("error");
 const statusLine = document.getElementById("status");
 const list = document.getElementById("users");
@@ -176,7 +178,7 @@ function notJoined(message = "") {
   me = null;
   sessionStorage.removeItem(SAVED_NAME);
   statusLine.hidden = true;
-  form.hidden = false;
+  if (form !== null) form.hidden = false;
   errorLine.textContent = message;
   for (const element of list.children) decorate(element);
   startWatching();
@@ -209,7 +211,7 @@ function stopWatching() {
 
 // ---- wiring ----
 
-form.addEventListener("submit", async (event) => {
+form?.addEventListener("submit", async (event) => {
   event.preventDefault();
   errorLine.textContent = "";
   joinButton.disabled = true;
@@ -242,5 +244,5 @@ window.addEventListener("pageshow", (event) => {
 });
 
 for (const element of list.children) decorate(element);
-if (sessionStorage.getItem(SAVED_NAME)) rejoin();
+if (form !== null && sessionStorage.getItem(SAVED_NAME)) rejoin();
 else startWatching();

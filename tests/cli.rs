@@ -378,6 +378,81 @@ async fn no_token_appears_in_the_output_even_at_debug_level() {
     }
 }
 
+#[tokio::test]
+async fn neither_the_join_secret_nor_a_ticket_appears_in_the_output_even_at_debug_level() {
+    let secret = "the-join-secret-of-this-test-0123456789";
+    let env = [("RUST_LOG", "debug"), ("LOBBY_JOIN_SECRET", secret)];
+    let lobby = Lobby::start(&[], &env).await;
+    let claims = serde_json::json!({"sub": "u1", "name": "Ada", "exp": 4_000_000_000_u64});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("a key");
+    let ticket =
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("a JWT");
+    let joined = lobby
+        .client
+        .post(lobby.url("/join"))
+        .json(&serde_json::json!({ "ticket": ticket }))
+        .send()
+        .await
+        .expect("POST /join");
+    assert_eq!(joined.status(), 201);
+    let forged = format!("{ticket}x");
+    let refused = lobby
+        .client
+        .post(lobby.url("/join"))
+        .json(&serde_json::json!({ "ticket": forged }))
+        .send()
+        .await
+        .expect("POST /join");
+    assert_eq!(refused.status(), 401);
+    let finished = lobby.stop("TERM").await;
+
+    let output = finished.output();
+    assert!(output.contains("DEBUG"), "debug logging was on: {output}");
+    assert!(
+        !output.contains(secret),
+        "the secret in the output: {output}"
+    );
+    let signature = ticket.rsplit('.').next().expect("a signature");
+    assert!(
+        !output.contains(signature),
+        "a ticket in the output: {output}"
+    );
+}
+
+#[tokio::test]
+async fn a_join_secret_with_redis_exits_1_with_one_line_saying_why() {
+    let finished = run_to_end(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--join-secret",
+            "s3cret",
+            "--redis",
+            "redis://127.0.0.1:1/",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.output());
+    let line = finished.the_one_error_line();
+    assert!(line.contains("--redis"), "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
+}
+
+#[tokio::test]
+async fn a_join_secret_file_that_cannot_be_read_exits_1_with_one_line_naming_it() {
+    let missing = "/nonexistent/lobby-test/join-secret";
+    let finished = run_to_end(
+        &["--bind", "127.0.0.1:0", "--join-secret-file", missing],
+        &[],
+    )
+    .await;
+
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.output());
+    assert!(finished.the_one_error_line().contains(missing));
+}
+
 // ---- helpers local to this file ----
 
 /// The `lobby` binary, running, answering on `addr`. Killed if dropped.

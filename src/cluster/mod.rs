@@ -165,7 +165,7 @@ impl Cluster {
     pub async fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
         let shared = &self.shared;
         let (id, token) = (UserId::random(), Token::random_in(room));
-        let before = shared.presence.expect_join(id);
+        let before = shared.presence.expect_join(id.clone());
         let limits = Limits {
             max_users: shared.config.presence.max_users,
             max_rooms: shared.config.max_rooms,
@@ -173,7 +173,7 @@ impl Cluster {
         };
         let member = Member {
             room,
-            user: id,
+            user: id.clone(),
             token: token.key(),
             name: &name,
         };
@@ -187,7 +187,7 @@ impl Cluster {
             }
         };
         if let Some(err) = failed {
-            shared.presence.forget_join(id);
+            shared.presence.forget_join(&id);
             return Err(err);
         }
         shared.reap.notify_one();
@@ -197,7 +197,7 @@ impl Cluster {
             Ok(Ok(users)) => users,
             _ => shared.presence.users_json(room),
         };
-        shared.config.observer.joined(room, id, &name, None);
+        shared.config.observer.joined(room, id.clone(), &name, None);
         Ok(Joined {
             id,
             name,
@@ -209,11 +209,17 @@ impl Cluster {
     pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
         self.sync().await;
         let user = self.shared.presence.user_of(room, token)?;
-        match self.shared.store.leave(user.id, token.key()).await {
+        match self.shared.store.leave(&user.id, token.key()).await {
             Ok(Some((seq, event))) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;
-                observer.left(room, user.id, &user.name, LeaveReason::Leave, Some(event));
+                observer.left(
+                    room,
+                    user.id.clone(),
+                    &user.name,
+                    LeaveReason::Leave,
+                    Some(event),
+                );
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -632,7 +638,7 @@ async fn reap(cluster: Cluster, stop: CancellationToken) {
                     tracing::warn!(nodes = reaped.lost_nodes, "took nodes for dead");
                 }
                 for (id, room, name, reason) in &reaped.gone {
-                    config.observer.left(room, *id, name, *reason, None);
+                    config.observer.left(room, id.clone(), name, *reason, None);
                 }
                 reaped.next.map_or(period, |next| next.min(period))
             }

@@ -168,7 +168,7 @@ impl Store {
     /// if the user was not online.
     pub(super) async fn leave(
         &self,
-        user: UserId,
+        user: &UserId,
         token: TokenKey,
     ) -> RedisResult<Option<(u64, EventId)>> {
         let (seq, id): (i64, EventId) = self
@@ -215,7 +215,7 @@ impl Store {
             .invoke_async(&mut self.commands.clone())
             .await?;
         let opening = match outcome {
-            1 => Opening::Opened(UserId::parse(&user).ok_or_else(|| malformed("lobby:tokens"))?),
+            1 => Opening::Opened(UserId::parse(&user).map_err(|_| malformed("lobby:tokens"))?),
             0 => Opening::Unknown,
             _ => Opening::TooMany,
         };
@@ -444,7 +444,7 @@ fn parse_user(user: &str, entry: &str) -> Option<Online> {
     Some(Online {
         joined,
         room,
-        user: UserId::parse(user)?,
+        user: UserId::parse(user).ok()?,
         name,
         token,
     })
@@ -454,7 +454,7 @@ fn parse_user(user: &str, entry: &str) -> Option<Online> {
 /// it took offline.
 fn parse_gone(four: &[Value]) -> Option<(UserId, RoomName, Name, LeaveReason)> {
     let text = |i: usize| redis::from_redis_value_ref::<String>(four.get(i)?).ok();
-    let user = UserId::parse(&text(0)?)?;
+    let user = UserId::parse(&text(0)?).ok()?;
     let room = RoomName::parse(&text(1)?).ok()?;
     let name = Name::parse(&text(2)?).ok()?;
     Some((user, room, name, leave_reason(&text(3)?)?))
@@ -475,7 +475,7 @@ fn parse_entry(entry: &StreamId) -> Option<Entry> {
     let field = |name: &str| entry.get::<String>(name);
     let room = RoomName::parse(&field("w")?).ok()?;
     let id = field("i")?.parse().ok()?;
-    let user = UserId::parse(&field("u")?)?;
+    let user = UserId::parse(&field("u")?).ok()?;
     let name = Name::parse(&field("n")?).ok()?;
     let change = match field("k")?.as_str() {
         "new_user" => Change::Joined {

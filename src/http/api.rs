@@ -19,10 +19,13 @@ use super::limits::{AllowedSite, Client};
 use super::rooms::Room;
 use super::{ApiError, AppState};
 use crate::presence::{Joined, Name, Pieces, Token};
+use crate::tickets::TicketError;
 
 #[derive(Deserialize)]
 struct JoinBody {
     name: Option<String>,
+    /// A signed join's ticket (a JWT), with `--join-secret`.
+    ticket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -52,8 +55,19 @@ pub async fn join(
         BodyFormat::Json => parse_json_object(&body)?,
         BodyFormat::Form | BodyFormat::Text => parse_form(&body)?,
     };
-    let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
-    let joined = state.presence.join(&room, name).await?;
+    let (person, name) = match &state.tickets {
+        // A name sent beside a ticket is not the site's word: it is ignored.
+        Some(tickets) => {
+            let ticket = parsed.ticket.ok_or(TicketError::Missing)?;
+            let ticket = tickets.check(&ticket, &room)?;
+            (Some(ticket.person), ticket.name)
+        }
+        None => (
+            None,
+            Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?,
+        ),
+    };
+    let joined = state.presence.join(&room, person, name).await?;
     Ok((StatusCode::CREATED, json_body(join_reply(joined))))
 }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::observe::Limit;
 use crate::presence::{JoinError, MAX_STREAMS_PER_USER, NameError, RoomNameError, TokenError};
+use crate::tickets::TicketError;
 
 /// How long a client refused for a full lobby is told to wait.
 const FULL_RETRY_AFTER_SECS: u32 = 5;
@@ -37,6 +38,8 @@ pub enum ApiError {
     InvalidName(#[from] NameError),
     #[error("{0}")]
     InvalidRoom(#[from] RoomNameError),
+    #[error("{0}")]
+    Ticket(#[from] TicketError),
     #[error("The request body is larger than 4 KiB. Send only the name (or the token).")]
     BodyTooLarge,
     #[error("The request body could not be read: {0}.")]
@@ -104,7 +107,10 @@ impl ApiError {
             | ApiError::BodyUnreadable(_)
             | ApiError::MalformedQuery(_)
             | ApiError::InvalidRoom(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidName(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidName(_) | ApiError::Ticket(TicketError::BadName(_)) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Ticket(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::LobbyFull(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -28,6 +28,7 @@ pub use metrics::serve_metrics;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::observe::Observer;
+use crate::tickets::Tickets;
 use around::AroundLayer;
 use limits::{JoinLimiter, Origins, Watchers};
 
@@ -56,6 +57,8 @@ pub struct Shared {
     metrics_here: bool,
     /// Whether GET /rooms is served (`--list-rooms`).
     list_rooms: bool,
+    /// What checks signed joins' tickets; `None` for open joins.
+    tickets: Option<Tickets>,
 }
 
 impl AppState {
@@ -64,6 +67,7 @@ impl AppState {
     pub fn new(
         presence: Backend,
         config: &Config,
+        tickets: Option<Tickets>,
         observer: Observer,
         stop: CancellationToken,
     ) -> AppState {
@@ -78,6 +82,7 @@ impl AppState {
             origins: Origins::new(&config.cors_origins),
             observer,
             metrics_here: config.metrics_bind.is_none(),
+            tickets,
         }))
     }
 }

@@ -45,7 +45,8 @@ base-uri 'none'; frame-ancestors 'none'";
 
 pub async fn index(Room(room): Room, State(state): State<AppState>) -> Response {
     let users = state.presence.users(&room).await;
-    let mut response = Html(render(&room, &users).into_string()).into_response();
+    let signed = state.tickets.is_some();
+    let mut response = Html(render(&room, &users, signed).into_string()).into_response();
     let headers = response.headers_mut();
     // The list of who is online is only true now: never serve it from a cache.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -130,7 +131,8 @@ impl Asset {
 /// maud escapes every interpolated string, so a name is always text here.
 /// The lobby's page (`/`) names no room; another room's names it in its
 /// title and heading, and tells the script in `data-room` which routes are its.
-fn render(room: &RoomName, users: &[UserView]) -> Markup {
+/// With signed joins (`signed`) it has no name form: the site joins its people.
+fn render(room: &RoomName, users: &[UserView], signed: bool) -> Markup {
     let named = (!room.is_lobby()).then_some(room.as_str());
     html! {
         (DOCTYPE)
@@ -155,6 +157,11 @@ fn render(room: &RoomName, users: &[UserView]) -> Markup {
                     p.count { span #count { (users.len()) } " online" }
                 }
                 main {
+                    @if signed {
+                        p #signed {
+                            "This lobby takes signed joins: people appear here when the site that embeds it signs them in."
+                        }
+                    } @else {
                     form #join {
                         label for="name" { "What is your name?" }
                         div.row {
@@ -165,6 +172,7 @@ fn render(room: &RoomName, users: &[UserView]) -> Markup {
                             button type="submit" { "Join" }
                         }
                         p #error role="alert" {}
+                    }
                     }
                     p #status hidden {}
                     ul #users aria-live="polite" {
@@ -226,6 +234,7 @@ mod tests {
                 id: UserId::random(),
                 name,
             }],
+            false,
         )
         .into_string();
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));

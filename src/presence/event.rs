@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::name::{Name, UserId};
+use super::name::{Name, TokenKey, UserId};
 use super::pieces::Pieces;
 use super::room::RoomName;
 
@@ -21,6 +21,9 @@ pub enum EventKind {
     /// shared log): every open stream gets a fresh `existing_users`, or ends
     /// if its own user is no longer online.
     Reset,
+    /// One membership of a person who stays online left (another tab of
+    /// theirs is still there): its own streams end, and no one else is told.
+    Revoked,
 }
 
 impl EventKind {
@@ -29,6 +32,7 @@ impl EventKind {
             EventKind::NewUser => "new_user",
             EventKind::DisconnectUser => "disconnect_user",
             EventKind::Reset => "reset",
+            EventKind::Revoked => "revoked",
         }
     }
 }
@@ -44,6 +48,8 @@ pub struct Event {
     pub seq: u64,
     pub kind: EventKind,
     pub user: UserId,
+    /// The membership a `Revoked` is about.
+    pub member: Option<TokenKey>,
     /// `id: …\nevent: …\ndata: {"id":…,"name":…}\n\n`, shared by every stream.
     pub frame: Bytes,
     /// When it happened, so that the fan-out can tell a lone event from a flow.
@@ -58,13 +64,14 @@ impl Event {
         user: UserId,
         name: &Name,
     ) -> Event {
-        let data = serde_json::to_string(&UserView::new(user, name)).unwrap_or_default();
+        let data = serde_json::to_string(&UserView::new(user.clone(), name)).unwrap_or_default();
         Event {
             room: room.clone(),
             id,
             seq: 0,
             kind,
             user,
+            member: None,
             frame: frame(id, kind.as_str(), &data),
             at: Instant::now(),
         }
@@ -80,8 +87,23 @@ impl Event {
             seq: 0,
             kind: EventKind::Reset,
             user: UserId::nil(),
+            member: None,
             // Built once for every stream: one copy is no cost here.
             frame: snapshot_frame(latest, users).to_bytes(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Ends the streams of `member`, whose person stays; written to no one.
+    pub(crate) fn revoked(room: &RoomName, latest: EventId, member: TokenKey) -> Event {
+        Event {
+            room: room.clone(),
+            id: latest,
+            seq: 0,
+            kind: EventKind::Revoked,
+            user: UserId::nil(),
+            member: Some(member),
+            frame: Bytes::new(),
             at: Instant::now(),
         }
     }
@@ -141,7 +163,13 @@ mod tests {
     fn an_event_frame_is_one_sse_event_with_id_name_and_json_data() {
         let user = UserId::random();
         let name = Name::parse("a\"b</script>\u{2028}").expect("valid name");
-        let event = Event::new(&RoomName::lobby(), 7, EventKind::NewUser, user, &name);
+        let event = Event::new(
+            &RoomName::lobby(),
+            7,
+            EventKind::NewUser,
+            user.clone(),
+            &name,
+        );
         let text = std::str::from_utf8(&event.frame).expect("utf-8");
         let lines: Vec<&str> = text.split('\n').collect();
         assert_eq!(lines[0], "id: 7");

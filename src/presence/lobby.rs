@@ -1,7 +1,13 @@
 //! What a local lobby and a cluster's replica share, under one lock: who is
-//! online (found by their token's key), the users list kept encoded, the
-//! numbered history, the channel every stream reads, and how a stream starts
-//! (a replay or a snapshot) and is counted. What only one kind of lobby keeps
+//! online (each person, and each of their memberships found by its token's
+//! key), the users list kept encoded, the numbered history, the channel every
+//! stream reads, and how a stream starts (a replay or a snapshot) and is
+//! counted.
+//!
+//! A person is listed once however many memberships they hold (one per join:
+//! a signed join of someone already in the room adds one). Their `new_user`
+//! goes out with the first, their `disconnect_user` with the last; a
+//! membership that goes while others stay ends its own streams and tells no one. What only one kind of lobby keeps
 //! and does when a stream opens or closes, it adds through [`Kind`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,7 +47,7 @@ impl<K: Kind> Clone for Lobby<K> {
 /// [`Shared`], so those are `pub` too; this module is private, so nothing
 /// outside presence can name any of them.)
 pub trait Kind: fmt::Debug + Send + Sync + Sized + 'static {
-    /// Kept for each user.
+    /// Kept for each membership.
     type User: fmt::Debug + Send;
     /// Kept for the whole lobby, under the same lock as the shared part.
     type State: fmt::Debug + Send;
@@ -50,15 +56,15 @@ pub trait Kind: fmt::Debug + Send + Sync + Sized + 'static {
     /// Kept once for all the rooms of this kind ([`RoomsOf`](super::rooms::RoomsOf)).
     type Rooms: Send + Sync + 'static;
 
-    /// A stream of the user whose `new_user` is `seq` opened (and is counted).
-    fn opened(state: &mut State<Self>, seq: EventId, stream: Self::Stream);
+    /// A stream of the membership `member` opened (and is counted).
+    fn opened(state: &mut State<Self>, member: TokenKey, stream: Self::Stream);
 
-    /// A stream of the user whose `new_user` is `seq` closed (and is counted
-    /// off); the user is still online.
+    /// A stream of the membership `member` closed (and is counted off); the
+    /// membership is still there.
     fn closed(
         shared: &Shared<Self>,
         state: MutexGuard<'_, State<Self>>,
-        seq: EventId,
+        member: TokenKey,
         stream: Self::Stream,
     );
 }
@@ -78,10 +84,13 @@ pub struct Shared<K: Kind> {
 #[derive(Debug)]
 pub struct State<K: Kind> {
     pub(super) room: RoomName,
-    /// Keyed by the id of the user's `new_user` event, so iteration is oldest first.
-    pub(super) users: BTreeMap<EventId, User<K::User>>,
-    /// Found by the token's key, never by the token itself.
-    pub(super) tokens: HashMap<TokenKey, EventId>,
+    /// Everyone in the room, keyed by the id of their `new_user` event, so
+    /// iteration is oldest first.
+    pub(super) people: BTreeMap<EventId, Person>,
+    /// A person's `new_user` id, by their id.
+    pub(super) by_id: HashMap<UserId, EventId>,
+    /// Each join's membership, found by its token's key, never by the token itself.
+    pub(super) members: HashMap<TokenKey, Member<K::User>>,
     /// The JSON list of everyone online, cached for the next reader.
     pub(super) roster: Roster,
     pub(super) history: History,
@@ -93,13 +102,21 @@ pub struct State<K: Kind> {
     pub(super) own: K::State,
 }
 
+/// Someone in the room, listed once.
 #[derive(Debug)]
-pub struct User<X> {
+pub struct Person {
     pub(super) id: UserId,
     pub(super) name: Name,
-    pub(super) token: TokenKey,
+    /// Their memberships: one per join, each with its own token.
+    pub(super) members: Vec<TokenKey>,
+}
+
+/// One join: its person (by their `new_user` id) and its open streams.
+#[derive(Debug)]
+pub struct Member<X> {
+    pub(super) person: EventId,
     pub(super) streams: u8,
-    /// What only this kind of lobby keeps of the user.
+    /// What only this kind of lobby keeps of the membership.
     pub(super) own: X,
 }
 
@@ -206,8 +223,9 @@ impl<K: Kind> Lobby<K> {
     ) -> Lobby<K> {
         let state = State {
             room,
-            users: BTreeMap::new(),
-            tokens: HashMap::new(),
+            people: BTreeMap::new(),
+            by_id: HashMap::new(),
+            members: HashMap::new(),
             roster: Roster::default(),
             history: History::new(config.history_len(), outlet.newest()),
             latest: outlet.newest(),
@@ -246,17 +264,18 @@ impl<K: Kind> Lobby<K> {
         let key = token.key();
         let mut guard = self.shared.lock();
         let state = &mut *guard;
-        let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
-        let user = state.users.get_mut(&seq).ok_or(TokenError::Unknown)?;
-        if user.streams >= MAX_STREAMS_PER_USER {
+        let member = state.members.get_mut(&key).ok_or(TokenError::Unknown)?;
+        if member.streams >= MAX_STREAMS_PER_USER {
             return Err(TokenError::TooManyStreams);
         }
-        user.streams += 1;
-        let id = user.id;
-        K::opened(state, seq, stream);
+        member.streams += 1;
+        let seq = member.person;
+        let id = state.people.get(&seq).map(|person| person.id.clone());
+        K::opened(state, key, stream);
         let since = state.outlet.subscribe_since();
         let subscription = Subscription {
-            user: Some(id),
+            user: id,
+            member: Some(key),
             room: state.room.clone(),
             start: state.start(last_event_id),
             events: Some(since.events),
@@ -295,14 +314,14 @@ impl<K: Kind> Lobby<K> {
     pub(super) fn empty_since(&self) -> Option<Instant> {
         let state = self.shared.lock();
         state
-            .users
+            .people
             .is_empty()
             .then(|| state.history.newest_at().unwrap_or_else(Instant::now))
     }
 
     /// Whether `token` is a user's here.
     pub(super) fn knows(&self, token: &Token) -> bool {
-        self.shared.lock().tokens.contains_key(&token.key())
+        self.shared.lock().members.contains_key(&token.key())
     }
 
     /// Everyone online, oldest first.
@@ -326,8 +345,8 @@ impl<K: Kind> Lobby<K> {
     pub fn stats(&self) -> Stats {
         let state = self.shared.lock();
         Stats {
-            users: state.users.len(),
-            streams: state.users.values().map(|u| usize::from(u.streams)).sum(),
+            users: state.people.len(),
+            streams: state.members.values().map(|m| usize::from(m.streams)).sum(),
             history: state.history.len(),
             latest_event: state.latest,
         }
@@ -356,39 +375,45 @@ impl<K: Kind> State<K> {
     }
 
     pub(super) fn views(&self) -> Vec<UserView> {
-        self.users
+        self.people
             .values()
-            .map(|u| UserView::new(u.id, &u.name))
+            .map(|p| UserView::new(p.id.clone(), &p.name))
             .collect()
     }
 
     pub(super) fn users_json(&mut self) -> Pieces {
-        let users = &self.users;
-        self.roster
-            .json(|range| users.range(range).map(|(_, user)| (&user.id, &user.name)))
+        let people = &self.people;
+        self.roster.json(|range| {
+            people
+                .range(range)
+                .map(|(_, person)| (&person.id, &person.name))
+        })
     }
 
-    /// Adds a user whose `new_user` event is `seq`, with no stream.
-    pub(super) fn add(
-        &mut self,
-        seq: EventId,
-        id: UserId,
-        name: Name,
-        token: TokenKey,
-        own: K::User,
-    ) {
-        self.users.insert(
-            seq,
-            User {
-                id,
-                name,
-                token,
-                streams: 0,
-                own,
-            },
-        );
-        self.tokens.insert(token, seq);
+    /// Adds a person whose `new_user` event is `seq`, with no membership yet.
+    pub(super) fn add_person(&mut self, seq: EventId, id: UserId, name: Name) {
+        self.by_id.insert(id.clone(), seq);
+        let members = Vec::new();
+        self.people.insert(seq, Person { id, name, members });
         self.roster.added(seq);
+    }
+
+    /// Adds a membership of the person whose `new_user` is `seq`, with no stream.
+    pub(super) fn add_member(&mut self, seq: EventId, member: TokenKey, own: K::User) {
+        if let Some(person) = self.people.get_mut(&seq) {
+            person.members.push(member);
+        }
+        let member_of = Member {
+            person: seq,
+            streams: 0,
+            own,
+        };
+        self.members.insert(member, member_of);
+    }
+
+    /// The person whose id is `id`, if they are in the room: their `new_user` id.
+    pub(super) fn person_of(&self, id: &UserId) -> Option<EventId> {
+        self.by_id.get(id).copied()
     }
 
     /// Announces an event under the room's next id.
@@ -405,20 +430,56 @@ impl<K: Kind> State<K> {
         self.history.push(self.outlet.send(event));
     }
 
-    /// Takes the user whose `new_user` is `seq` offline, announcing nothing.
-    pub(super) fn take(&mut self, seq: EventId) -> Option<User<K::User>> {
-        let user = self.users.remove(&seq)?;
-        self.tokens.remove(&user.token);
+    /// Takes the person whose `new_user` is `seq` out of the room with all
+    /// their memberships, announcing nothing.
+    pub(super) fn take(&mut self, seq: EventId) -> Option<(Person, Vec<Member<K::User>>)> {
+        let person = self.people.remove(&seq)?;
+        self.by_id.remove(&person.id);
         self.roster.removed(seq);
-        Some(user)
+        let members = person
+            .members
+            .iter()
+            .filter_map(|key| self.members.remove(key))
+            .collect();
+        Some((person, members))
     }
 
-    /// Takes the user whose `new_user` is `seq` offline and announces it.
-    pub(super) fn remove(&mut self, seq: EventId) -> Option<User<K::User>> {
-        let user = self.take(seq)?;
-        self.publish(EventKind::DisconnectUser, user.id, &user.name);
-        Some(user)
+    /// Takes the person whose `new_user` is `seq` out of the room and announces it.
+    pub(super) fn remove(&mut self, seq: EventId) -> Option<(Person, Vec<Member<K::User>>)> {
+        let gone = self.take(seq)?;
+        self.publish(EventKind::DisconnectUser, gone.0.id.clone(), &gone.0.name);
+        Some(gone)
     }
+
+    /// Ends the membership `member`. The last of a person's takes them out of
+    /// the room and announces it (returning them); any other ends only its
+    /// own streams.
+    pub(super) fn end_member(&mut self, member: TokenKey) -> Option<Ended<K::User>> {
+        let ending = self.members.remove(&member)?;
+        let seq = ending.person;
+        let person = self.people.get_mut(&seq)?;
+        person.members.retain(|key| *key != member);
+        if person.members.is_empty() {
+            let (person, _) = self.remove(seq)?;
+            return Some(Ended {
+                member: ending,
+                person: Some(person),
+            });
+        }
+        let revoked = Event::revoked(&self.room, self.latest, member);
+        self.outlet.send(revoked);
+        Some(Ended {
+            member: ending,
+            person: None,
+        })
+    }
+}
+
+/// A membership that ended, and its person if they left with it.
+#[derive(Debug)]
+pub struct Ended<X> {
+    pub(super) member: Member<X>,
+    pub(super) person: Option<Person>,
 }
 
 /// What a [`Subscription`] holds of its lobby, whatever the lobby's kind.
@@ -428,7 +489,7 @@ pub(super) trait Open: fmt::Debug + Send + Sync {
 }
 
 /// Counts one open stream; dropping it is how the lobby learns the stream
-/// closed. Found by the token's key, which (unlike the id of the user's
+/// closed. Found by the token's key, which (unlike the id of the person's
 /// `new_user`) stays the same when a replica reloads.
 #[derive(Debug)]
 struct OpenStream<K: Kind> {
@@ -439,23 +500,24 @@ struct OpenStream<K: Kind> {
 
 impl<K: Kind> Open for OpenStream<K> {
     fn online(&self) -> bool {
-        self.shared.lock().tokens.contains_key(&self.token)
+        self.shared.lock().members.contains_key(&self.token)
     }
 }
 
 impl<K: Kind> Drop for OpenStream<K> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        // The user may be gone already (they left); then there is nothing to do.
-        let Some(&seq) = state.tokens.get(&self.token) else {
+        // The membership may be gone already (it left): then there is nothing
+        // to do. A reload may have found it gone and a later one put it back,
+        // with no streams counted here: then this one is not counted.
+        let Some(member) = state
+            .members
+            .get_mut(&self.token)
+            .filter(|member| member.streams > 0)
+        else {
             return;
         };
-        // A reload may have found the user gone and a later one put them
-        // back, with no streams counted here: then this one is not counted.
-        let Some(user) = state.users.get_mut(&seq).filter(|user| user.streams > 0) else {
-            return;
-        };
-        user.streams -= 1;
-        K::closed(&self.shared, state, seq, self.stream);
+        member.streams -= 1;
+        K::closed(&self.shared, state, self.token, self.stream);
     }
 }

@@ -33,7 +33,7 @@ mod rooms;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
-pub use name::{MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
+pub use name::{IdError, MAX_ID_CHARS, MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
 pub use observer::{LeaveReason, Observe};
 pub use pieces::Pieces;
 pub use replica::{Change, Entry, Known, Online, OutOfOrder, Reload, Replicas, StreamKey};
@@ -48,7 +48,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
-use lobby::{Kind, Lobby, Open, Outlet, Shared, Since, State, User};
+use lobby::{Ended, Kind, Lobby, Open, Outlet, Shared, Since, State};
 use observer::Unobserved;
 use rooms::Emptied;
 
@@ -155,6 +155,8 @@ impl Start {
 pub struct Subscription {
     /// Whose stream it is; `None` for a watcher.
     pub user: Option<UserId>,
+    /// The membership it is a stream of; `None` for a watcher.
+    member: Option<TokenKey>,
     pub room: RoomName,
     pub start: Start,
     /// Every event after `start`, in order, of every room ([`accept`](Self::accept)
@@ -195,6 +197,7 @@ impl Subscription {
     fn watching(room: RoomName, start: Start, since: Since) -> Subscription {
         Subscription {
             user: None,
+            member: None,
             room,
             start,
             events: Some(since.events),
@@ -243,6 +246,12 @@ impl Subscription {
         if event.room != self.room {
             return Waiting::Open;
         }
+        if event.kind == EventKind::Revoked {
+            return match (event.member, self.member) {
+                (Some(revoked), Some(mine)) if revoked == mine => Waiting::Left,
+                _ => Waiting::Open,
+            };
+        }
         if event.kind == EventKind::Reset {
             if self.open.as_ref().is_some_and(|open| !open.online()) {
                 return Waiting::Left;
@@ -251,7 +260,7 @@ impl Subscription {
             return Waiting::Open;
         }
         batch.push(event.frame.clone());
-        if event.kind == EventKind::DisconnectUser && Some(event.user) == self.user {
+        if event.kind == EventKind::DisconnectUser && self.user.as_ref() == Some(&event.user) {
             Waiting::Left
         } else {
             Waiting::Open
@@ -298,32 +307,40 @@ pub struct Local {
 type Deadline = (Instant, LeaveReason);
 
 impl Kind for Local {
-    /// Set while the user has no open stream: a join timeout before their
-    /// first stream, grace after their last one closed.
+    /// Set while the membership has no open stream: a join timeout before
+    /// its first stream, grace after its last one closed.
     type User = Option<Deadline>;
-    /// When each user with no open stream goes offline, soonest first.
-    type State = BTreeSet<(Instant, EventId)>;
+    /// When each membership with no open stream ends, soonest first.
+    type State = BTreeSet<(Instant, TokenKey)>;
     type Stream = ();
     type Rooms = ();
 
-    fn opened(state: &mut State<Local>, seq: EventId, (): ()) {
-        if let Some((deadline, _)) = state.users.get_mut(&seq).and_then(|user| user.own.take()) {
-            state.own.remove(&(deadline, seq));
+    fn opened(state: &mut State<Local>, member: TokenKey, (): ()) {
+        let deadline = state
+            .members
+            .get_mut(&member)
+            .and_then(|member| member.own.take());
+        if let Some((deadline, _)) = deadline {
+            state.own.remove(&(deadline, member));
         }
     }
 
     fn closed(
         shared: &Shared<Local>,
         mut state: MutexGuard<'_, State<Local>>,
-        seq: EventId,
+        member: TokenKey,
         (): (),
     ) {
         let deadline = Instant::now() + shared.config.grace;
-        let Some(user) = state.users.get_mut(&seq).filter(|user| user.streams == 0) else {
+        let Some(idle) = state
+            .members
+            .get_mut(&member)
+            .filter(|idle| idle.streams == 0)
+        else {
             return;
         };
-        user.own = Some((deadline, LeaveReason::GraceExpired));
-        state.own.insert((deadline, seq));
+        idle.own = Some((deadline, LeaveReason::GraceExpired));
+        state.own.insert((deadline, member));
         drop(state);
         shared.kind.expiry.notify_one();
     }
@@ -370,23 +387,45 @@ impl Presence {
 
     /// Adds a user and announces them with `new_user`.
     pub fn join(&self, name: Name) -> Result<Joined, JoinError> {
+        self.join_as(None, name)
+    }
+
+    /// Adds a membership of the person `person` (a signed join's `sub`),
+    /// announcing them with `new_user` unless they are in the room already;
+    /// with `None`, someone new under a random id.
+    pub fn join_as(&self, person: Option<UserId>, name: Name) -> Result<Joined, JoinError> {
         let config = &self.shared.config;
         let mut state = self.shared.lock();
-        let (id, token) = (UserId::random(), Token::random_in(&state.room));
+        let token = Token::random_in(&state.room);
         let key = token.key();
-        if state.users.len() >= config.max_users {
-            return Err(JoinError::Full(state.users.len()));
+        let already = person.as_ref().and_then(|id| state.person_of(id));
+        if already.is_none() && state.people.len() >= config.max_users {
+            return Err(JoinError::Full(state.people.len()));
         }
         let users = state.users_json();
-        let seq = state.publish(EventKind::NewUser, id, &name);
+        let (seq, id, name, announced) = match already {
+            Some(seq) => {
+                let person = &state.people[&seq];
+                (seq, person.id.clone(), person.name.clone(), false)
+            }
+            None => {
+                let id = person.unwrap_or_else(UserId::random);
+                let seq = state.publish(EventKind::NewUser, id.clone(), &name);
+                state.add_person(seq, id.clone(), name.clone());
+                (seq, id, name, true)
+            }
+        };
         let deadline = Instant::now() + config.join_timeout;
-        let own = Some((deadline, LeaveReason::JoinTimeout));
-        state.add(seq, id, name.clone(), key, own);
-        state.own.insert((deadline, seq));
+        state.add_member(seq, key, Some((deadline, LeaveReason::JoinTimeout)));
+        state.own.insert((deadline, key));
         let room = state.room.clone();
         drop(state);
         self.shared.kind.expiry.notify_one();
-        self.shared.observer.joined(&room, id, &name, Some(seq));
+        if announced {
+            self.shared
+                .observer
+                .joined(&room, id.clone(), &name, Some(seq));
+        }
         Ok(Joined {
             id,
             name,
@@ -406,23 +445,32 @@ impl Presence {
         self.open(token, last_event_id, ())
     }
 
-    /// Takes the user off the lobby at once and announces `disconnect_user`.
-    /// Their own streams receive it too, and end there.
+    /// Ends the membership of `token` at once. If it was the person's last,
+    /// they leave and `disconnect_user` goes out: their own streams receive
+    /// it too, and end there. Otherwise only this membership's streams end.
     pub fn leave(&self, token: &Token) -> Result<UserId, TokenError> {
-        let key = token.key();
         let mut state = self.shared.lock();
-        let seq = *state.tokens.get(&key).ok_or(TokenError::Unknown)?;
-        let user = self
+        let ended = self
             .shared
-            .take_offline(&mut state, seq)
+            .end_member(&mut state, token.key())
             .ok_or(TokenError::Unknown)?;
+        let id = state.people.get(&ended.member.person).map(|p| p.id.clone());
         let (event, room) = (state.latest, state.room.clone());
         drop(state);
-        let reason = LeaveReason::Leave;
-        self.shared
-            .observer
-            .left(&room, user.id, &user.name, reason, Some(event));
-        Ok(user.id)
+        match ended.person {
+            Some(person) => {
+                let reason = LeaveReason::Leave;
+                self.shared.observer.left(
+                    &room,
+                    person.id.clone(),
+                    &person.name,
+                    reason,
+                    Some(event),
+                );
+                Ok(person.id)
+            }
+            None => id.ok_or(TokenError::Unknown),
+        }
     }
 }
 
@@ -435,50 +483,57 @@ pub struct Stats {
 }
 
 impl Shared<Local> {
-    /// Takes the user whose `new_user` is `seq` offline and forgets their
-    /// deadline; tells the rooms if no one is left.
-    fn take_offline(
+    /// Ends the membership `member` and forgets its deadline; tells the rooms
+    /// if no one is left.
+    fn end_member(
         &self,
         state: &mut State<Local>,
-        seq: EventId,
-    ) -> Option<User<Option<Deadline>>> {
-        let user = state.remove(seq)?;
-        if let Some((deadline, _)) = user.own {
-            state.own.remove(&(deadline, seq));
+        member: TokenKey,
+    ) -> Option<Ended<Option<Deadline>>> {
+        let ended = state.end_member(member)?;
+        if let Some((deadline, _)) = ended.member.own {
+            state.own.remove(&(deadline, member));
         }
         if let Some(emptied) = self
             .kind
             .emptied
             .as_ref()
-            .filter(|_| state.users.is_empty())
+            .filter(|_| state.people.is_empty())
         {
             emptied.room(&state.room);
         }
-        Some(user)
+        Some(ended)
     }
 
-    /// Takes offline everyone whose deadline has passed; returns the next deadline.
+    /// Ends every membership whose deadline has passed (and takes offline
+    /// the people left with none); returns the next deadline.
     fn expire(&self, now: Instant) -> Option<Instant> {
         let mut gone = Vec::new();
         let mut state = self.lock();
         let next = loop {
-            let Some(&(when, seq)) = state.own.first() else {
+            let Some(&(when, member)) = state.own.first() else {
                 break None;
             };
             if when > now {
                 break Some(when);
             }
             state.own.pop_first();
-            if let Some(user) = self.take_offline(&mut state, seq) {
-                let reason = user.own.map_or(LeaveReason::GraceExpired, |(_, why)| why);
-                gone.push((user, reason, state.latest));
+            let Some(ended) = self.end_member(&mut state, member) else {
+                continue;
+            };
+            if let Some(person) = ended.person {
+                let reason = ended
+                    .member
+                    .own
+                    .map_or(LeaveReason::GraceExpired, |(_, why)| why);
+                gone.push((person, reason, state.latest));
             }
         };
         let room = state.room.clone();
         drop(state);
-        for (user, reason, event) in gone {
+        for (person, reason, event) in gone {
             self.observer
-                .left(&room, user.id, &user.name, reason, Some(event));
+                .left(&room, person.id, &person.name, reason, Some(event));
         }
         next
     }

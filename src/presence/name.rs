@@ -67,35 +67,67 @@ impl fmt::Display for Name {
     }
 }
 
-/// A user's public id: a random UUID v4, safe to show to everyone.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(uuid::Uuid);
+/// The most characters a person's id from a signed join (`sub`) may have.
+pub const MAX_ID_CHARS: usize = 64;
+
+/// Why a signed join's person id (`sub`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("the person's id (sub) is empty")]
+    Empty,
+    #[error("the person's id (sub) is {0} characters long, above 64")]
+    TooLong(usize),
+    #[error("the person's id (sub) contains a space or a control character")]
+    Space,
+}
+
+/// A person's public id, safe to show to everyone: a random UUID v4 for an
+/// open join, or the site's own id for the person (`sub`) for a signed one.
+/// Cheap to clone: the text is shared.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
 
 impl UserId {
     pub(crate) fn random() -> UserId {
-        UserId(uuid::Uuid::new_v4())
+        UserId(Arc::from(uuid::Uuid::new_v4().hyphenated().to_string()))
     }
 
     /// No one's id: the user of an event that is about no one.
     pub(crate) fn nil() -> UserId {
-        UserId(uuid::Uuid::nil())
+        UserId(Arc::from(""))
     }
 
-    /// Reads an id as [`fmt::Display`] writes it (from another node, through Redis).
-    pub fn parse(text: &str) -> Option<UserId> {
-        uuid::Uuid::try_parse(text).ok().map(UserId)
+    /// A person's id as a site gives it (`sub`): 1 to 64 characters, none of
+    /// them a space or a control character, so that it reads the same in a
+    /// list, a log line and a Redis key.
+    pub fn parse(text: &str) -> Result<UserId, IdError> {
+        let chars = text.chars().count();
+        if chars == 0 {
+            return Err(IdError::Empty);
+        }
+        if chars > MAX_ID_CHARS {
+            return Err(IdError::TooLong(chars));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(IdError::Space);
+        }
+        Ok(UserId(Arc::from(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Debug::fmt(&*self.0, f)
     }
 }
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
+        f.write_str(&self.0)
     }
 }
 
@@ -152,7 +184,7 @@ impl Token {
 /// neither the timing of a lookup (which compares keys byte by byte) nor the
 /// lobby's memory gives away a token: a guess that shares a key's first bytes
 /// says nothing about the token's.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenKey([u8; 32]);
 
 impl TokenKey {
@@ -289,7 +321,14 @@ mod tests {
         assert_eq!(TokenKey::from_hex("zz"), None);
         assert_eq!(TokenKey::from_hex(&"g".repeat(64)), None);
         let id = UserId::random();
-        assert_eq!(UserId::parse(&id.to_string()), Some(id));
-        assert_eq!(UserId::parse("not an id"), None);
+        assert_eq!(UserId::parse(&id.to_string()), Ok(id));
+        assert_eq!(
+            UserId::parse("user-42@example.com").map(|id| id.to_string()),
+            Ok("user-42@example.com".to_owned())
+        );
+        assert_eq!(UserId::parse(""), Err(IdError::Empty));
+        assert_eq!(UserId::parse("two words"), Err(IdError::Space));
+        assert_eq!(UserId::parse(&"x".repeat(65)), Err(IdError::TooLong(65)));
+        assert!(UserId::parse(&"山".repeat(64)).is_ok());
     }
 }

@@ -60,24 +60,28 @@ impl Kind for Replicated {
     type Stream = u64;
     type Rooms = Following;
 
-    fn opened(state: &mut State<Replicated>, seq: EventId, stream: u64) {
-        if let Some(user) = state.users.get_mut(&seq) {
-            user.own.push(stream);
+    fn opened(state: &mut State<Replicated>, member: TokenKey, stream: u64) {
+        if let Some(member) = state.members.get_mut(&member) {
+            member.own.push(stream);
         }
     }
 
     fn closed(
         shared: &Shared<Replicated>,
         mut state: MutexGuard<'_, State<Replicated>>,
-        seq: EventId,
+        member: TokenKey,
         stream: u64,
     ) {
-        let Some(user) = state.users.get_mut(&seq) else {
+        let Some(member) = state.members.get_mut(&member) else {
             return;
         };
-        user.own.retain(|&id| id != stream);
+        member.own.retain(|&id| id != stream);
+        let seq = member.person;
+        let Some(person) = state.people.get(&seq) else {
+            return;
+        };
         let closed = StreamKey {
-            user: user.id,
+            user: person.id.clone(),
             stream,
         };
         // An error only means the cluster is gone (the lobby is stopping).
@@ -86,7 +90,7 @@ impl Kind for Replicated {
 }
 
 /// One stream a cluster opened on this node: whose, and the cluster's id for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamKey {
     pub user: UserId,
     pub stream: u64,
@@ -231,15 +235,16 @@ impl Replicas {
                 if let Some(waiting) = self.joins().remove(&user) {
                     let _ = waiting.send(state.users_json());
                 }
-                state.publish_at(id, EventKind::NewUser, user, &name);
-                state.add(id, user, name, token, Vec::new());
+                state.publish_at(id, EventKind::NewUser, user.clone(), &name);
+                state.add_person(id, user, name);
+                state.add_member(id, token, Vec::new());
             }
             Change::Left { user, name, joined } => {
                 // A room unknown here cannot have a leave, in order.
                 if let Some(replica) = rooms.get(&room) {
                     let mut state = replica.shared.lock();
                     if state
-                        .users
+                        .people
                         .get(&joined)
                         .is_some_and(|known| known.id == user)
                     {
@@ -248,7 +253,7 @@ impl Replicas {
                     // Even for a user not known here (it cannot happen in
                     // order): the event is still the log's, every stream gets it.
                     state.publish_at(id, EventKind::DisconnectUser, user, &name);
-                    if state.users.is_empty() {
+                    if state.people.is_empty() {
                         self.shared.emptied.room(&room);
                     }
                 }
@@ -312,8 +317,8 @@ impl Replicas {
     }
 
     /// Forgets a join that [`expect_join`](Self::expect_join) waited for.
-    pub fn forget_join(&self, user: UserId) {
-        self.joins().remove(&user);
+    pub fn forget_join(&self, user: &UserId) {
+        self.joins().remove(user);
     }
 
     /// Opens a stream, numbered `stream` by the cluster, for the user of
@@ -372,16 +377,17 @@ impl Replica {
         let latest = latest.or(newest).unwrap_or(state.latest);
         let floor = floor.unwrap_or(latest);
         let mut streams: HashMap<TokenKey, (u8, Vec<u64>)> = state
-            .users
-            .values_mut()
-            .filter(|user| user.streams > 0)
-            .map(|user| {
-                let ids = std::mem::take(&mut user.own);
-                (user.token, (user.streams, ids))
+            .members
+            .iter_mut()
+            .filter(|(_, member)| member.streams > 0)
+            .map(|(key, member)| {
+                let ids = std::mem::take(&mut member.own);
+                (*key, (member.streams, ids))
             })
             .collect();
-        state.users.clear();
-        state.tokens.clear();
+        state.people.clear();
+        state.by_id.clear();
+        state.members.clear();
         state.roster = Roster::default();
         state.history = History::new(self.shared.config.history_len(), floor);
         for Entry { id, change, .. } in history {
@@ -397,36 +403,39 @@ impl Replica {
         for online in users {
             let (count, ids) = streams.remove(&online.token).unwrap_or_default();
             let seq = online.joined;
-            state.add(seq, online.user, online.name, online.token, ids);
-            if let Some(user) = state.users.get_mut(&seq) {
-                user.streams = count;
+            if !state.people.contains_key(&seq) {
+                state.add_person(seq, online.user, online.name);
+            }
+            state.add_member(seq, online.token, ids);
+            if let Some(member) = state.members.get_mut(&online.token) {
+                member.streams = count;
             }
         }
         let users = state.users_json();
         let reset = Event::reset(&state.room, latest, users);
         state.outlet.send(reset);
-        state.users.is_empty()
+        state.people.is_empty()
     }
 
-    /// The user holding `token`, as far as this room knows.
+    /// The person holding `token`, as far as this room knows.
     fn user_of(&self, token: &Token) -> Option<UserView> {
-        let key = token.key();
         let state = self.shared.lock();
-        let seq = state.tokens.get(&key)?;
+        let member = state.members.get(&token.key())?;
         state
-            .users
-            .get(seq)
-            .map(|user| UserView::new(user.id, &user.name))
+            .people
+            .get(&member.person)
+            .map(|person| UserView::new(person.id.clone(), &person.name))
     }
 
     fn open_streams(&self) -> Vec<StreamKey> {
         let state = self.shared.lock();
         state
-            .users
+            .members
             .values()
-            .flat_map(|user| {
-                user.own.iter().map(|&stream| StreamKey {
-                    user: user.id,
+            .filter_map(|member| Some((state.people.get(&member.person)?, member)))
+            .flat_map(|(person, member)| {
+                member.own.iter().map(|&stream| StreamKey {
+                    user: person.id.clone(),
                     stream,
                 })
             })
@@ -436,13 +445,15 @@ impl Replica {
     fn known(&self) -> Vec<Known> {
         let state = self.shared.lock();
         state
-            .users
+            .people
             .values()
-            .map(|user| Known {
-                room: state.room.clone(),
-                user: user.id,
-                name: user.name.clone(),
-                token: user.token,
+            .flat_map(|person| {
+                person.members.iter().map(|&token| Known {
+                    room: state.room.clone(),
+                    user: person.id.clone(),
+                    name: person.name.clone(),
+                    token,
+                })
             })
             .collect()
     }
@@ -499,7 +510,7 @@ mod tests {
         /// Their `new_user`: entry and id `at`, or as `(entry, id)`.
         fn joined(&self, at: impl Into<At>) -> Entry {
             let change = Change::Joined {
-                user: self.user,
+                user: self.user.clone(),
                 name: self.name.clone(),
                 token: self.token.key(),
             };
@@ -509,7 +520,7 @@ mod tests {
         /// Their `disconnect_user` at `at`; their `new_user` was `joined`.
         fn left(&self, at: impl Into<At>, joined: EventId) -> Entry {
             let change = Change::Left {
-                user: self.user,
+                user: self.user.clone(),
                 name: self.name.clone(),
                 joined,
             };
@@ -520,7 +531,7 @@ mod tests {
             Online {
                 joined,
                 room: self.room.clone(),
-                user: self.user,
+                user: self.user.clone(),
                 name: self.name.clone(),
                 token: self.token.key(),
             }
@@ -647,7 +658,7 @@ mod tests {
         let elsewhere = Someone::in_room("cy", room("ops"));
         replicas.apply(ann.joined(1)).expect("in order");
         replicas.apply(elsewhere.joined(2)).expect("in order");
-        let before = replicas.expect_join(bob.user);
+        let before = replicas.expect_join(bob.user.clone());
         replicas.apply(bob.joined(3)).expect("in order");
         let users = before.await.expect("the join's event came");
         assert_eq!(people_in_json(&users), [ann.person()]);
@@ -666,7 +677,7 @@ mod tests {
         let first = ann.open(&replicas, None, 7);
         let second = ann.open(&replicas, None, 8);
         let key = |stream| StreamKey {
-            user: ann.user,
+            user: ann.user.clone(),
             stream,
         };
         assert_eq!(replicas.open_streams(), [key(7), key(8)]);
@@ -753,7 +764,7 @@ mod tests {
             user: ann.user,
             stream: 1,
         };
-        assert_eq!(replicas.open_streams(), [ann_key]);
+        assert_eq!(replicas.open_streams(), std::slice::from_ref(&ann_key));
         drop(ann_stream);
         drop(bob_stream);
         drop(dee_stream);

@@ -223,8 +223,14 @@ impl Rooms {
         RoomsOf::with(config, max_rooms, Arc::new(observer), ())
     }
 
-    /// Adds a user to `room`, making the room if it is not there.
-    pub fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
+    /// Adds a user to `room`, making the room if it is not there: a
+    /// membership of `person` (a signed join's `sub`), or someone new.
+    pub fn join(
+        &self,
+        room: &RoomName,
+        person: Option<UserId>,
+        name: Name,
+    ) -> Result<Joined, JoinError> {
         let mut rooms = self.shared.lock();
         let made = !rooms.contains_key(room);
         if made && rooms.len() >= self.shared.max_rooms {
@@ -234,7 +240,7 @@ impl Rooms {
             .entry(room.clone())
             .or_insert_with(|| self.make(room))
             .clone();
-        let joined = presence.join(name);
+        let joined = presence.join_as(person, name);
         if joined.is_err() && made {
             rooms.remove(room);
         }

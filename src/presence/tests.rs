@@ -576,7 +576,7 @@ async fn leaving_publishes_one_disconnect_user_to_everyone_including_the_leaver(
 
     let left = presence.leave(&alice.token);
 
-    assert_eq!(left, Ok(alice.id));
+    assert_eq!(left, Ok(alice.id.clone()));
     for stream in [&mut watching, &mut own] {
         let frames = pending(stream);
         assert_eq!(frames.len(), 1);
@@ -904,4 +904,74 @@ async fn every_user_gets_exactly_one_new_user_and_one_disconnect_user() {
     }
     assert_eq!(seen.len(), 2 * joined.len(), "no event about anyone else");
     assert_eq!(people(&presence.users()), vec![person_of(&watcher)]);
+}
+
+// ---------------------------------------------------------------------------
+// One person, several memberships (signed joins)
+// ---------------------------------------------------------------------------
+
+fn id(raw: &str) -> UserId {
+    UserId::parse(raw).expect("a valid id")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_person_s_memberships_are_one_entry_announced_once_and_gone_with_the_last() {
+    let presence = timed_lobby();
+    let watcher = join(&presence, "watcher");
+    let mut sees = subscribe(&presence, &watcher);
+    pending(&mut sees);
+
+    let tab = presence
+        .join_as(Some(id("u1")), name("Ada"))
+        .expect("joined");
+    let other = presence
+        .join_as(Some(id("u1")), name("Ada, renamed"))
+        .expect("joined");
+    assert_eq!((tab.id.clone(), other.id.clone()), (id("u1"), id("u1")));
+    assert_eq!(
+        other.name,
+        name("Ada"),
+        "the person keeps the name they came with"
+    );
+    let frames = pending(&mut sees);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].event, "new_user");
+    assert_eq!(presence.stats().users, 2, "the watcher and Ada");
+
+    let mut tab_stream = subscribe(&presence, &tab);
+    let mut other_stream = subscribe(&presence, &other);
+    pending(&mut other_stream);
+    assert_eq!(presence.leave(&tab.token), Ok(id("u1")));
+    let mut batch = Vec::new();
+    assert_eq!(tab_stream.read_waiting(&mut batch, 16), Waiting::Left);
+    assert_eq!(other_stream.read_waiting(&mut batch, 16), Waiting::Open);
+    assert_eq!(sees.read_waiting(&mut batch, 16), Waiting::Open);
+    assert!(batch.is_empty(), "no one is told of a tab that went");
+
+    // The other tab's stream closes: she goes once grace has passed.
+    drop(other_stream);
+    drop(tab_stream);
+    sleep(GRACE + Duration::from_millis(1)).await;
+    let frames = pending(&mut sees);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].event, "disconnect_user");
+    assert_eq!(person(&frames[0].data), ("u1".to_owned(), "Ada".to_owned()));
+}
+
+#[tokio::test]
+async fn a_full_room_takes_another_membership_of_someone_in_it_but_no_one_new() {
+    let presence = Presence::new(PresenceConfig {
+        max_users: 1,
+        ..PresenceConfig::default()
+    });
+    presence
+        .join_as(Some(id("u1")), name("Ada"))
+        .expect("joined");
+    presence
+        .join_as(Some(id("u1")), name("Ada"))
+        .expect("she is in already");
+    assert_eq!(
+        presence.join_as(Some(id("u2")), name("Bob")).map(|j| j.id),
+        Err(JoinError::Full(1))
+    );
 }
