@@ -96,6 +96,18 @@ async fn a_good_ticket_joins_as_its_sub_and_name_and_a_name_beside_it_is_ignored
         users_in(&stream.next_event().await),
         [person("user-42", "Ada Lovelace"), person("user-7", "Bob")]
     );
+
+    // An id is the site's text, escaped like a name wherever it goes.
+    let odd = r#"q"\<b>x</b>"#;
+    join_with(&server, &mint(odd, "Cy")).await;
+    let event = stream.next_event().await;
+    assert_eq!(user_in(&event), person(odd, "Cy"));
+    assert_eq!(server.users().await[2], person(odd, "Cy"));
+    let page = server.get_text("/").await;
+    assert!(
+        page.contains("data-user-id=\"q&quot;\\&lt;b&gt;x&lt;/b&gt;\""),
+        "{page}"
+    );
 }
 
 #[tokio::test]

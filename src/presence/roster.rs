@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::io::Write;
 
 use bytes::Bytes;
 
@@ -78,8 +77,11 @@ fn encode<'a>(users: impl Iterator<Item = (&'a UserId, &'a Name)>) -> Bytes {
         if index > 0 {
             out.push(b',');
         }
-        let _ = write!(out, "{{\"id\":\"{id}\",\"name\":");
+        // A signed join's id is the site's text: it is escaped as a name is.
         // Writing JSON into a Vec cannot fail.
+        out.extend_from_slice(b"{\"id\":");
+        let _ = serde_json::to_writer(&mut out, id.as_str());
+        out.extend_from_slice(b",\"name\":");
         let _ = serde_json::to_writer(&mut out, name.as_str());
         out.push(b'}');
     }
@@ -159,5 +161,21 @@ mod tests {
         let mut fixture = Fixture::new();
         fixture.add(1, "a\"b\\c</script>");
         assert_eq!(fixture.names(), ["a\"b\\c</script>"]);
+    }
+
+    #[test]
+    fn a_site_s_id_is_escaped_as_a_json_string_too() {
+        let mut fixture = Fixture::new();
+        let id = UserId::parse("a\"b\\c</script>").expect("a valid id");
+        let name = Name::parse("x").expect("valid name");
+        fixture.users.insert(1, (id, name));
+        fixture.roster.added(1);
+        let users = &fixture.users;
+        let json = fixture
+            .roster
+            .json(|range| users.range(range).map(|(_, (id, name))| (id, name)));
+        let list: serde_json::Value =
+            serde_json::from_slice(&json.to_bytes()).expect("a JSON array");
+        assert_eq!(list[0]["id"], "a\"b\\c</script>");
     }
 }
