@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use crate::cluster::{Cluster, Health};
 use crate::presence::{
     Event, EventId, JoinError, Joined, Name, Pieces, PresenceConfig, RoomCount, RoomName, Rooms,
-    Stats, Subscription, Token, TokenError, UserId, UserView,
+    Stats, Subscription, Token, TokenError, UserId, UserState, UserView,
 };
 
 /// Cheap to clone: every clone is a handle to the same lobby.
@@ -44,12 +44,26 @@ impl Backend {
         room: &RoomName,
         person: Option<UserId>,
         name: Name,
+        state: Option<UserState>,
     ) -> Result<Joined, JoinError> {
         match self {
-            Backend::Local(rooms) => rooms.join(room, person, name),
+            Backend::Local(rooms) => rooms.join(room, person, name, state),
             // A cluster takes open joins only (`Config::tickets` refuses
             // `--join-secret` with `--redis`), so there is no person to pass.
             Backend::Cluster(cluster) => cluster.join(room, name).await,
+        }
+    }
+
+    /// Sets the state of the person of `room` holding `token`.
+    pub async fn set_state(
+        &self,
+        room: &RoomName,
+        token: &Token,
+        state: UserState,
+    ) -> Result<(), TokenError> {
+        match self {
+            Backend::Local(rooms) => rooms.set_state(room, token, state),
+            Backend::Cluster(cluster) => cluster.set_state(room, token, state).await,
         }
     }
 

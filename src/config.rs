@@ -77,6 +77,15 @@ pub struct Config {
     #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "20", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_burst: NonZeroU32,
 
+    /// State updates (POST /state) each token may make per second, on
+    /// average; past that (and the burst) an update gets 429 with Retry-After.
+    #[arg(long, env = "LOBBY_STATE_RATE", default_value = "5", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
+    pub state_rate: NonZeroU32,
+
+    /// State updates a token may make at once before the rate applies.
+    #[arg(long, env = "LOBBY_STATE_BURST", default_value = "10", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
+    pub state_burst: NonZeroU32,
+
     /// Take each client's address from the last X-Forwarded-For entry, which
     /// the proxy in front of lobby wrote. Only behind a proxy you run: anyone
     /// else can write that header.

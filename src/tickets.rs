@@ -14,7 +14,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::presence::{IdError, Name, NameError, RoomName, UserId};
+use crate::presence::{IdError, Name, NameError, RoomName, StateError, UserId, UserState};
 
 /// How far the site's clock and lobby's may disagree, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -32,11 +32,12 @@ impl std::fmt::Debug for Tickets {
     }
 }
 
-/// Who a good ticket says is joining.
+/// Who a good ticket says is joining, and what they are doing if it says.
 #[derive(Debug)]
 pub struct Ticket {
     pub person: UserId,
     pub name: Name,
+    pub state: Option<UserState>,
 }
 
 /// The claims lobby reads; `exp` and `nbf` are checked by `jsonwebtoken`.
@@ -46,6 +47,7 @@ struct Claims {
     name: String,
     room: Option<String>,
     iat: Option<u64>,
+    state: Option<serde_json::Value>,
 }
 
 /// Why a join's ticket was refused, as the person or site reading it needs it.
@@ -79,6 +81,8 @@ pub enum TicketError {
     OtherRoom(String),
     #[error("The ticket's name is not a valid name: {0}")]
     BadName(NameError),
+    #[error("The ticket's state is not a valid state: {0}")]
+    BadState(StateError),
 }
 
 impl Tickets {
@@ -116,7 +120,17 @@ impl Tickets {
         }
         let person = UserId::parse(&claims.sub).map_err(TicketError::BadPerson)?;
         let name = Name::parse(&claims.name).map_err(TicketError::BadName)?;
-        Ok(Ticket { person, name })
+        let state = claims
+            .state
+            .as_ref()
+            .map(UserState::from_value)
+            .transpose()
+            .map_err(TicketError::BadState)?;
+        Ok(Ticket {
+            person,
+            name,
+            state,
+        })
     }
 }
 

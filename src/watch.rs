@@ -58,6 +58,9 @@ pub enum WatchError {
 pub struct User {
     pub id: String,
     pub name: String,
+    /// What they are doing, once they said (`POST /state`).
+    #[serde(default)]
+    pub state: Option<serde_json::Value>,
 }
 
 /// A stream silent for this long (no event, no keep-alive comment) is taken for
@@ -194,6 +197,11 @@ async fn follow(
                         roster.remove(&user.id, out)?;
                     }
                 }
+                "user_updated" => {
+                    if let Ok(user) = serde_json::from_str(&event.data) {
+                        roster.update(user, out)?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -294,6 +302,23 @@ impl Roster {
         out.line(&format!("+ {}", self.label(&user)))?;
         self.users.push(user);
         Ok(())
+    }
+
+    /// `~ alice away`: the state's `status` when it is a string, otherwise
+    /// the state as JSON.
+    fn update(&mut self, user: User, out: &mut Printer<impl Write>) -> std::io::Result<()> {
+        let Some(known) = self.users.iter_mut().find(|known| known.id == user.id) else {
+            return Ok(());
+        };
+        known.state.clone_from(&user.state);
+        let state = match &user.state {
+            Some(serde_json::Value::Object(fields)) => match fields.get("status") {
+                Some(serde_json::Value::String(status)) => status.clone(),
+                _ => serde_json::Value::Object(fields.clone()).to_string(),
+            },
+            _ => return Ok(()),
+        };
+        out.line(&format!("~ {} {}", self.label(&user), printable(&state)))
     }
 
     fn remove(&mut self, id: &str, out: &mut Printer<impl Write>) -> std::io::Result<()> {
@@ -535,6 +560,7 @@ mod tests {
         User {
             id: id.into(),
             name: name.into(),
+            state: None,
         }
     }
 
@@ -563,6 +589,26 @@ mod tests {
         assert!(parse_url("ftp://example.com/").is_err());
         assert!(parse_url("http://").is_err());
         assert!(parse_url("http://example.com/?token=1").is_err());
+    }
+
+    #[test]
+    fn a_state_change_prints_a_tilde_line_with_its_status() {
+        let text = printed(|out| {
+            let mut roster = Roster::new(None);
+            roster
+                .replace(vec![user("1", "alice")], out)
+                .expect("printed");
+            let mut away = user("1", "alice");
+            away.state = Some(serde_json::json!({"status": "away"}));
+            roster.update(away, out).expect("printed");
+            let mut typing = user("1", "alice");
+            typing.state = Some(serde_json::json!({"typing": true}));
+            roster.update(typing, out).expect("printed");
+        });
+        assert_eq!(
+            text,
+            "1 online:\n  alice\n~ alice away\n~ alice {\"typing\":true}\n"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 // token). A room's page (/rooms/NAME, body data-room) uses that room's routes.
 // With signed joins (lobby --join-secret) the page has no form: the site that
 // embeds lobby joins its people, and this page only watches.
-// Names are always set with textContent, never as HTML.
+// Names are always set with textContent, never as HTML. A joined page whose
+// tab stays hidden for AWAY_AFTER_MS sets its state to {"status":"away"}
+// (POST /state), and back to {} when shown; an away person's box is dimmed.
 "use strict";
 
 const ROOM = document.body.dataset.room;
@@ -33,6 +35,11 @@ let rejoinTimer = null; // a rejoin waiting to happen
 let rejoinDelay = 1000;
 let leaving = false; // the page is being unloaded: nothing more may start
 
+// How long a joined page's tab stays hidden before its person is away.
+const AWAY_AFTER_MS = 5000;
+let awayTimer = null; // the hidden tab's wait before it says "away"
+let away = false; // whether this page said "away" and has not said it is back
+
 // A browser closes the stream as it unloads the page, before "pagehide"; a
 // refused stream and an unloading page look the same at that moment, so a
 // rejoin waits this long, and unloading cancels it.
@@ -49,7 +56,16 @@ function hueOf(id) {
 function decorate(element) {
   element.style.setProperty("--hue", String(hueOf(element.dataset.userId)));
   element.classList.toggle("me", me !== null && element.dataset.userId === me.id);
-  element.title = element.classList.contains("me") ? "you" : "";
+  const says = [];
+  if (element.classList.contains("me")) says.push("you");
+  if (element.classList.contains("away")) says.push("away");
+  element.title = says.join(", ");
+}
+
+// A person's state, as far as the page shows it: away, or not.
+function showState(element, state) {
+  element.classList.toggle("away", state?.status === "away");
+  decorate(element);
 }
 
 function box(user) {
@@ -57,7 +73,7 @@ function box(user) {
   element.className = "user";
   element.dataset.userId = user.id;
   element.textContent = user.name;
-  decorate(element);
+  showState(element, user.state);
   return element;
 }
 
@@ -86,6 +102,11 @@ function addUser(user) {
 function removeUser(id) {
   boxOf(id)?.remove();
   showCount();
+}
+
+function updateUser(user) {
+  const element = boxOf(user.id);
+  if (element) showState(element, user.state);
 }
 
 // ---- joining and leaving ----
@@ -131,6 +152,7 @@ function listen() {
   source.addEventListener("open", () => showStatus(`You are ${me.name}.`));
   source.addEventListener("existing_users", (event) => replaceUsers(JSON.parse(event.data).users));
   source.addEventListener("new_user", (event) => addUser(JSON.parse(event.data)));
+  source.addEventListener("user_updated", (event) => updateUser(JSON.parse(event.data)));
   source.addEventListener("disconnect_user", (event) => {
     const user = JSON.parse(event.data);
     if (me !== null && user.id === me.id) notJoined(); // we were made to leave
@@ -194,6 +216,7 @@ function startWatching() {
   watching = watcher;
   watcher.addEventListener("existing_users", (event) => replaceUsers(JSON.parse(event.data).users));
   watcher.addEventListener("new_user", (event) => addUser(JSON.parse(event.data)));
+  watcher.addEventListener("user_updated", (event) => updateUser(JSON.parse(event.data)));
   watcher.addEventListener("disconnect_user", (event) => removeUser(JSON.parse(event.data).id));
   watcher.addEventListener("error", () => {
     if (watching !== watcher || watcher.readyState !== EventSource.CLOSED) return;
@@ -208,6 +231,35 @@ function stopWatching() {
   if (watching !== null) watching.close();
   watching = null;
 }
+
+// ---- away while the tab is hidden ----
+
+async function sayState(state) {
+  if (me === null) return;
+  try {
+    await fetch(`${BASE}/state`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${me.token}` },
+      body: JSON.stringify(state),
+    });
+  } catch {
+    // Not reachable now: the next change of visibility says it again.
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  clearTimeout(awayTimer);
+  awayTimer = null;
+  if (document.visibilityState === "hidden") {
+    awayTimer = setTimeout(() => {
+      away = true;
+      sayState({ status: "away" });
+    }, AWAY_AFTER_MS);
+  } else if (away) {
+    away = false;
+    sayState({});
+  }
+});
 
 // ---- wiring ----
 

@@ -158,6 +158,63 @@ async fn a_name_that_looks_like_markup_shows_as_text_and_runs_nothing() {
     }
 }
 
+/// The page's tab hidden (emulated: the page is told its document is hidden,
+/// as a browser tells it when another tab is in front) for the page's away
+/// delay: its box shows as away on the other page, and not once it is shown.
+#[tokio::test]
+async fn a_page_whose_tab_stays_hidden_shows_as_away_on_the_other_page_and_back_when_shown() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = driver.person().await;
+    let bob = driver.person().await;
+    alice.open(&server).await;
+    bob.open(&server).await;
+    alice.join("alice").await;
+    bob.join("bob").await;
+    let alice_is = |away: bool| {
+        move |view: &View| {
+            view.boxes
+                .iter()
+                .any(|user| user.name == "alice" && user.away == away)
+        }
+    };
+    bob.wait_until(WAIT, "alice, not away", alice_is(false))
+        .await;
+
+    alice
+        .execute(SET_VISIBILITY.replace("STATE", "hidden").as_str())
+        .await;
+    // The page's away delay is 5 s.
+    bob.wait_until(Duration::from_secs(15), "alice away", alice_is(true))
+        .await;
+    let users: Value = server
+        .client
+        .get(server.url("/users"))
+        .send()
+        .await
+        .expect("GET /users")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        users["users"][0]["state"],
+        serde_json::json!({"status": "away"})
+    );
+
+    alice
+        .execute(SET_VISIBILITY.replace("STATE", "visible").as_str())
+        .await;
+    bob.wait_until(WAIT, "alice back", alice_is(false)).await;
+}
+
+/// Makes the page's document say it is STATE (hidden or visible) and tells it so.
+const SET_VISIBILITY: &str = r#"
+    Object.defineProperty(document, "visibilityState", { value: "STATE", configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+"#;
+
 #[tokio::test]
 async fn a_page_left_open_stays_online_for_longer_than_the_grace_period() {
     let Some(driver) = Chromedriver::start_or_skip().await else {
@@ -543,6 +600,8 @@ struct UserBox {
     id: String,
     name: String,
     me: bool,
+    /// Shown as away (dimmed).
+    away: bool,
 }
 
 const READ_VIEW: &str = r#"
@@ -552,6 +611,7 @@ const READ_VIEW: &str = r#"
             id: element.dataset.userId,
             name: element.textContent,
             me: element.classList.contains("me"),
+            away: element.classList.contains("away"),
         })),
         count: document.getElementById("count").textContent,
         images: list.querySelectorAll("img").length,

@@ -381,3 +381,45 @@ async fn the_readme_s_python_example_mints_a_ticket_lobby_takes() {
         ("42", "Ada Lovelace")
     );
 }
+
+/// A ticket may say what the person is doing (`state`); either of their
+/// tabs may change it, and the last change from any of them wins.
+#[tokio::test]
+async fn a_ticket_s_state_shows_at_once_and_any_of_a_person_s_tabs_may_change_it() {
+    let server = signed(&[]).await;
+    let (_, mut watcher) = watcher_of(&server).await;
+    let claims =
+        json!({"sub": "u1", "name": "Ada", "state": {"status": "busy"}, "exp": now() + 60});
+    let first = join_with(&server, &mint_with(SECRET, Algorithm::HS256, &claims)).await;
+    let event = watcher.next_event().await;
+    let data: Value = serde_json::from_str(&event.data).expect("JSON");
+    assert_eq!(
+        data,
+        json!({"id": "u1", "name": "Ada", "state": {"status": "busy"}})
+    );
+
+    let second = join_with(&server, &mint("u1", "Ada")).await;
+    for (token, status) in [(&second.token, "away"), (&first.token, "here")] {
+        let response = server
+            .client
+            .post(server.url("/state"))
+            .bearer_auth(token)
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .expect("POST /state");
+        assert_eq!(response.status(), 204);
+        let event = watcher.next_event().await;
+        assert_eq!(event.event, "user_updated");
+        let data: Value = serde_json::from_str(&event.data).expect("JSON");
+        assert_eq!(data["state"], json!({ "status": status }));
+    }
+
+    let bad = json!({"sub": "u2", "name": "Bob", "state": ["away"], "exp": now() + 60});
+    let refused = post_ticket(
+        &server,
+        json!({"ticket": mint_with(SECRET, Algorithm::HS256, &bad)}),
+    );
+    let sentence = assert_error(refused.await, 422).await;
+    assert!(sentence.contains("state"), "{sentence}");
+}

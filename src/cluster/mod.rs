@@ -47,9 +47,9 @@ use crate::observe::Observer;
 use crate::presence::{
     Event, EventId, JoinError, Joined, LeaveReason, MAX_STREAMS_PER_USER, Name, Observe, Pieces,
     PresenceConfig, Replicas, RoomCount, RoomName, Stats, StreamKey, Subscription, Token,
-    TokenError, UserId, UserView,
+    TokenError, UserId, UserState, UserView,
 };
-use store::{Joining, Limits, Member, Opening, Store};
+use store::{Joining, Limits, Member, Opening, Store, Updating};
 
 /// How long a request waits for this node to apply an event it knows exists.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -225,6 +225,37 @@ impl Cluster {
             Ok(None) => Err(TokenError::Unknown),
             Err(err) => {
                 tracing::warn!("leave not recorded: {err}");
+                Err(TokenError::Unavailable)
+            }
+        }
+    }
+
+    /// Sets the state of the user of `room` holding `token`, once this node
+    /// has caught up, and waits until its `user_updated` is applied here.
+    pub async fn set_state(
+        &self,
+        room: &RoomName,
+        token: &Token,
+        state: UserState,
+    ) -> Result<(), TokenError> {
+        self.sync().await;
+        let user = self.shared.presence.user_of(room, token)?;
+        match self
+            .shared
+            .store
+            .update(&user.id, token.key(), &state)
+            .await
+        {
+            Ok(Updating::Updated(seq, event)) => {
+                self.shared.presence.applied(seq, CATCH_UP).await;
+                let observer = &self.shared.config.observer;
+                observer.updated(room, user.id, &user.name, &state, Some(event));
+                Ok(())
+            }
+            Ok(Updating::Same) => Ok(()),
+            Ok(Updating::Unknown) => Err(TokenError::Unknown),
+            Err(err) => {
+                tracing::warn!("state not recorded: {err}");
                 Err(TokenError::Unavailable)
             }
         }

@@ -2,6 +2,7 @@
 //! change is one Lua script (in `lua/`), so each rule holds atomically for all
 //! nodes; this file calls them and reads their answers into presence's types.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use redis::{AsyncConnectionConfig, AsyncTypedCommands, Client, RedisResult, Scri
 
 use crate::presence::{
     Change, Entry, EventId, Known, LeaveReason, Name, Online, Reload, RoomName, StreamKey,
-    TokenKey, UserId,
+    TokenKey, UserId, UserState,
 };
 
 /// The stream that holds the log.
@@ -44,6 +45,7 @@ struct Scripts {
     epoch: Script,
     state: Script,
     restore: Script,
+    update: Script,
 }
 
 /// A handle to the shared store. Cheap to clone; commands share one
@@ -73,6 +75,16 @@ pub(super) struct Member<'a> {
     pub user: UserId,
     pub token: TokenKey,
     pub name: &'a Name,
+}
+
+/// What `update` found.
+pub(super) enum Updating {
+    /// Announced: the log entry and the event's id.
+    Updated(u64, EventId),
+    /// It was their state already: nothing announced.
+    Same,
+    /// The user is not online, or the token is not theirs.
+    Unknown,
 }
 
 /// What `join` found.
@@ -120,6 +132,7 @@ impl Store {
             epoch: script!("lua/epoch.lua"),
             state: script!("lua/state.lua"),
             restore: script!("lua/restore.lua"),
+            update: script!("lua/update.lua"),
         };
         Ok(Store {
             client,
@@ -183,6 +196,33 @@ impl Store {
         match seq {
             0 => Ok(None),
             1.. => Ok(u64::try_from(seq).ok().map(|seq| (seq, id))),
+            _ => Err(too_late()),
+        }
+    }
+
+    /// Sets the state of `user` (whose token's key is `token`) and
+    /// announces it: the log entry of the `user_updated` and its id, `None`
+    /// if the user was not online, [`Updating::Same`] if it was their state.
+    pub(super) async fn update(
+        &self,
+        user: &UserId,
+        token: TokenKey,
+        state: &UserState,
+    ) -> RedisResult<Updating> {
+        let (seq, id): (i64, EventId) = self
+            .scripts
+            .update
+            .arg(self.history)
+            .arg(user.to_string())
+            .arg(token.to_hex())
+            .arg(state.as_json())
+            .arg(self.give_up_at())
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        match seq {
+            0 => Ok(Updating::Unknown),
+            -2 => Ok(Updating::Same),
+            1.. => Ok(Updating::Updated(u64::try_from(seq).unwrap_or(0), id)),
             _ => Err(too_late()),
         }
     }
@@ -374,7 +414,14 @@ impl Store {
     pub(super) async fn state(&self) -> RedisResult<(String, Reload)> {
         type Pairs = Vec<(String, String)>;
         type Entries = StreamRangeReply;
-        let (epoch, latest, rooms, users, entries): (String, u64, Pairs, Pairs, Entries) = self
+        let (epoch, latest, rooms, users, states, entries): (
+            String,
+            u64,
+            Pairs,
+            Pairs,
+            Pairs,
+            Entries,
+        ) = self
             .scripts
             .state
             .arg(self.history)
@@ -388,9 +435,19 @@ impl Store {
                     .ok_or_else(|| malformed("lobby:last"))
             })
             .collect::<RedisResult<_>>()?;
+        let states: HashMap<&str, UserState> = states
+            .iter()
+            .map(|(user, state)| {
+                let state = UserState::parse(state.as_bytes());
+                Ok((user.as_str(), state.map_err(|_| malformed("lobby:states"))?))
+            })
+            .collect::<RedisResult<_>>()?;
         let users = users
             .iter()
-            .map(|(user, entry)| parse_user(user, entry).ok_or_else(|| malformed("lobby:users")))
+            .map(|(user, entry)| {
+                let state = states.get(user.as_str()).cloned();
+                parse_user(user, entry, state).ok_or_else(|| malformed("lobby:users"))
+            })
             .collect::<RedisResult<_>>()?;
         let mut history = entries
             .ids
@@ -435,7 +492,7 @@ pub(super) async fn read_log(
 }
 
 /// `<id of new_user> <token key> <room> <name>`, as lobby:users holds each user.
-fn parse_user(user: &str, entry: &str) -> Option<Online> {
+fn parse_user(user: &str, entry: &str, state: Option<UserState>) -> Option<Online> {
     let mut parts = entry.splitn(4, ' ');
     let joined = parts.next()?.parse().ok()?;
     let token = TokenKey::from_hex(parts.next()?)?;
@@ -447,6 +504,7 @@ fn parse_user(user: &str, entry: &str) -> Option<Online> {
         user: UserId::parse(user).ok()?,
         name,
         token,
+        state,
     })
 }
 
@@ -468,8 +526,9 @@ fn leave_reason(text: &str) -> Option<LeaveReason> {
 }
 
 /// A log entry: id `<number>-0`; fields `w` (room), `i` (id in the room),
-/// `k` (kind), `u` (user), `n` (name), and `t` (token key) for a join or `s`
-/// (id of the user's new_user) for a leave.
+/// `k` (kind), `u` (user), `n` (name), and `t` (token key) for a join, `s`
+/// (id of the user's new_user) for a leave or an update, and `j` (the state)
+/// for an update.
 fn parse_entry(entry: &StreamId) -> Option<Entry> {
     let seq = entry.id.strip_suffix("-0")?.parse().ok()?;
     let field = |name: &str| entry.get::<String>(name);
@@ -487,6 +546,12 @@ fn parse_entry(entry: &StreamId) -> Option<Entry> {
             user,
             name,
             joined: field("s")?.parse().ok()?,
+        },
+        "user_updated" => Change::Updated {
+            user,
+            name,
+            joined: field("s")?.parse().ok()?,
+            state: UserState::parse(field("j")?.as_bytes()).ok()?,
         },
         _ => return None,
     };

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::limits::{AllowedSite, Client};
 use super::rooms::Room;
 use super::{ApiError, AppState};
-use crate::presence::{Joined, Name, Pieces, Token};
+use crate::presence::{Joined, Name, Pieces, Token, UserState};
 use crate::tickets::TicketError;
 
 #[derive(Deserialize)]
@@ -55,19 +55,19 @@ pub async fn join(
         BodyFormat::Json => parse_json_object(&body)?,
         BodyFormat::Form | BodyFormat::Text => parse_form(&body)?,
     };
-    let (person, name) = match &state.tickets {
+    let (person, name, user_state) = match &state.tickets {
         // A name sent beside a ticket is not the site's word: it is ignored.
         Some(tickets) => {
             let ticket = parsed.ticket.ok_or(TicketError::Missing)?;
             let ticket = tickets.check(&ticket, &room)?;
-            (Some(ticket.person), ticket.name)
+            (Some(ticket.person), ticket.name, ticket.state)
         }
-        None => (
-            None,
-            Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?,
-        ),
+        None => {
+            let name = Name::parse(&parsed.name.ok_or(ApiError::MissingName)?)?;
+            (None, name, None)
+        }
     };
-    let joined = state.presence.join(&room, person, name).await?;
+    let joined = state.presence.join(&room, person, name, user_state).await?;
     Ok((StatusCode::CREATED, json_body(join_reply(joined))))
 }
 
@@ -179,6 +179,23 @@ pub async fn leave(
         }
     };
     state.presence.leave(&room, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /state`: the token as `Authorization: Bearer`, the body a JSON
+/// object of at most 256 bytes. 204, and every stream of the room gets
+/// `user_updated` (unless it is the state already).
+pub async fn set_state(
+    _: AllowedSite,
+    Room(room): Room,
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    let token = bearer_token(request.headers()).ok_or(ApiError::MissingBearer)?;
+    state.updates.check(&token)?;
+    let (_, body) = read_body(request, &[BodyFormat::Json]).await?;
+    let user_state = UserState::parse(&body)?;
+    state.presence.set_state(&room, &token, user_state).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

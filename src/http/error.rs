@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::observe::Limit;
-use crate::presence::{JoinError, MAX_STREAMS_PER_USER, NameError, RoomNameError, TokenError};
+use crate::presence::{
+    JoinError, MAX_STREAMS_PER_USER, NameError, RoomNameError, StateError, TokenError,
+};
 use crate::tickets::TicketError;
 
 /// How long a client refused for a full lobby is told to wait.
@@ -40,6 +42,15 @@ pub enum ApiError {
     InvalidRoom(#[from] RoomNameError),
     #[error("{0}")]
     Ticket(#[from] TicketError),
+    #[error("{0}")]
+    InvalidState(#[from] StateError),
+    #[error("No token was given. Send the token from POST /join as Authorization: Bearer ….")]
+    MissingBearer,
+    #[error(
+        "Too many state updates with this token. Wait {} s before the next one.",
+        retry_after_secs(*.0)
+    )]
+    TooManyUpdates(std::time::Duration),
     #[error("The request body is larger than 4 KiB. Send only the name (or the token).")]
     BodyTooLarge,
     #[error("The request body could not be read: {0}.")]
@@ -107,9 +118,13 @@ impl ApiError {
             | ApiError::BodyUnreadable(_)
             | ApiError::MalformedQuery(_)
             | ApiError::InvalidRoom(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidName(_) | ApiError::Ticket(TicketError::BadName(_)) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::InvalidName(_)
+            | ApiError::Ticket(TicketError::BadName(_) | TicketError::BadState(_))
+            | ApiError::InvalidState(StateError::NotObject) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidState(StateError::NotJson(_)) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidState(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MissingBearer => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyUpdates(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ticket(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -169,7 +184,9 @@ impl IntoResponse for ApiError {
             ApiError::LobbyFull(_) | ApiError::TooManyConnections | ApiError::TooManyRooms(_) => {
                 Some(FULL_RETRY_AFTER_SECS)
             }
-            ApiError::TooManyJoins(wait) => Some(retry_after_secs(wait)),
+            ApiError::TooManyJoins(wait) | ApiError::TooManyUpdates(wait) => {
+                Some(retry_after_secs(wait))
+            }
             ApiError::StoreUnavailable => Some(1),
             _ => None,
         };

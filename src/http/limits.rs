@@ -1,8 +1,10 @@
 //! What one client may ask of the lobby, and who the client is: joins per
-//! address (a token bucket from governor), and which other sites' pages may
-//! use the API. (Connections open at once are the transport's: `server`.)
+//! address and state updates per token (token buckets from governor), and
+//! which other sites' pages may use the API. (Connections open at once are
+//! the transport's: `server`.)
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -15,26 +17,33 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::{ApiError, AppState};
+use crate::presence::{Token, TokenKey};
 
-/// Joins per client address: `rate` a second on average, `burst` at once.
-pub struct JoinLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+/// A bucket per key: `rate` a second on average, `burst` at once.
+pub struct Buckets<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
     clock: DefaultClock,
 }
 
-impl JoinLimiter {
-    pub fn new(rate: NonZeroU32, burst: NonZeroU32) -> JoinLimiter {
-        JoinLimiter {
+/// Joins per client address.
+pub type JoinLimiter = Buckets<IpAddr>;
+
+/// State updates per token (by its key).
+pub type StateLimiter = Buckets<TokenKey>;
+
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    pub fn new(rate: NonZeroU32, burst: NonZeroU32) -> Buckets<K> {
+        Buckets {
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             clock: DefaultClock::default(),
         }
     }
 
-    /// Takes one join from the bucket of `client`, or says how long to wait.
-    pub fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+    /// Takes one from the bucket of `key`, or says how long to wait.
+    fn take(&self, key: &K) -> Result<(), Duration> {
         self.limiter
-            .check_key(&bucket_of(client))
-            .map_err(|not_until| ApiError::TooManyJoins(not_until.wait_time_from(self.clock.now())))
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Forgets the clients whose buckets are full again, so a flood from many
@@ -47,6 +56,21 @@ impl JoinLimiter {
     #[cfg(test)]
     fn clients(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+impl JoinLimiter {
+    /// Takes one join from the bucket of `client`, or says how long to wait.
+    pub fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+        self.take(&bucket_of(client))
+            .map_err(ApiError::TooManyJoins)
+    }
+}
+
+impl StateLimiter {
+    /// Takes one update from the bucket of `token`, or says how long to wait.
+    pub fn check(&self, token: &Token) -> Result<(), ApiError> {
+        self.take(&token.key()).map_err(ApiError::TooManyUpdates)
     }
 }
 

@@ -12,6 +12,7 @@ mod metrics;
 mod page;
 mod rooms;
 
+use std::hash::Hash;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use crate::config::Config;
 use crate::observe::Observer;
 use crate::tickets::Tickets;
 use around::AroundLayer;
-use limits::{JoinLimiter, Origins, Watchers};
+use limits::{Buckets, JoinLimiter, Origins, StateLimiter, Watchers};
 
 /// Bodies larger than this are refused with 413 before they are read whole.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -45,6 +46,8 @@ pub struct Shared {
     presence: Backend,
     /// Joins per client address.
     joins: Arc<JoinLimiter>,
+    /// State updates per token.
+    updates: Arc<StateLimiter>,
     /// Watcher streams per client address.
     watchers: Watchers,
     /// Whether a client's address is the one the proxy in front names.
@@ -73,9 +76,12 @@ impl AppState {
     ) -> AppState {
         let joins = Arc::new(JoinLimiter::new(config.join_rate, config.join_burst));
         tokio::spawn(forget_idle_clients(Arc::downgrade(&joins), stop.clone()));
+        let updates = Arc::new(StateLimiter::new(config.state_rate, config.state_burst));
+        tokio::spawn(forget_idle_clients(Arc::downgrade(&updates), stop.clone()));
         AppState(Arc::new(Shared {
             presence,
             joins,
+            updates,
             watchers: Watchers::new(config.max_watchers_per_address.get()),
             trust_proxy: config.trust_proxy,
             list_rooms: config.list_rooms,
@@ -95,14 +101,17 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Now and then, forgets the join buckets of clients that have been quiet.
-async fn forget_idle_clients(joins: Weak<JoinLimiter>, stop: CancellationToken) {
+/// Now and then, forgets the buckets of clients (or tokens) that have been quiet.
+async fn forget_idle_clients<K: Hash + Eq + Clone>(
+    buckets: Weak<Buckets<K>>,
+    stop: CancellationToken,
+) {
     let mut every = tokio::time::interval(limits::FORGET_EVERY);
     every.tick().await;
     loop {
         tokio::select! {
-            _ = every.tick() => match joins.upgrade() {
-                Some(joins) => joins.forget_idle(),
+            _ = every.tick() => match buckets.upgrade() {
+                Some(buckets) => buckets.forget_idle(),
                 None => break,
             },
             () = stop.cancelled() => break,
@@ -121,11 +130,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/join", post(api::join))
         .route("/leave", post(api::leave))
+        .route("/state", post(api::set_state))
         .route("/users", get(api::users))
         .route("/events", get(events::events))
         .route("/rooms/{room}", get(page::index))
         .route("/rooms/{room}/join", post(api::join))
         .route("/rooms/{room}/leave", post(api::leave))
+        .route("/rooms/{room}/state", post(api::set_state))
         .route("/rooms/{room}/users", get(api::users))
         .route("/rooms/{room}/events", get(events::events));
     if state.list_rooms {

@@ -177,13 +177,22 @@ fn render(room: &RoomName, users: &[UserView], signed: bool) -> Markup {
                     p #status hidden {}
                     ul #users aria-live="polite" {
                         @for user in users {
-                            li.user data-user-id=(user.id) { (user.name) }
+                            li class=(if away(user) { "user away" } else { "user" })
+                                data-user-id=(user.id) { (user.name) }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Whether the page shows `user` as away: their state's `status` says so.
+fn away(user: &UserView) -> bool {
+    user.state.as_ref().is_some_and(|state| {
+        serde_json::from_str::<serde_json::Value>(state.as_json())
+            .is_ok_and(|state| state["status"] == "away")
+    })
 }
 
 #[cfg(test)]
@@ -230,10 +239,7 @@ mod tests {
         let name = Name::parse("<img src=x onerror=alert(1)>").expect("valid name");
         let page = render(
             &RoomName::lobby(),
-            &[UserView {
-                id: UserId::random(),
-                name,
-            }],
+            &[UserView::new(UserId::random(), &name)],
             false,
         )
         .into_string();

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use metrics::{Limit, Metrics, Route, SlowCause};
-pub use webhook::{Delivery, WebhookConfig, Webhooks};
+pub use webhook::{Delivery, WebhookConfig, Webhooks, What};
 
-use crate::presence::{EventId, LeaveReason, Name, Observe, RoomName, UserId};
+use crate::presence::{EventId, LeaveReason, Name, Observe, RoomName, UserId, UserState};
 
 /// Told of every join and leave this node decides, and of the streams it
 /// serves. Cheap to clone.
@@ -42,21 +42,14 @@ impl Observer {
         &self.metrics
     }
 
-    /// Queues the join (no `reason`) or leave for the webhook, if there is one.
-    fn deliver(
-        &self,
-        room: &RoomName,
-        id: UserId,
-        name: &str,
-        reason: Option<LeaveReason>,
-        event: Option<EventId>,
-    ) {
+    /// Queues the join, leave or update for the webhook, if there is one.
+    fn deliver(&self, room: &RoomName, id: UserId, name: &str, what: What, event: Option<EventId>) {
         if let Some(webhooks) = &self.webhooks {
             webhooks.send(Delivery {
                 room: room.clone(),
                 id: id.to_string(),
                 name: name.into(),
-                reason,
+                what,
                 event_id: event,
                 at: SystemTime::now(),
             });
@@ -71,7 +64,7 @@ impl Observe for Observer {
         let name = name.as_str();
         tracing::info!(%room, %id, name, "joined");
         self.metrics.joined();
-        self.deliver(room, id, name, None, event);
+        self.deliver(room, id, name, What::Join, event);
     }
 
     fn left(
@@ -85,7 +78,20 @@ impl Observe for Observer {
         let name = name.as_str();
         tracing::info!(%room, %id, name, %reason, "left");
         self.metrics.left(reason);
-        self.deliver(room, id, name, Some(reason), event);
+        self.deliver(room, id, name, What::Leave(reason), event);
+    }
+
+    fn updated(
+        &self,
+        room: &RoomName,
+        id: UserId,
+        name: &Name,
+        state: &UserState,
+        event: Option<EventId>,
+    ) {
+        let name = name.as_str();
+        tracing::debug!(%room, %id, name, ?state, "updated");
+        self.deliver(room, id, name, What::Update(state.clone()), event);
     }
 
     fn resumed(&self, replayed: bool) {

@@ -15,7 +15,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::metrics::{Metrics, WebhookOutcome};
-use crate::presence::{EventId, LeaveReason, RoomName};
+use crate::presence::{EventId, LeaveReason, RoomName, UserState};
 
 /// How many times one event is tried before it is given up.
 pub const ATTEMPTS: u32 = 5;
@@ -40,16 +40,24 @@ pub struct WebhookConfig {
     pub queue: usize,
 }
 
-/// One join or leave, as the backend is told of it.
+/// One join, leave or update, as the backend is told of it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub room: RoomName,
     pub id: String,
     pub name: Box<str>,
-    /// `None` for a join.
-    pub reason: Option<LeaveReason>,
+    pub what: What,
     pub event_id: Option<EventId>,
     pub at: SystemTime,
+}
+
+/// What happened to the person a delivery is about.
+#[derive(Debug, Clone)]
+pub enum What {
+    Join,
+    Leave(LeaveReason),
+    /// Their state is now this.
+    Update(UserState),
 }
 
 /// The JSON body: never a token, since presence does not hand one over.
@@ -61,6 +69,8 @@ struct Body<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a UserState>,
     at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     event_id: Option<EventId>,
@@ -68,16 +78,18 @@ struct Body<'a> {
 
 impl Delivery {
     fn body(&self) -> Vec<u8> {
+        let (event, reason, state) = match &self.what {
+            What::Join => ("join", None, None),
+            What::Leave(reason) => ("leave", Some(reason.as_str()), None),
+            What::Update(state) => ("update", None, Some(state)),
+        };
         let body = Body {
-            event: if self.reason.is_some() {
-                "leave"
-            } else {
-                "join"
-            },
+            event,
             room: self.room.as_str(),
             id: &self.id,
             name: &self.name,
-            reason: self.reason.map(LeaveReason::as_str),
+            reason,
+            state,
             at: humantime::format_rfc3339_millis(self.at).to_string(),
             event_id: self.event_id,
         };
@@ -243,7 +255,7 @@ mod tests {
             room: RoomName::parse("doc-42").expect("a room"),
             id: "u1".into(),
             name: "alice".into(),
-            reason: None,
+            what: What::Join,
             event_id: Some(3),
             at: SystemTime::UNIX_EPOCH,
         };
@@ -253,13 +265,22 @@ mod tests {
             serde_json::json!({"event":"join","room":"doc-42","id":"u1","name":"alice","at":"1970-01-01T00:00:00.000Z","event_id":3})
         );
         let leave = Delivery {
-            reason: Some(LeaveReason::GraceExpired),
+            what: What::Leave(LeaveReason::GraceExpired),
             event_id: None,
-            ..join
+            ..join.clone()
         };
         let body: serde_json::Value = serde_json::from_slice(&leave.body()).expect("JSON");
         assert_eq!(body["event"], "leave");
         assert_eq!(body["reason"], "grace_expired");
         assert!(body.get("event_id").is_none());
+        let away = UserState::parse(br#"{"status":"away"}"#).expect("a state");
+        let update = Delivery {
+            what: What::Update(away),
+            ..join
+        };
+        let body: serde_json::Value = serde_json::from_slice(&update.body()).expect("JSON");
+        assert_eq!(body["event"], "update");
+        assert_eq!(body["state"], serde_json::json!({"status":"away"}));
+        assert!(body.get("reason").is_none());
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::name::{Name, TokenKey, UserId};
+use super::name::{Name, TokenKey, UserId, UserState};
 use super::pieces::Pieces;
 use super::room::RoomName;
 
@@ -17,6 +17,8 @@ pub type EventId = u64;
 pub enum EventKind {
     NewUser,
     DisconnectUser,
+    /// A person's state changed (`POST /state`).
+    UserUpdated,
     /// The lobby's state was reloaded (a cluster node lost its place in the
     /// shared log): every open stream gets a fresh `existing_users`, or ends
     /// if its own user is no longer online.
@@ -31,6 +33,7 @@ impl EventKind {
         match self {
             EventKind::NewUser => "new_user",
             EventKind::DisconnectUser => "disconnect_user",
+            EventKind::UserUpdated => "user_updated",
             EventKind::Reset => "reset",
             EventKind::Revoked => "revoked",
         }
@@ -57,20 +60,15 @@ pub struct Event {
 }
 
 impl Event {
-    pub(crate) fn new(
-        room: &RoomName,
-        id: EventId,
-        kind: EventKind,
-        user: UserId,
-        name: &Name,
-    ) -> Event {
-        let data = serde_json::to_string(&UserView::new(user.clone(), name)).unwrap_or_default();
+    /// An event about `user`: their id and name, and their state if it has one.
+    pub(crate) fn new(room: &RoomName, id: EventId, kind: EventKind, user: &UserView) -> Event {
+        let data = serde_json::to_string(user).unwrap_or_default();
         Event {
             room: room.clone(),
             id,
             seq: 0,
             kind,
-            user,
+            user: user.id.clone(),
             member: None,
             frame: frame(id, kind.as_str(), &data),
             at: Instant::now(),
@@ -109,13 +107,16 @@ impl Event {
     }
 }
 
-/// A user as everyone may see them: never the token.
+/// A user as everyone may see them: never the token. `state` only once it
+/// was set, so that a user who never set one looks as ever.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserView {
     #[serde(serialize_with = "serialize_display")]
     pub id: UserId,
     #[serde(serialize_with = "serialize_display")]
     pub name: Name,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<UserState>,
 }
 
 impl UserView {
@@ -123,6 +124,7 @@ impl UserView {
         UserView {
             id,
             name: name.clone(),
+            state: None,
         }
     }
 }
@@ -163,13 +165,8 @@ mod tests {
     fn an_event_frame_is_one_sse_event_with_id_name_and_json_data() {
         let user = UserId::random();
         let name = Name::parse("a\"b</script>\u{2028}").expect("valid name");
-        let event = Event::new(
-            &RoomName::lobby(),
-            7,
-            EventKind::NewUser,
-            user.clone(),
-            &name,
-        );
+        let view = UserView::new(user.clone(), &name);
+        let event = Event::new(&RoomName::lobby(), 7, EventKind::NewUser, &view);
         let text = std::str::from_utf8(&event.frame).expect("utf-8");
         let lines: Vec<&str> = text.split('\n').collect();
         assert_eq!(lines[0], "id: 7");

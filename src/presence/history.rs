@@ -74,7 +74,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::event::EventKind;
+    use crate::presence::event::{EventKind, UserView};
     use crate::presence::name::{Name, UserId};
 
     fn history_of(ids: std::ops::RangeInclusive<EventId>, capacity: usize) -> History {
@@ -85,8 +85,7 @@ mod tests {
                 &crate::presence::RoomName::lobby(),
                 id,
                 EventKind::NewUser,
-                UserId::random(),
-                &name,
+                &UserView::new(UserId::random(), &name),
             )));
         }
         history
@@ -150,7 +149,8 @@ mod tests {
         let room = crate::presence::RoomName::lobby();
         let mut history = History::new(2, 1);
         for id in [3, 7, 12] {
-            let event = Event::new(&room, id, EventKind::NewUser, UserId::random(), &name);
+            let view = UserView::new(UserId::random(), &name);
+            let event = Event::new(&room, id, EventKind::NewUser, &view);
             history.push(Arc::new(event));
         }
         assert_eq!(

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::event::{self, Event, EventId, EventKind, UserView};
 use super::history::History;
-use super::name::{Name, Token, TokenKey, UserId};
+use super::name::{Name, Token, TokenKey, UserId, UserState};
 use super::observer::Observe;
 use super::room::RoomName;
 use super::roster::Roster;
@@ -107,8 +107,20 @@ pub struct State<K: Kind> {
 pub struct Person {
     pub(super) id: UserId,
     pub(super) name: Name,
+    /// What they are doing, once they (or their ticket) said.
+    pub(super) state: Option<UserState>,
     /// Their memberships: one per join, each with its own token.
     pub(super) members: Vec<TokenKey>,
+}
+
+impl Person {
+    pub(super) fn view(&self) -> UserView {
+        UserView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            state: self.state.clone(),
+        }
+    }
 }
 
 /// One join: its person (by their `new_user` id) and its open streams.
@@ -375,10 +387,7 @@ impl<K: Kind> State<K> {
     }
 
     pub(super) fn views(&self) -> Vec<UserView> {
-        self.people
-            .values()
-            .map(|p| UserView::new(p.id.clone(), &p.name))
-            .collect()
+        self.people.values().map(Person::view).collect()
     }
 
     pub(super) fn users_json(&mut self) -> Pieces {
@@ -386,16 +395,40 @@ impl<K: Kind> State<K> {
         self.roster.json(|range| {
             people
                 .range(range)
-                .map(|(_, person)| (&person.id, &person.name))
+                .map(|(_, person)| (&person.id, &person.name, person.state.as_ref()))
         })
     }
 
-    /// Adds a person whose `new_user` event is `seq`, with no membership yet.
-    pub(super) fn add_person(&mut self, seq: EventId, id: UserId, name: Name) {
+    /// Adds `person`, whose `new_user` event is `seq`, with no membership yet.
+    pub(super) fn add_person(&mut self, seq: EventId, person: UserView) {
+        let UserView { id, name, state } = person;
         self.by_id.insert(id.clone(), seq);
         let members = Vec::new();
-        self.people.insert(seq, Person { id, name, members });
+        self.people.insert(
+            seq,
+            Person {
+                id,
+                name,
+                state,
+                members,
+            },
+        );
         self.roster.added(seq);
+    }
+
+    /// Sets the state of the person whose `new_user` is `seq` and announces
+    /// it with `user_updated`; says whether it changed (the same state again
+    /// announces nothing).
+    pub(super) fn set_state(&mut self, seq: EventId, state: UserState) -> Option<bool> {
+        let person = self.people.get_mut(&seq)?;
+        if person.state.as_ref() == Some(&state) {
+            return Some(false);
+        }
+        person.state = Some(state);
+        let view = person.view();
+        self.roster.changed(seq);
+        self.publish(EventKind::UserUpdated, &view);
+        Some(true)
     }
 
     /// Adds a membership of the person whose `new_user` is `seq`, with no stream.
@@ -416,17 +449,17 @@ impl<K: Kind> State<K> {
         self.by_id.get(id).copied()
     }
 
-    /// Announces an event under the room's next id.
-    pub(super) fn publish(&mut self, kind: EventKind, user: UserId, name: &Name) -> EventId {
+    /// Announces an event about `user` under the room's next id.
+    pub(super) fn publish(&mut self, kind: EventKind, user: &UserView) -> EventId {
         let id = self.latest + 1;
-        self.publish_at(id, kind, user, name);
+        self.publish_at(id, kind, user);
         id
     }
 
-    /// Announces an event under `id` (a cluster's log gave it).
-    pub(super) fn publish_at(&mut self, id: EventId, kind: EventKind, user: UserId, name: &Name) {
+    /// Announces an event about `user` under `id` (a cluster's log gave it).
+    pub(super) fn publish_at(&mut self, id: EventId, kind: EventKind, user: &UserView) {
         self.latest = id;
-        let event = Event::new(&self.room, id, kind, user, name);
+        let event = Event::new(&self.room, id, kind, user);
         self.history.push(self.outlet.send(event));
     }
 
@@ -447,7 +480,9 @@ impl<K: Kind> State<K> {
     /// Takes the person whose `new_user` is `seq` out of the room and announces it.
     pub(super) fn remove(&mut self, seq: EventId) -> Option<(Person, Vec<Member<K::User>>)> {
         let gone = self.take(seq)?;
-        self.publish(EventKind::DisconnectUser, gone.0.id.clone(), &gone.0.name);
+        // `disconnect_user` says who, not what they were doing.
+        let user = UserView::new(gone.0.id.clone(), &gone.0.name);
+        self.publish(EventKind::DisconnectUser, &user);
         Some(gone)
     }
 

@@ -33,7 +33,10 @@ mod rooms;
 mod roster;
 
 pub use event::{Event, EventId, EventKind, UserView};
-pub use name::{IdError, MAX_ID_CHARS, MAX_NAME_CHARS, Name, NameError, Token, TokenKey, UserId};
+pub use name::{
+    IdError, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_STATE_BYTES, Name, NameError, StateError, Token,
+    TokenKey, UserId, UserState,
+};
 pub use observer::{LeaveReason, Observe};
 pub use pieces::Pieces;
 pub use replica::{Change, Entry, Known, Online, OutOfOrder, Reload, Replicas, StreamKey};
@@ -387,13 +390,18 @@ impl Presence {
 
     /// Adds a user and announces them with `new_user`.
     pub fn join(&self, name: Name) -> Result<Joined, JoinError> {
-        self.join_as(None, name)
+        self.join_as(None, name, None)
     }
 
     /// Adds a membership of the person `person` (a signed join's `sub`),
-    /// announcing them with `new_user` unless they are in the room already;
-    /// with `None`, someone new under a random id.
-    pub fn join_as(&self, person: Option<UserId>, name: Name) -> Result<Joined, JoinError> {
+    /// announcing them with `new_user` (with `state`, if given) unless they
+    /// are in the room already; with `None`, someone new under a random id.
+    pub fn join_as(
+        &self,
+        person: Option<UserId>,
+        name: Name,
+        user_state: Option<UserState>,
+    ) -> Result<Joined, JoinError> {
         let config = &self.shared.config;
         let mut state = self.shared.lock();
         let token = Token::random_in(&state.room);
@@ -410,8 +418,13 @@ impl Presence {
             }
             None => {
                 let id = person.unwrap_or_else(UserId::random);
-                let seq = state.publish(EventKind::NewUser, id.clone(), &name);
-                state.add_person(seq, id.clone(), name.clone());
+                let view = UserView {
+                    id: id.clone(),
+                    name: name.clone(),
+                    state: user_state,
+                };
+                let seq = state.publish(EventKind::NewUser, &view);
+                state.add_person(seq, view);
                 (seq, id, name, true)
             }
         };
@@ -443,6 +456,32 @@ impl Presence {
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, TokenError> {
         self.open(token, last_event_id, ())
+    }
+
+    /// Sets the state of the person holding `token`: every stream of the
+    /// room gets `user_updated`, unless it is the state they have already.
+    pub fn set_state(&self, token: &Token, user_state: UserState) -> Result<(), TokenError> {
+        let mut state = self.shared.lock();
+        let seq = state
+            .members
+            .get(&token.key())
+            .map(|member| member.person)
+            .ok_or(TokenError::Unknown)?;
+        let changed = state.set_state(seq, user_state.clone());
+        let (event, room) = (state.latest, state.room.clone());
+        let person = state
+            .people
+            .get(&seq)
+            .map(|p| (p.id.clone(), p.name.clone()));
+        drop(state);
+        if changed == Some(true)
+            && let Some((id, name)) = person
+        {
+            self.shared
+                .observer
+                .updated(&room, id, &name, &user_state, Some(event));
+        }
+        Ok(())
     }
 
     /// Ends the membership of `token` at once. If it was the person's last,

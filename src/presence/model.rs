@@ -276,8 +276,8 @@ impl Client {
                 prop_assert!(self.view.contains(&who), "{:?} removed while absent", who);
                 self.view.retain(|p| p != &who);
             }
-            EventKind::Reset | EventKind::Revoked => {
-                return Err(TestCaseError::fail("no frame is written for it"));
+            EventKind::Reset | EventKind::Revoked | EventKind::UserUpdated => {
+                return Err(TestCaseError::fail("these runs make no such event"));
             }
         }
         self.last = frame.id;

@@ -228,9 +228,96 @@ impl fmt::Debug for Token {
     }
 }
 
+/// The most bytes a person's state may take, encoded as compact JSON.
+pub const MAX_STATE_BYTES: usize = 256;
+
+/// Why a state was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("The state is not JSON ({0}). Send a JSON object such as {{\"status\":\"away\"}}.")]
+    NotJson(String),
+    #[error(
+        "The state must be a JSON object, such as {{\"status\":\"away\"}} or {{\"typing\":true}}."
+    )]
+    NotObject,
+    #[error("The state is {0} bytes as compact JSON. Keep it to 256 bytes.")]
+    TooLarge(usize),
+}
+
+/// What a person is doing, as their site or page says: a JSON object of at
+/// most 256 bytes, kept as compact JSON with its keys in order, so that the
+/// same state sent twice is seen to be the same. Cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserState(Arc<str>);
+
+impl UserState {
+    pub fn parse(body: &[u8]) -> Result<UserState, StateError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|err| StateError::NotJson(err.to_string()))?;
+        UserState::from_value(&value)
+    }
+
+    pub fn from_value(value: &serde_json::Value) -> Result<UserState, StateError> {
+        if !value.is_object() {
+            return Err(StateError::NotObject);
+        }
+        let compact = value.to_string();
+        if compact.len() > MAX_STATE_BYTES {
+            return Err(StateError::TooLarge(compact.len()));
+        }
+        Ok(UserState(Arc::from(compact)))
+    }
+
+    /// The compact JSON object.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for UserState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The text is JSON lobby encoded itself: it reads back as it is.
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_is_a_small_json_object_kept_compact_with_its_keys_in_order() {
+        let state = UserState::parse(br#" { "typing": true, "status" : "away" } "#);
+        assert_eq!(
+            state.as_ref().map(UserState::as_json),
+            Ok(r#"{"status":"away","typing":true}"#)
+        );
+        assert_eq!(
+            state,
+            UserState::parse(br#"{"typing":true,"status":"away"}"#)
+        );
+        assert_eq!(UserState::parse(b"[1]"), Err(StateError::NotObject));
+        assert_eq!(UserState::parse(b"\"away\""), Err(StateError::NotObject));
+        assert!(matches!(
+            UserState::parse(b"{"),
+            Err(StateError::NotJson(_))
+        ));
+        let big = format!(r#"{{"s":"{}"}}"#, "x".repeat(250));
+        assert_eq!(
+            UserState::parse(big.as_bytes()),
+            Err(StateError::TooLarge(258))
+        );
+        let json = serde_json::to_string(&state.expect("valid")).expect("serializes");
+        assert_eq!(json, r#"{"status":"away","typing":true}"#);
+    }
 
     #[test]
     fn a_name_is_trimmed_at_both_ends() {

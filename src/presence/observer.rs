@@ -6,7 +6,7 @@
 use std::fmt;
 
 use super::event::EventId;
-use super::name::{Name, UserId};
+use super::name::{Name, UserId, UserState};
 use super::room::RoomName;
 
 /// Why a user went offline.
@@ -66,6 +66,17 @@ pub trait Observe: fmt::Debug + Send + Sync + 'static {
         event: Option<EventId>,
     );
 
+    /// `id` (`name`) in `room` set their state to `state`; `event` is the
+    /// `user_updated`, where known.
+    fn updated(
+        &self,
+        room: &RoomName,
+        id: UserId,
+        name: &Name,
+        state: &UserState,
+        event: Option<EventId>,
+    );
+
     /// A stream came with a `Last-Event-ID`: `replayed` if the history still
     /// held what came since, otherwise it got a snapshot.
     fn resumed(&self, replayed: bool);
@@ -79,6 +90,8 @@ impl Observe for Unobserved {
     fn joined(&self, _: &RoomName, _: UserId, _: &Name, _: Option<EventId>) {}
 
     fn left(&self, _: &RoomName, _: UserId, _: &Name, _: LeaveReason, _: Option<EventId>) {}
+
+    fn updated(&self, _: &RoomName, _: UserId, _: &Name, _: &UserState, _: Option<EventId>) {}
 
     fn resumed(&self, _: bool) {}
 }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::event::{Event, EventId, EventKind, UserView};
 use super::history::History;
 use super::lobby::{Kind, Lobby, Shared, State};
-use super::name::{Name, Token, TokenKey, UserId};
+use super::name::{Name, Token, TokenKey, UserId, UserState};
 use super::observer::Observe;
 use super::room::RoomName;
 use super::rooms::RoomsOf;
@@ -122,6 +122,13 @@ pub enum Change {
         /// The id of the user's `new_user` event.
         joined: EventId,
     },
+    Updated {
+        user: UserId,
+        name: Name,
+        /// The id of the user's `new_user` event.
+        joined: EventId,
+        state: UserState,
+    },
 }
 
 /// An entry of the log that does not follow the last one applied: the
@@ -152,6 +159,7 @@ pub struct Online {
     pub user: UserId,
     pub name: Name,
     pub token: TokenKey,
+    pub state: Option<UserState>,
 }
 
 /// A user as a replica knows them, for a cluster that must put them back.
@@ -235,9 +243,30 @@ impl Replicas {
                 if let Some(waiting) = self.joins().remove(&user) {
                     let _ = waiting.send(state.users_json());
                 }
-                state.publish_at(id, EventKind::NewUser, user.clone(), &name);
-                state.add_person(id, user, name);
+                let view = UserView::new(user, &name);
+                state.publish_at(id, EventKind::NewUser, &view);
+                state.add_person(id, view);
                 state.add_member(id, token, Vec::new());
+            }
+            Change::Updated {
+                user,
+                name,
+                joined,
+                state: user_state,
+            } => {
+                if let Some(replica) = rooms.get(&room) {
+                    let mut state = replica.shared.lock();
+                    if let Some(person) = state.people.get_mut(&joined).filter(|p| p.id == user) {
+                        person.state = Some(user_state.clone());
+                        state.roster.changed(joined);
+                    }
+                    let view = UserView {
+                        id: user,
+                        name,
+                        state: Some(user_state),
+                    };
+                    state.publish_at(id, EventKind::UserUpdated, &view);
+                }
             }
             Change::Left { user, name, joined } => {
                 // A room unknown here cannot have a leave, in order.
@@ -252,7 +281,8 @@ impl Replicas {
                     }
                     // Even for a user not known here (it cannot happen in
                     // order): the event is still the log's, every stream gets it.
-                    state.publish_at(id, EventKind::DisconnectUser, user, &name);
+                    let view = UserView::new(user, &name);
+                    state.publish_at(id, EventKind::DisconnectUser, &view);
                     if state.people.is_empty() {
                         self.shared.emptied.room(&room);
                     }
@@ -391,20 +421,39 @@ impl Replica {
         state.roster = Roster::default();
         state.history = History::new(self.shared.config.history_len(), floor);
         for Entry { id, change, .. } in history {
-            let (kind, user, name) = match change {
-                Change::Joined { user, name, .. } => (EventKind::NewUser, user, name),
-                Change::Left { user, name, .. } => (EventKind::DisconnectUser, user, name),
+            let (kind, view) = match change {
+                Change::Joined { user, name, .. } => {
+                    (EventKind::NewUser, UserView::new(user, &name))
+                }
+                Change::Left { user, name, .. } => {
+                    (EventKind::DisconnectUser, UserView::new(user, &name))
+                }
+                Change::Updated {
+                    user, name, state, ..
+                } => {
+                    let view = UserView {
+                        id: user,
+                        name,
+                        state: Some(state),
+                    };
+                    (EventKind::UserUpdated, view)
+                }
             };
             state
                 .history
-                .push(Arc::new(Event::new(&state.room, id, kind, user, &name)));
+                .push(Arc::new(Event::new(&state.room, id, kind, &view)));
         }
         state.latest = latest;
         for online in users {
             let (count, ids) = streams.remove(&online.token).unwrap_or_default();
             let seq = online.joined;
             if !state.people.contains_key(&seq) {
-                state.add_person(seq, online.user, online.name);
+                let view = UserView {
+                    id: online.user,
+                    name: online.name,
+                    state: online.state,
+                };
+                state.add_person(seq, view);
             }
             state.add_member(seq, online.token, ids);
             if let Some(member) = state.members.get_mut(&online.token) {
@@ -534,6 +583,7 @@ mod tests {
                 user: self.user.clone(),
                 name: self.name.clone(),
                 token: self.token.key(),
+                state: None,
             }
         }
 

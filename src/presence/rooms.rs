@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::event::{self, Event, EventId};
 use super::lobby::{Kind, Lobby, Outlet};
-use super::name::{Name, Token, UserId};
+use super::name::{Name, Token, UserId, UserState};
 use super::observer::Observe;
 use super::pieces::Pieces;
 use super::room::RoomName;
@@ -230,6 +230,7 @@ impl Rooms {
         room: &RoomName,
         person: Option<UserId>,
         name: Name,
+        state: Option<UserState>,
     ) -> Result<Joined, JoinError> {
         let mut rooms = self.shared.lock();
         let made = !rooms.contains_key(room);
@@ -240,7 +241,7 @@ impl Rooms {
             .entry(room.clone())
             .or_insert_with(|| self.make(room))
             .clone();
-        let joined = presence.join_as(person, name);
+        let joined = presence.join_as(person, name, state);
         if joined.is_err() && made {
             rooms.remove(room);
         }
@@ -257,6 +258,18 @@ impl Rooms {
         let found = self.get(room).ok_or(TokenError::Unknown);
         let subscribed = found.and_then(|presence| presence.subscribe(token, last_event_id));
         subscribed.map_err(|err| self.why(room, token, err))
+    }
+
+    /// Sets the state of the person of `room` holding `token`.
+    pub fn set_state(
+        &self,
+        room: &RoomName,
+        token: &Token,
+        state: UserState,
+    ) -> Result<(), TokenError> {
+        let found = self.get(room).ok_or(TokenError::Unknown);
+        let set = found.and_then(|presence| presence.set_state(token, state));
+        set.map_err(|err| self.why(room, token, err))
     }
 
     /// Takes the user of `room` holding `token` offline.

@@ -10,7 +10,7 @@ use std::collections::btree_map::Entry;
 use bytes::Bytes;
 
 use super::event::EventId;
-use super::name::{Name, UserId};
+use super::name::{Name, UserId, UserState};
 use super::pieces::Pieces;
 
 /// Users are grouped by the id of their `new_user` event: ids `k*PIECE ..
@@ -37,6 +37,13 @@ impl Roster {
         piece.json = None;
     }
 
+    /// The user whose `new_user` event is `seq` changed (their state).
+    pub(crate) fn changed(&mut self, seq: EventId) {
+        if let Some(piece) = self.pieces.get_mut(&(seq / PIECE)) {
+            piece.json = None;
+        }
+    }
+
     /// The user whose `new_user` event is `seq` went offline.
     pub(crate) fn removed(&mut self, seq: EventId) {
         if let Entry::Occupied(mut entry) = self.pieces.entry(seq / PIECE) {
@@ -53,7 +60,7 @@ impl Roster {
     /// `lookup` yields the users whose `new_user` ids fall in a range, in order.
     pub(crate) fn json<'a, I>(&mut self, lookup: impl Fn(std::ops::Range<EventId>) -> I) -> Pieces
     where
-        I: Iterator<Item = (&'a UserId, &'a Name)>,
+        I: Iterator<Item = (&'a UserId, &'a Name, Option<&'a UserState>)>,
     {
         let mut out = Pieces::with_capacity(2 * self.pieces.len() + 1);
         out.push(Bytes::from_static(b"["));
@@ -71,9 +78,9 @@ impl Roster {
     }
 }
 
-fn encode<'a>(users: impl Iterator<Item = (&'a UserId, &'a Name)>) -> Bytes {
+fn encode<'a>(users: impl Iterator<Item = (&'a UserId, &'a Name, Option<&'a UserState>)>) -> Bytes {
     let mut out = Vec::new();
-    for (index, (id, name)) in users.enumerate() {
+    for (index, (id, name, state)) in users.enumerate() {
         if index > 0 {
             out.push(b',');
         }
@@ -83,6 +90,10 @@ fn encode<'a>(users: impl Iterator<Item = (&'a UserId, &'a Name)>) -> Bytes {
         let _ = serde_json::to_writer(&mut out, id.as_str());
         out.extend_from_slice(b",\"name\":");
         let _ = serde_json::to_writer(&mut out, name.as_str());
+        if let Some(state) = state {
+            out.extend_from_slice(b",\"state\":");
+            out.extend_from_slice(state.as_json().as_bytes());
+        }
         out.push(b'}');
     }
     Bytes::from(out)
@@ -120,7 +131,7 @@ mod tests {
             let users = &self.users;
             let json = self
                 .roster
-                .json(|range| users.range(range).map(|(_, (id, name))| (id, name)));
+                .json(|range| users.range(range).map(|(_, (id, name))| (id, name, None)));
             let list: Vec<serde_json::Value> =
                 serde_json::from_slice(&json.to_bytes()).expect("a JSON array");
             list.iter()
@@ -173,7 +184,7 @@ mod tests {
         let users = &fixture.users;
         let json = fixture
             .roster
-            .json(|range| users.range(range).map(|(_, (id, name))| (id, name)));
+            .json(|range| users.range(range).map(|(_, (id, name))| (id, name, None)));
         let list: serde_json::Value =
             serde_json::from_slice(&json.to_bytes()).expect("a JSON array");
         assert_eq!(list[0]["id"], "a\"b\\c</script>");

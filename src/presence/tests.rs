@@ -922,10 +922,10 @@ async fn a_person_s_memberships_are_one_entry_announced_once_and_gone_with_the_l
     pending(&mut sees);
 
     let tab = presence
-        .join_as(Some(id("u1")), name("Ada"))
+        .join_as(Some(id("u1")), name("Ada"), None)
         .expect("joined");
     let other = presence
-        .join_as(Some(id("u1")), name("Ada, renamed"))
+        .join_as(Some(id("u1")), name("Ada, renamed"), None)
         .expect("joined");
     assert_eq!((tab.id.clone(), other.id.clone()), (id("u1"), id("u1")));
     assert_eq!(
@@ -965,13 +965,15 @@ async fn a_full_room_takes_another_membership_of_someone_in_it_but_no_one_new() 
         ..PresenceConfig::default()
     });
     presence
-        .join_as(Some(id("u1")), name("Ada"))
+        .join_as(Some(id("u1")), name("Ada"), None)
         .expect("joined");
     presence
-        .join_as(Some(id("u1")), name("Ada"))
+        .join_as(Some(id("u1")), name("Ada"), None)
         .expect("she is in already");
     assert_eq!(
-        presence.join_as(Some(id("u2")), name("Bob")).map(|j| j.id),
+        presence
+            .join_as(Some(id("u2")), name("Bob"), None)
+            .map(|j| j.id),
         Err(JoinError::Full(1))
     );
 }

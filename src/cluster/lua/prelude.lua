@@ -9,6 +9,7 @@
 --   lobby:last         room -> its newest event id (rooms with someone)
 --   lobby:users        user id -> "<id of their new_user> <token key> <room> <name>"
 --   lobby:rooms        room -> how many users are in it (rooms with someone)
+--   lobby:states       user id -> their state, compact JSON (once set)
 --   lobby:tokens       token key -> user id
 --   lobby:deadlines    user id -> when they go offline (ms, Redis's clock);
 --                      only users no node streams to have one
@@ -71,6 +72,7 @@ local function remove_user(history, user, reason)
     return 0
   end
   redis.call('HDEL', 'lobby:users', user)
+  redis.call('HDEL', 'lobby:states', user)
   redis.call('HDEL', 'lobby:tokens', token)
   redis.call('ZREM', 'lobby:deadlines', user)
   redis.call('HDEL', 'lobby:why', user)
