@@ -603,4 +603,6 @@ mod frames;
 #[cfg(test)]
 mod model;
 #[cfg(test)]
+mod people;
+#[cfg(test)]
 mod tests;
