@@ -93,10 +93,12 @@ bench:
 	    echo "  GET /$$route: lobby $$l req/s, baseline $$b req/s: $$(ratio $$l $$b)x"; done; \
 	  if [ -f $$out/load-18000.txt ]; then \
 	    before=$$(p99_of before); after=$$(p99_of after); join=$$(value $$out/load-18000.txt 'fan-out of a join, p99'); \
+	    update=$$(value $$out/load-18000.txt 'fan-out of a state update, p99'); \
 	    if [ -n "$$before" ] && [ -n "$$after" ]; then \
 	      mean=$$(awk -v a=$$before -v b=$$after 'BEGIN { printf "%.2f", (a + b) / 2 }'); \
 	      echo "fan-out yardstick (target/yardstick 18000 20): p99 $$before ms before, $$after ms after, mean $$mean ms"; \
 	      echo "  lobby's fan-out of a join, p99, N = 18000: $$join ms: $$(ratio $$join $$mean)x the yardstick"; \
+	      echo "  lobby's fan-out of a state update, p99, N = 18000: $$update ms: $$(ratio $$update $$mean)x the yardstick"; \
 	    else echo "fan-out yardstick: not run (no $(YARDSTICK)): no ratio"; fi; \
 	    echo "peak RSS per subscriber (VmHWM after ramp, probes and burst / N), N = 18000: $$(value $$out/load-18000.txt 'server peak RSS per subscriber (VmHWM / N)') KiB"; \
 	    echo "settled RSS per subscriber (VmRSS after the idle period / N), N = 18000: $$(value $$out/load-18000.txt 'server settled RSS per subscriber (VmRSS at the end / N)') KiB"; \

@@ -168,6 +168,16 @@ impl Conn {
     }
 
     /// POST /leave in room number `room`, with the token as Bearer.
+    /// Sets the state of the holder of `token` to `state`, a JSON object.
+    pub async fn set_state(&mut self, token: &str, room: usize, state: &str) -> Result<()> {
+        let request = self.target.state_request(token, room, state);
+        let status = self.request(&request, &mut |_| {}).await?;
+        if status != 204 {
+            bail!("POST /state answered {status}");
+        }
+        Ok(())
+    }
+
     pub async fn leave(&mut self, token: &str, room: usize) -> Result<()> {
         let request = self.target.leave_request(token, room);
         let status = self.request(&request, &mut |_| {}).await?;

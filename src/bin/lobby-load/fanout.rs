@@ -1,6 +1,7 @@
-//! Fan-out: probes join and then leave, one after another, through the
-//! prober's server, while every load process times their arrival on each of
-//! its subscribers' streams, on the wall clock they share.
+//! Fan-out: probes join, set their state and leave, one after another,
+//! through the prober's server, while every load process times the arrival
+//! of each (`new_user`, `user_updated`, `disconnect_user`) on each of its
+//! subscribers' streams, on the wall clock they share.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,26 +37,30 @@ pub async fn phase(setup: &Setup<'_>, report: &mut Report) -> Result<Vec<Samples
     let (server_cpu, loader_cpu) = setup.meter.cpu().since(cpu_0);
     match probed {
         Ok(samples) => {
-            let (joins, leaves) = samples[cluster.index].spreads();
-            fan_out_rows(report, ("", ""), &joins, &leaves);
+            let spreads = samples[cluster.index].spreads();
+            fan_out_rows(report, ("", ""), &spreads);
             // Both sides share the machine: a fan-out cannot be faster than the
             // load generator can read N sockets, so show what each spent.
             report.add(
                 "fanout_server_cpu_s",
-                "fan-out: server CPU, join + leave",
+                "fan-out: server CPU, join + update + leave",
                 num(server_cpu),
                 "s",
             );
             report.add(
                 "fanout_loader_cpu_s",
-                "fan-out: load generator CPU, join + leave",
+                "fan-out: load generator CPU, join + update + leave",
                 num(loader_cpu),
                 "s",
             );
-            if joins.missing + leaves.missing > 0 {
+            let missing = spreads.join.missing + spreads.update.missing + spreads.leave.missing;
+            if missing > 0 {
                 report.fail(format!(
-                    "fan-out: {} joins and {} leaves never arrived within {:?}",
-                    joins.missing, leaves.missing, args.timeout
+                    "fan-out: {} joins, {} updates and {} leaves never arrived within {:?}",
+                    spreads.join.missing,
+                    spreads.update.missing,
+                    spreads.leave.missing,
+                    args.timeout
                 ));
             }
             Ok(samples)
@@ -98,44 +103,41 @@ impl Spread {
 /// What one load process saw of one probe, as it tells the others.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Sightings {
-    /// When each subscriber saw the probe join, and leave: wall-clock
-    /// nanoseconds since the Unix epoch, 0 for never.
-    joined: Vec<u64>,
-    left: Vec<u64>,
-    /// When the probe's join and leave were sent, on the same clock (from the
-    /// prober only).
-    sent: Option<(u64, u64)>,
+    /// When each subscriber saw the probe join, update and leave
+    /// (`[join, update, leave]`): wall-clock nanoseconds since the Unix
+    /// epoch, 0 for never.
+    seen: [Vec<u64>; 3],
+    /// When the probe's join, update and leave were sent, on the same clock
+    /// (from the prober only).
+    sent: Option<[u64; 3]>,
 }
 
-/// One load process's fan-out latencies in nanoseconds, over all the probes.
+/// Latencies in nanoseconds, and how many never arrived.
 #[derive(Debug, Default, Clone)]
-pub struct Samples {
-    joins: Vec<u64>,
-    joins_missing: usize,
-    leaves: Vec<u64>,
-    leaves_missing: usize,
+struct Latencies {
+    arrived: Vec<u64>,
+    missing: usize,
+}
+
+/// One load process's fan-out latencies, over all the probes: of the join,
+/// the update and the leave.
+#[derive(Debug, Default, Clone)]
+pub struct Samples([Latencies; 3]);
+
+/// The spread of each kind of fan-out.
+pub struct Spreads {
+    pub join: Spread,
+    pub update: Spread,
+    pub leave: Spread,
 }
 
 impl Samples {
-    fn add(&mut self, seen: &Sightings, (join_sent, leave_sent): (u64, u64)) {
-        for (arrivals, sent, latencies, missing) in [
-            (
-                &seen.joined,
-                join_sent,
-                &mut self.joins,
-                &mut self.joins_missing,
-            ),
-            (
-                &seen.left,
-                leave_sent,
-                &mut self.leaves,
-                &mut self.leaves_missing,
-            ),
-        ] {
+    fn add(&mut self, seen: &Sightings, sent: [u64; 3]) {
+        for ((latencies, arrivals), sent) in self.0.iter_mut().zip(&seen.seen).zip(sent) {
             for &at in arrivals {
                 match at {
-                    0 => *missing += 1,
-                    at => latencies.push(at.saturating_sub(sent)),
+                    0 => latencies.missing += 1,
+                    at => latencies.arrived.push(at.saturating_sub(sent)),
                 }
             }
         }
@@ -145,19 +147,24 @@ impl Samples {
     pub fn pooled(all: &[Samples]) -> Samples {
         let mut pool = Samples::default();
         for one in all {
-            pool.joins.extend_from_slice(&one.joins);
-            pool.joins_missing += one.joins_missing;
-            pool.leaves.extend_from_slice(&one.leaves);
-            pool.leaves_missing += one.leaves_missing;
+            for (pooled, latencies) in pool.0.iter_mut().zip(&one.0) {
+                pooled.arrived.extend_from_slice(&latencies.arrived);
+                pooled.missing += latencies.missing;
+            }
         }
         pool
     }
 
-    pub fn spreads(&self) -> (Spread, Spread) {
-        (
-            Spread::of(self.joins.clone(), self.joins_missing),
-            Spread::of(self.leaves.clone(), self.leaves_missing),
-        )
+    pub fn spreads(&self) -> Spreads {
+        let [join, update, leave] = self
+            .0
+            .clone()
+            .map(|latencies| Spread::of(latencies.arrived, latencies.missing));
+        Spreads {
+            join,
+            update,
+            leave,
+        }
     }
 }
 
@@ -202,20 +209,36 @@ async fn fan_out(
             )
         };
         seen_by_all(|s| &s.probe_joined).await;
-        // The leave goes out once every process's subscribers have the join.
+        // The update goes out once every process's subscribers have the join,
+        // and the leave once they have the update.
         cluster
             .meet(&format!("probe-{k}-joined"), Value::Null)
             .await?;
+        let mut update_sent = None;
+        if let Some((_, token, drain)) = &probe {
+            update_sent = Some(shared.stamp());
+            let updated = conn
+                .set_state(token, PROBED_ROOM, &format!("{{\"probe\":{k}}}"))
+                .await;
+            if updated.is_err() {
+                drain.abort();
+            }
+            updated.context("the probe's state")?;
+        }
+        seen_by_all(|s| &s.probe_updated).await;
+        cluster
+            .meet(&format!("probe-{k}-updated"), Value::Null)
+            .await?;
         let mut sent = None;
         let mut drained = None;
-        if let Some((join_sent, token, drain)) = probe {
+        if let (Some((join_sent, token, drain)), Some(update_sent)) = (probe, update_sent) {
             let leave_sent = shared.stamp();
             let left = conn.leave(&token, PROBED_ROOM).await;
             if left.is_err() {
                 drain.abort();
             }
             left.context("the probe's leave")?;
-            sent = Some((shared.wall(join_sent), shared.wall(leave_sent)));
+            sent = Some([join_sent, update_sent, leave_sent].map(|at| shared.wall(at)));
             drained = Some(drain);
         }
         seen_by_all(|s| &s.probe_left).await;
@@ -229,8 +252,11 @@ async fn fan_out(
                 .collect()
         };
         let mine = Sightings {
-            joined: arrivals(|s| &s.probe_joined),
-            left: arrivals(|s| &s.probe_left),
+            seen: [
+                arrivals(|s| &s.probe_joined),
+                arrivals(|s| &s.probe_updated),
+                arrivals(|s| &s.probe_left),
+            ],
             sent,
         };
         let all = cluster
@@ -253,34 +279,34 @@ async fn fan_out(
 
 /// The rows of a fan-out, their keys and labels after the prefixes given
 /// (empty for this process's own).
-pub fn fan_out_rows(
-    report: &mut Report,
-    (key, label): (&str, &str),
-    joins: &Spread,
-    leaves: &Spread,
-) {
-    for (what, spread) in [("join", joins), ("leave", leaves)] {
+pub fn fan_out_rows(report: &mut Report, (key, label): (&str, &str), spreads: &Spreads) {
+    let kinds = [
+        ("join", "a join", &spreads.join),
+        ("update", "a state update", &spreads.update),
+        ("leave", "a leave", &spreads.leave),
+    ];
+    for (what, named, spread) in kinds {
         report.add(
             format!("{key}fanout_{what}_p50_ms"),
-            format!("{label}fan-out of a {what}, p50"),
+            format!("{label}fan-out of {named}, p50"),
             num(spread.p50),
             "ms",
         );
         report.add(
             format!("{key}fanout_{what}_p99_ms"),
-            format!("{label}fan-out of a {what}, p99"),
+            format!("{label}fan-out of {named}, p99"),
             num(spread.p99),
             "ms",
         );
         report.add(
             format!("{key}fanout_{what}_max_ms"),
-            format!("{label}fan-out of a {what}, max"),
+            format!("{label}fan-out of {named}, max"),
             num(spread.max),
             "ms",
         );
         report.add(
             format!("{key}fanout_{what}_missing"),
-            format!("{label}fan-out of a {what}, missing"),
+            format!("{label}fan-out of {named}, missing"),
             spread.missing,
             "",
         );
@@ -314,20 +340,25 @@ mod tests {
     #[test]
     fn fan_out_samples_count_from_the_send_and_count_who_never_saw_it() {
         let seen = Sightings {
-            joined: vec![1_005, 0, 1_002],
-            left: vec![2_001, 2_003, 2_009],
+            seen: [
+                vec![1_005, 0, 1_002],
+                vec![1_507, 1_501, 0],
+                vec![2_001, 2_003, 2_009],
+            ],
             sent: None,
         };
         let mut samples = Samples::default();
-        samples.add(&seen, (1_000, 2_000));
+        samples.add(&seen, [1_000, 1_500, 2_000]);
+        let [joins, updates, leaves] = &samples.0;
+        assert_eq!((&joins.arrived, joins.missing), (&vec![5, 2], 1), "joins");
         assert_eq!(
-            (samples.joins, samples.joins_missing),
-            (vec![5, 2], 1),
-            "joins"
+            (&updates.arrived, updates.missing),
+            (&vec![7, 1], 1),
+            "updates"
         );
         assert_eq!(
-            (samples.leaves, samples.leaves_missing),
-            (vec![1, 3, 9], 0),
+            (&leaves.arrived, leaves.missing),
+            (&vec![1, 3, 9], 0),
             "leaves"
         );
     }

@@ -60,13 +60,13 @@ pub fn cluster_rows(report: &mut Report, args: &Args, gathered: &Gathered, repor
     );
     if !gathered.samples.is_empty() {
         report.add("cluster_probes", "cluster: probes", args.probes, "");
-        let (joins, leaves) = Samples::pooled(&gathered.samples).spreads();
-        fan_out_rows(report, ("cluster_", "cluster: "), &joins, &leaves);
+        let spreads = Samples::pooled(&gathered.samples).spreads();
+        fan_out_rows(report, ("cluster_", "cluster: "), &spreads);
         let by_node = |pick: fn(&Spread) -> Option<f64>| {
             let each: Vec<String> = gathered
                 .samples
                 .iter()
-                .map(|s| pick(&s.spreads().0).map_or("n/a".to_owned(), |ms| format!("{ms:.3}")))
+                .map(|s| pick(&s.spreads().join).map_or("n/a".to_owned(), |ms| format!("{ms:.3}")))
                 .collect();
             format!("{} ms", each.join(" / "))
         };

@@ -38,6 +38,7 @@ enum Kind {
     Snapshot,
     NewUser,
     DisconnectUser,
+    UserUpdated,
     Other,
 }
 
@@ -68,9 +69,10 @@ pub struct Tally {
     pub decreases: u32,
     /// Events with no id, or of a kind the contract does not have.
     pub unexpected: u32,
-    /// The tag of the last probe whose `new_user`, and whose
-    /// `disconnect_user`, has been seen (0: none yet).
+    /// The tag of the last probe whose `new_user`, `user_updated` and
+    /// `disconnect_user` have been seen (0: none yet).
     pub joined_probe: u64,
+    pub updated_probe: u64,
     pub left_probe: u64,
 }
 
@@ -161,6 +163,7 @@ fn line_of(block: &mut Block, tally: &mut Tally, line: &[u8], probe: u64) {
                 b"existing_users" => Kind::Snapshot,
                 b"new_user" => Kind::NewUser,
                 b"disconnect_user" => Kind::DisconnectUser,
+                b"user_updated" => Kind::UserUpdated,
                 _ => Kind::Other,
             }
         }
@@ -216,6 +219,12 @@ fn dispatch(block: Block, tally: &mut Tally) {
             tally.events += 1;
             if block.probe != 0 {
                 tally.left_probe = block.probe;
+            }
+        }
+        Kind::UserUpdated => {
+            tally.events += 1;
+            if block.probe != 0 {
+                tally.updated_probe = block.probe;
             }
         }
         Kind::None | Kind::Other => tally.unexpected += 1,

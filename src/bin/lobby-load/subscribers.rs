@@ -29,8 +29,9 @@ const SETTLE_ROUNDS: usize = 20;
 pub struct Slot {
     pub last_id: AtomicU64,
     pub events: AtomicU64,
-    /// The latest probe's `new_user` and `disconnect_user`.
+    /// The latest probe's `new_user`, `user_updated` and `disconnect_user`.
     pub probe_joined: Sighting,
+    pub probe_updated: Sighting,
     pub probe_left: Sighting,
     /// Nanoseconds since `Shared::base`, plus one; 0 until seen.
     pub target_at: AtomicU64,
@@ -53,6 +54,7 @@ impl Slot {
         self.decreases.store(tally.decreases, Relaxed);
         self.unexpected.store(tally.unexpected, Relaxed);
         self.probe_joined.record(tally.joined_probe, at);
+        self.probe_updated.record(tally.updated_probe, at);
         self.probe_left.record(tally.left_probe, at);
         if target != 0 && last >= target && self.target_at.load(Relaxed) == 0 {
             self.target_at.store(at, Relaxed);

@@ -102,6 +102,17 @@ impl Target {
         .into_bytes()
     }
 
+    /// `POST /state` with `state` (a JSON object) for the holder of `token`.
+    pub fn state_request(&self, token: &str, room: usize, state: &str) -> Vec<u8> {
+        format!(
+            "POST {}/state HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{state}",
+            self.routes(room),
+            self.host,
+            state.len()
+        )
+        .into_bytes()
+    }
+
     pub fn events_request(&self, token: &str, last_id: Option<u64>, room: usize) -> Vec<u8> {
         let resume = last_id.map_or_else(String::new, |id| format!("Last-Event-ID: {id}\r\n"));
         format!(
