@@ -255,7 +255,7 @@ impl Store {
             .invoke_async(&mut self.commands.clone())
             .await?;
         let opening = match outcome {
-            1 => Opening::Opened(UserId::parse(&user).map_err(|_| malformed("lobby:tokens"))?),
+            1 => Opening::Opened(UserId::read(&user).map_err(|_| malformed("lobby:tokens"))?),
             0 => Opening::Unknown,
             _ => Opening::TooMany,
         };
@@ -501,7 +501,7 @@ fn parse_user(user: &str, entry: &str, state: Option<UserState>) -> Option<Onlin
     Some(Online {
         joined,
         room,
-        user: UserId::parse(user).ok()?,
+        user: UserId::read(user).ok()?,
         name,
         token,
         state,
@@ -512,7 +512,7 @@ fn parse_user(user: &str, entry: &str, state: Option<UserState>) -> Option<Onlin
 /// it took offline.
 fn parse_gone(four: &[Value]) -> Option<(UserId, RoomName, Name, LeaveReason)> {
     let text = |i: usize| redis::from_redis_value_ref::<String>(four.get(i)?).ok();
-    let user = UserId::parse(&text(0)?).ok()?;
+    let user = UserId::read(&text(0)?).ok()?;
     let room = RoomName::parse(&text(1)?).ok()?;
     let name = Name::parse(&text(2)?).ok()?;
     Some((user, room, name, leave_reason(&text(3)?)?))
@@ -534,7 +534,7 @@ fn parse_entry(entry: &StreamId) -> Option<Entry> {
     let field = |name: &str| entry.get::<String>(name);
     let room = RoomName::parse(&field("w")?).ok()?;
     let id = field("i")?.parse().ok()?;
-    let user = UserId::parse(&field("u")?).ok()?;
+    let user = UserId::read(&field("u")?).ok()?;
     let name = Name::parse(&field("n")?).ok()?;
     let change = match field("k")?.as_str() {
         "new_user" => Change::Joined {

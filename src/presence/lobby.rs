@@ -7,8 +7,9 @@
 //! A person is listed once however many memberships they hold (one per join:
 //! a signed join of someone already in the room adds one). Their `new_user`
 //! goes out with the first, their `disconnect_user` with the last; a
-//! membership that goes while others stay ends its own streams and tells no one. What only one kind of lobby keeps
-//! and does when a stream opens or closes, it adds through [`Kind`].
+//! membership that goes while others stay ends its own streams and tells no
+//! one. What only one kind of lobby keeps and does when a stream opens or
+//! closes, it adds through [`Kind`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -110,7 +111,7 @@ pub struct Person {
     /// What they are doing, once they (or their ticket) said.
     pub(super) state: Option<UserState>,
     /// Their memberships: one per join, each with its own token.
-    pub(super) members: Vec<TokenKey>,
+    pub(super) members: Keys,
 }
 
 impl Person {
@@ -119,6 +120,52 @@ impl Person {
             id: self.id.clone(),
             name: self.name.clone(),
             state: self.state.clone(),
+        }
+    }
+}
+
+/// A person's memberships, by their tokens' keys: nearly always one, kept
+/// without an allocation of its own.
+#[derive(Debug, Default)]
+pub enum Keys {
+    #[default]
+    None,
+    One(TokenKey),
+    Many(Vec<TokenKey>),
+}
+
+impl Keys {
+    fn push(&mut self, key: TokenKey) {
+        *self = match std::mem::take(self) {
+            Keys::None => Keys::One(key),
+            Keys::One(first) => Keys::Many(vec![first, key]),
+            Keys::Many(mut keys) => {
+                keys.push(key);
+                Keys::Many(keys)
+            }
+        };
+    }
+
+    /// Removes `key`; says whether none is left.
+    fn remove(&mut self, key: TokenKey) -> bool {
+        match self {
+            Keys::One(only) if *only == key => *self = Keys::None,
+            Keys::Many(keys) => {
+                keys.retain(|kept| *kept != key);
+                if let [only] = keys[..] {
+                    *self = Keys::One(only);
+                }
+            }
+            _ => {}
+        }
+        matches!(self, Keys::None)
+    }
+
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, TokenKey> {
+        match self {
+            Keys::None => [].iter(),
+            Keys::One(key) => std::slice::from_ref(key).iter(),
+            Keys::Many(keys) => keys.iter(),
         }
     }
 }
@@ -402,8 +449,12 @@ impl<K: Kind> State<K> {
     /// Adds `person`, whose `new_user` event is `seq`, with no membership yet.
     pub(super) fn add_person(&mut self, seq: EventId, person: UserView) {
         let UserView { id, name, state } = person;
-        self.by_id.insert(id.clone(), seq);
-        let members = Vec::new();
+        // Only a site's id can join again as the same person: a random one
+        // is never looked up, and costs no entry.
+        if id.is_site_s() {
+            self.by_id.insert(id.clone(), seq);
+        }
+        let members = Keys::default();
         self.people.insert(
             seq,
             Person {
@@ -493,8 +544,7 @@ impl<K: Kind> State<K> {
         let ending = self.members.remove(&member)?;
         let seq = ending.person;
         let person = self.people.get_mut(&seq)?;
-        person.members.retain(|key| *key != member);
-        if person.members.is_empty() {
+        if person.members.remove(member) {
             let (person, _) = self.remove(seq)?;
             return Some(Ended {
                 member: ending,

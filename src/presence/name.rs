@@ -82,19 +82,34 @@ pub enum IdError {
 }
 
 /// A person's public id, safe to show to everyone: a random UUID v4 for an
-/// open join, or the site's own id for the person (`sub`) for a signed one.
-/// Cheap to clone: the text is shared.
+/// open join (kept as its 16 bytes: most ids are these), or the site's own
+/// id for the person (`sub`) for a signed one. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(Arc<str>);
+pub struct UserId(Id);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Id {
+    Random(uuid::Uuid),
+    Site(Arc<str>),
+}
 
 impl UserId {
     pub(crate) fn random() -> UserId {
-        UserId(Arc::from(uuid::Uuid::new_v4().hyphenated().to_string()))
+        UserId(Id::Random(uuid::Uuid::new_v4()))
     }
 
     /// No one's id: the user of an event that is about no one.
     pub(crate) fn nil() -> UserId {
-        UserId(Arc::from(""))
+        UserId(Id::Random(uuid::Uuid::nil()))
+    }
+
+    /// Reads an id as [`fmt::Display`] writes it (from another node, through
+    /// Redis): a UUID as a random id, anything else as a site's.
+    pub fn read(text: &str) -> Result<UserId, IdError> {
+        match uuid::Uuid::try_parse(text) {
+            Ok(uuid) if uuid.hyphenated().to_string() == text => Ok(UserId(Id::Random(uuid))),
+            _ => UserId::parse(text),
+        }
     }
 
     /// A person's id as a site gives it (`sub`): 1 to 64 characters, none of
@@ -111,23 +126,27 @@ impl UserId {
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(IdError::Space);
         }
-        Ok(UserId(Arc::from(text)))
+        Ok(UserId(Id::Site(Arc::from(text))))
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// Whether a site gave this id (a signed join), rather than lobby.
+    pub(crate) fn is_site_s(&self) -> bool {
+        matches!(self.0, Id::Site(_))
     }
 }
 
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&self.to_string(), f)
     }
 }
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match &self.0 {
+            Id::Random(uuid) => fmt::Display::fmt(&uuid.hyphenated(), f),
+            Id::Site(text) => f.write_str(text),
+        }
     }
 }
 
@@ -408,7 +427,9 @@ mod tests {
         assert_eq!(TokenKey::from_hex("zz"), None);
         assert_eq!(TokenKey::from_hex(&"g".repeat(64)), None);
         let id = UserId::random();
-        assert_eq!(UserId::parse(&id.to_string()), Ok(id));
+        assert_eq!(UserId::read(&id.to_string()), Ok(id.clone()));
+        assert!(!id.is_site_s());
+        assert!(UserId::read("user-42").is_ok_and(|id| id.is_site_s()));
         assert_eq!(
             UserId::parse("user-42@example.com").map(|id| id.to_string()),
             Ok("user-42@example.com".to_owned())

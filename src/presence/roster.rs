@@ -87,7 +87,7 @@ fn encode<'a>(users: impl Iterator<Item = (&'a UserId, &'a Name, Option<&'a User
         // A signed join's id is the site's text: it is escaped as a name is.
         // Writing JSON into a Vec cannot fail.
         out.extend_from_slice(b"{\"id\":");
-        let _ = serde_json::to_writer(&mut out, id.as_str());
+        let _ = serde::Serializer::collect_str(&mut serde_json::Serializer::new(&mut out), id);
         out.extend_from_slice(b",\"name\":");
         let _ = serde_json::to_writer(&mut out, name.as_str());
         if let Some(state) = state {
