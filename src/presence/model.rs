@@ -674,7 +674,7 @@ impl Run {
             let seen: Vec<&str> = self
                 .observed
                 .iter()
-                .filter(|f| f.data["id"] == id.to_string())
+                .filter(|f| f.data["id"] == id.as_str())
                 .map(|f| f.event.as_str())
                 .collect();
             prop_assert_eq!(

@@ -896,7 +896,7 @@ async fn every_user_gets_exactly_one_new_user_and_one_disconnect_user() {
         let id = user.id.to_string();
         let count = |event: &str| {
             seen.iter()
-                .filter(|f| f.event == event && f.data["id"] == id.to_string())
+                .filter(|f| f.event == event && f.data["id"] == id.as_str())
                 .count()
         };
         assert_eq!(count("new_user"), 1, "new_user of {id}");
