@@ -120,7 +120,7 @@ pub struct Config {
     #[arg(long, env = "LOBBY_TCP_USER_TIMEOUT", default_value = "10s", value_name = "DUR", value_parser = parse_positive_duration)]
     pub tcp_user_timeout: Duration,
 
-    /// An origin whose pages may use /join, /events, /leave and /users, such as
+    /// An origin whose pages may use /join, /events, /state, /leave and /users, such as
     /// https://app.example.com. Repeat it, or separate origins with commas.
     /// Without it, other sites' pages are refused.
     #[arg(long = "cors-origin", env = "LOBBY_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
@@ -142,7 +142,7 @@ pub struct Config {
     #[arg(long, env = "LOBBY_METRICS_BIND", value_name = "ADDR")]
     pub metrics_bind: Option<SocketAddr>,
 
-    /// POST a signed JSON body to this URL for every join and every leave
+    /// POST a signed JSON body to this URL for every join, every leave and every state update
     /// (with its reason), such as https://app.example.com/lobby-events.
     #[arg(long, env = "LOBBY_WEBHOOK", value_name = "URL", value_parser = parse_webhook_url, requires = "webhook_secret")]
     pub webhook: Option<reqwest::Url>,
@@ -239,7 +239,7 @@ impl Config {
             (None, None) => return Ok(None),
         };
         if secret.is_empty() {
-            return Err("the join secret is empty; give one of at least 32 bytes".to_owned());
+            return Err("the join secret is empty; give a long random one".to_owned());
         }
         if self.redis.is_some() {
             return Err(

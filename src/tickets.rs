@@ -67,7 +67,9 @@ pub enum TicketError {
         "The ticket is not valid yet (its nbf or iat is in the future). Check the site's clock."
     )]
     NotYet,
-    #[error("The ticket has no exp claim; this lobby takes only tickets that expire.")]
+    #[error(
+        "The ticket has no exp claim (a number: seconds since 1970); this lobby takes only tickets that expire."
+    )]
     NoExpiry,
     #[error(
         "The ticket's claims cannot be read ({0}). It needs sub and name as strings, and exp as a number."
@@ -104,7 +106,11 @@ impl Tickets {
 
     /// Checks `ticket` for a join to `room`.
     pub fn check(&self, ticket: &str, room: &RoomName) -> Result<Ticket, TicketError> {
-        let claims = jsonwebtoken::decode::<Claims>(ticket.trim(), &self.key, &self.validation)
+        let ticket = ticket.trim();
+        // A header lobby cannot read (`alg: none`, or no JWT at all) is not
+        // signed as lobby takes; only past it is a JSON error the claims'.
+        jsonwebtoken::decode_header(ticket).map_err(|_| TicketError::BadlySigned)?;
+        let claims = jsonwebtoken::decode::<Claims>(ticket, &self.key, &self.validation)
             .map_err(|err| refusal(err.kind()))?
             .claims;
         if claims

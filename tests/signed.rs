@@ -136,6 +136,13 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
             "HS256",
         ),
         ("not.a.jwt".to_owned(), 401, "HS256"),
+        // alg: none, unsigned, with good claims.
+        (
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsIm5hbWUiOiJBZGEiLCJleHAiOjQwMDAwMDAwMDB9."
+                .to_owned(),
+            401,
+            "HS256",
+        ),
         (
             mint_with(SECRET, Algorithm::HS256, &good(json!({"exp": t - 120}))),
             401,
@@ -203,12 +210,8 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
         };
         let sentence = assert_error(post_ticket(&server, body).await, *status).await;
         assert!(sentence.contains(says), "{says:?} not in {sentence:?}");
-        if !ticket.is_empty() {
-            let signature = ticket.rsplit('.').next().expect("a part");
-            assert!(
-                !sentence.contains(signature),
-                "the ticket is echoed: {sentence}"
-            );
+        for part in ticket.split('.').filter(|part| part.len() > 8) {
+            assert!(!sentence.contains(part), "the ticket is echoed: {sentence}");
         }
     }
     assert_eq!(server.users().await, []);

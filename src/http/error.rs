@@ -99,11 +99,11 @@ pub enum ApiError {
     )]
     CrossOrigin,
     #[error(
-        "There is nothing at this address. The lobby serves /, /join, /events, /leave, /users and /healthz, and each room's /rooms/NAME/join, /events, /leave and /users."
+        "There is nothing at this address. The lobby serves /, /join, /events, /state, /leave, /users and /healthz, and each room's /rooms/NAME/join, /events, /state, /leave and /users."
     )]
     NotFound,
     #[error(
-        "{0} is not allowed here. /join and /leave take POST; /, /events, /users and /healthz take GET."
+        "{0} is not allowed here. /join, /state and /leave take POST; /, /events, /users and /healthz take GET."
     )]
     MethodNotAllowed(axum::http::Method),
 }
