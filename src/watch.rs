@@ -1,4 +1,4 @@
-//! `lobby watch URL [--name NAME]`, the friendly version of the curl session: with a
+//! `lobby watch URL [--name NAME | --ticket JWT]`, the friendly version of the curl session: with a
 //! name it joins, prints who is online and then a line per join and leave from the
 //! event stream, and leaves on Ctrl-C; without one it follows a watcher's stream
 //! (GET /events with no token), joining no one. URL is a lobby or one of its
@@ -25,12 +25,17 @@ pub struct WatchArgs {
 
     /// Join under this name and follow the event stream (leaving on Ctrl-C).
     /// Without it, follow the stream as a watcher, without joining.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "ticket")]
     pub name: Option<String>,
+
+    /// Join with this ticket (a JWT your site signed, for a lobby started
+    /// with --join-secret): who you are is the ticket's. Then as --name.
+    #[arg(long, value_name = "JWT")]
+    pub ticket: Option<String>,
 
     /// Without --name, against a lobby too old to have watchers: how often
     /// to ask GET /users instead.
-    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = crate::config::parse_positive_duration, conflicts_with = "name")]
+    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = crate::config::parse_positive_duration, conflicts_with_all = ["name", "ticket"])]
     pub every: Duration,
 }
 
@@ -80,8 +85,13 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<(), WatchError> {
     let lobby = Lobby::new(args.url);
     let mut out = Printer::new(std::io::stdout());
-    match args.name {
-        Some(name) => follow_as(&lobby, &name, &mut out, shutdown).await,
+    let joiner = match (args.name, args.ticket) {
+        (Some(name), _) => Some(serde_json::json!({ "name": name })),
+        (None, Some(ticket)) => Some(serde_json::json!({ "ticket": ticket })),
+        (None, None) => None,
+    };
+    match joiner {
+        Some(joiner) => follow_as(&lobby, &joiner, &mut out, shutdown).await,
         None => {
             tokio::select! {
                 result = watch_or_poll(&lobby, args.every, &mut out) => result,
@@ -104,16 +114,17 @@ async fn watch_or_poll(
     }
 }
 
-/// Joins, follows the stream until shutdown, then leaves.
+/// Joins (`joiner`: a name or a ticket, as the join's JSON body), follows
+/// the stream until shutdown, then leaves.
 async fn follow_as(
     lobby: &Lobby,
-    name: &str,
+    joiner: &serde_json::Value,
     out: &mut Printer<impl Write>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WatchError> {
     tokio::pin!(shutdown);
     let joined = tokio::select! {
-        joined = lobby.join(name) => joined?,
+        joined = lobby.join(joiner) => joined?,
         () = &mut shutdown => return Ok(()),
     };
     let following = tokio::select! {
@@ -421,12 +432,12 @@ impl Lobby {
         }
     }
 
-    async fn join(&self, name: &str) -> Result<Joined, WatchError> {
+    async fn join(&self, joiner: &serde_json::Value) -> Result<Joined, WatchError> {
         let response = self
             .http
             .post(self.url("join"))
             .timeout(REQUEST_TIMEOUT)
-            .json(&serde_json::json!({ "name": name }))
+            .json(joiner)
             .send()
             .await
             .map_err(|err| self.unreachable(&err))?;

@@ -31,6 +31,24 @@ async fn with_a_name_it_prints_who_is_online_then_each_join_and_leave() {
     watcher.expect_lines(&["- bob"]).await;
 }
 
+/// Against a lobby of signed joins, a ticket stands for the name.
+#[tokio::test]
+async fn with_a_ticket_it_joins_as_the_ticket_says() {
+    let secret = "a-secret-for-lobby-watch-0123456789";
+    let lobby = LobbyProcess::start(&["--join-secret", secret]).await;
+    let claims = serde_json::json!({"sub": "u42", "name": "Ada", "exp": 4_000_000_000_u64});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("a key");
+    let ticket =
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("a JWT");
+    let mut watcher = Watcher::start(lobby.addr, &["--ticket", &ticket]);
+    watcher.expect_lines(&["1 online:", "  Ada (you)"]).await;
+    assert_eq!(lobby.users().await[0].id, "u42");
+    watcher.signal("TERM");
+    let (status, stderr) = watcher.exit().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(lobby.users().await.is_empty(), "it left");
+}
+
 #[tokio::test]
 async fn sigint_makes_it_leave_so_others_see_it_go_and_it_exits_0() {
     leaves_on("INT").await;
