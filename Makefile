@@ -12,7 +12,7 @@ run:
 # nodes on one Redis with every request sent to a node picked at random.
 test: lint
 	cargo test --all-targets
-	LOBBY_TEST_CLUSTER=1 cargo test --test api --test events --test presence_rules --test rooms --test state
+	LOBBY_TEST_CLUSTER=1 cargo test --test api --test events --test presence_rules --test rooms --test state --test signed
 
 lint:
 	cargo fmt --all --check

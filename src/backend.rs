@@ -48,9 +48,7 @@ impl Backend {
     ) -> Result<Joined, JoinError> {
         match self {
             Backend::Local(rooms) => rooms.join(room, person, name, state),
-            // A cluster takes open joins only (`Config::tickets` refuses
-            // `--join-secret` with `--redis`), so there is no person to pass.
-            Backend::Cluster(cluster) => cluster.join(room, name).await,
+            Backend::Cluster(cluster) => cluster.join(room, person, name, state).await,
         }
     }
 

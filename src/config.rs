@@ -158,7 +158,7 @@ pub struct Config {
     pub webhook_secret: Option<String>,
 
     /// Take signed joins only: every join carries a ticket, a JWT that the
-    /// site's backend signs (HS256) with this secret. One process only, so far.
+    /// site's backend signs (HS256) with this secret.
     #[arg(
         long,
         env = "LOBBY_JOIN_SECRET",
@@ -218,9 +218,8 @@ impl Config {
     }
 
     /// What checks signed joins' tickets, with `--join-secret` (or its
-    /// file); `None` for open joins. Fails on a file that cannot be read, an
-    /// empty secret, or `--redis`, which cannot count one person's tabs as
-    /// one person yet.
+    /// file); `None` for open joins. Fails on a file that cannot be read, or
+    /// an empty secret.
     pub fn tickets(&self) -> Result<Option<Tickets>, String> {
         let secret = match (&self.join_secret, &self.join_secret_file) {
             (Some(secret), _) => secret.clone().into_bytes(),
@@ -240,14 +239,6 @@ impl Config {
         };
         if secret.is_empty() {
             return Err("the join secret is empty; give a long random one".to_owned());
-        }
-        if self.redis.is_some() {
-            return Err(
-                "--join-secret does not work with --redis yet: a cluster would count \
-                        one person's tabs on two nodes as two people. Run one process, or \
-                        leave --join-secret out"
-                    .to_owned(),
-            );
         }
         Tickets::new(&secret).map(Some)
     }

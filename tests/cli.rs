@@ -420,27 +420,6 @@ async fn neither_the_join_secret_nor_a_ticket_appears_in_the_output_even_at_debu
 }
 
 #[tokio::test]
-async fn a_join_secret_with_redis_exits_1_with_one_line_saying_why() {
-    let finished = run_to_end(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--join-secret",
-            "s3cret",
-            "--redis",
-            "redis://127.0.0.1:1/",
-        ],
-        &[],
-    )
-    .await;
-
-    assert_eq!(finished.status.code(), Some(1), "{}", finished.output());
-    let line = finished.the_one_error_line();
-    assert!(line.contains("--redis"), "{line}");
-    assert!(!line.contains("s3cret"), "{line}");
-}
-
-#[tokio::test]
 async fn a_join_secret_file_that_cannot_be_read_exits_1_with_one_line_naming_it() {
     let missing = "/nonexistent/lobby-test/join-secret";
     let finished = run_to_end(

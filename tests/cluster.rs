@@ -1176,3 +1176,61 @@ async fn the_users_of_a_killed_node_leave_their_rooms_once_on_every_other_node()
         Vec::<String>::new()
     );
 }
+
+// ---- One person on several nodes (signed joins) ----
+
+/// One person (one `sub`) in two browsers, each on its own node, is one
+/// entry on every node. Their node dying takes only that browser's
+/// membership: they stay while the other streams, and go once when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_on_two_nodes_is_one_entry_outlives_one_node_and_goes_once() {
+    const SECRET: &str = "a-secret-for-the-cluster-test-0123456789";
+    let flags = [&FLAGS[..], &["--join-secret", SECRET]].concat();
+    let mut cluster = ProcessCluster::start(3, &flags).await;
+    let ticket = {
+        let claims = serde_json::json!({"sub": "u1", "name": "Ada", "exp": 4_000_000_000_u64});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("a key");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("a JWT")
+    };
+    let join = |node: usize| {
+        let client = cluster.node(node);
+        let ticket = ticket.clone();
+        async move {
+            let response = client
+                .client
+                .post(client.url("/join"))
+                .json(&serde_json::json!({ "ticket": ticket }))
+                .send()
+                .await
+                .expect("POST /join");
+            assert_eq!(response.status(), 201);
+            response.json::<Joined>().await.expect("a join reply")
+        }
+    };
+    let mut watcher = cluster.node(2).watch(None).await;
+    watcher.next_event().await;
+    let laptop = join(0).await;
+    let phone = join(1).await;
+    assert_eq!((laptop.id.as_str(), phone.id.as_str()), ("u1", "u1"));
+    let _laptop_stream = cluster.node(0).subscribe(&laptop.token, None).await;
+    let phone_stream = cluster.node(1).subscribe(&phone.token, None).await;
+    assert_eq!(watcher.next_event().await.event, "new_user");
+    for node in 0..3 {
+        assert_eq!(cluster.node(node).users().await.len(), 1, "node {node}");
+    }
+
+    cluster.sigkill(0);
+    let quiet = watcher.next_within(LOST_BOUND + GRACE).await;
+    assert!(quiet.is_none(), "the phone still streams, yet {quiet:?}");
+    assert_eq!(cluster.node(1).users().await.len(), 1);
+
+    drop(phone_stream);
+    let gone = watcher.next_within(PATIENCE).await.expect("she goes");
+    assert_eq!(gone.event, "disconnect_user");
+    assert_eq!(user_in(&gone).id, "u1");
+    assert!(watcher.next_within(PAST_GRACE).await.is_none(), "once");
+    assert_eq!(
+        cluster.redis.hash_fields("lobby:people").await,
+        Vec::<String>::new()
+    );
+}

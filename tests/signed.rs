@@ -20,7 +20,7 @@ const QUIET: Duration = Duration::from_millis(300);
 async fn signed(args: &[&str]) -> TestServer {
     let mut all = vec!["--join-secret", SECRET];
     all.extend_from_slice(args);
-    TestServer::one_node_on(std::net::Ipv4Addr::LOCALHOST.into(), &all).await
+    TestServer::with_args(&all).await
 }
 
 fn now() -> i64 {

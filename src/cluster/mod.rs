@@ -13,6 +13,14 @@
 //!   the same integer on every node, and a stream that resumes on another
 //!   node with `Last-Event-ID` gets a replay from that node's copy of the
 //!   same history.
+//! - **People and memberships.** Each join is a membership (`lobby:users`,
+//!   keyed by its own id, which the streams, deadlines and nodes count); a
+//!   signed join names its person (`sub`), and `lobby:people` counts each
+//!   person's memberships in a room. The first announces them (`new_user`),
+//!   later ones and those that end while others stay are entries with no
+//!   event (`member_added`, `member_left`: the nodes learn the token, or end
+//!   its streams), and the last sends `disconnect_user`. So one person on two
+//!   nodes is one entry, and leaves once, when both are gone.
 //! - **Rooms are counted in Redis** (`lobby:rooms`), so `--max-users` (per
 //!   room) and `--max-rooms` hold across nodes; a node's replica of a room is
 //!   made by the room's first event and dropped once it has been empty for
@@ -162,42 +170,65 @@ impl Cluster {
         }
     }
 
-    pub async fn join(&self, room: &RoomName, name: Name) -> Result<Joined, JoinError> {
+    /// Adds a membership of `person` (a signed join's `sub`; with `None`,
+    /// someone new) to `room`: their `new_user` goes out with their first.
+    pub async fn join(
+        &self,
+        room: &RoomName,
+        person: Option<UserId>,
+        name: Name,
+        user_state: Option<UserState>,
+    ) -> Result<Joined, JoinError> {
         let shared = &self.shared;
-        let (id, token) = (UserId::random(), Token::random_in(room));
+        let (member, token) = (UserId::random(), Token::random_in(room));
+        let id = person.clone().unwrap_or_else(|| member.clone());
         let before = shared.presence.expect_join(id.clone());
         let limits = Limits {
             max_users: shared.config.presence.max_users,
             max_rooms: shared.config.max_rooms,
             join_timeout: shared.config.presence.join_timeout,
         };
-        let member = Member {
+        let joining = Member {
             room,
-            user: id.clone(),
+            user: member,
+            person: person.as_ref(),
             token: token.key(),
             name: &name,
+            state: user_state.as_ref(),
         };
-        let failed = match shared.store.join(limits, member).await {
-            Ok(Joining::Joined) => None,
-            Ok(Joining::Full(online)) => Some(JoinError::Full(online)),
-            Ok(Joining::TooManyRooms(rooms)) => Some(JoinError::TooManyRooms(rooms)),
+        let joined = match shared.store.join(limits, joining).await {
+            Ok(Joining::Joined { seq, new }) => Ok((seq, new)),
+            Ok(Joining::Full(online)) => Err(JoinError::Full(online)),
+            Ok(Joining::TooManyRooms(rooms)) => Err(JoinError::TooManyRooms(rooms)),
             Err(err) => {
                 tracing::warn!("join not recorded: {err}");
-                Some(JoinError::Unavailable)
+                Err(JoinError::Unavailable)
             }
         };
-        if let Some(err) = failed {
-            shared.presence.forget_join(&id);
-            return Err(err);
-        }
+        let (seq, new) = joined.inspect_err(|_| shared.presence.forget_join(&id))?;
         shared.reap.notify_one();
-        // The users list just before the join, once the join comes back
-        // through the log; if it is slow to, the list as this node has it.
-        let users = match tokio::time::timeout(CATCH_UP, before).await {
-            Ok(Ok(users)) => users,
-            _ => shared.presence.users_json(room),
+        let users = if new {
+            // The users list just before the join, once the join comes back
+            // through the log; if it is slow to, the list as this node has it.
+            match tokio::time::timeout(CATCH_UP, before).await {
+                Ok(Ok(users)) => users,
+                _ => shared.presence.users_json(room),
+            }
+        } else {
+            // Another membership of someone in the room: no `new_user`; the
+            // list once this node has the membership, them in it.
+            shared.presence.forget_join(&id);
+            shared.presence.applied(seq, CATCH_UP).await;
+            shared.presence.users_json(room)
         };
-        shared.config.observer.joined(room, id.clone(), &name, None);
+        let name = match shared.presence.user_of(room, &token) {
+            // The name the person came in with, as one process answers.
+            Ok(view) if !new => view.name,
+            _ => name,
+        };
+        if new {
+            shared.config.observer.joined(room, id.clone(), &name, None);
+        }
         Ok(Joined {
             id,
             name,
@@ -206,20 +237,19 @@ impl Cluster {
         })
     }
 
+    /// Ends the membership of `token` in `room`; its person leaves with
+    /// their last.
     pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
         self.sync().await;
-        let user = self.shared.presence.user_of(room, token)?;
-        match self.shared.store.leave(&user.id, token.key()).await {
+        let (user, member) = self.shared.presence.member_of(room, token)?;
+        match self.shared.store.leave(&member, token.key()).await {
             Ok(Some((seq, event))) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
-                let observer = &self.shared.config.observer;
-                observer.left(
-                    room,
-                    user.id.clone(),
-                    &user.name,
-                    LeaveReason::Leave,
-                    Some(event),
-                );
+                if let Some(event) = event {
+                    let observer = &self.shared.config.observer;
+                    let reason = LeaveReason::Leave;
+                    observer.left(room, user.id.clone(), &user.name, reason, Some(event));
+                }
                 Ok(user.id)
             }
             Ok(None) => Err(TokenError::Unknown),
@@ -239,13 +269,8 @@ impl Cluster {
         state: UserState,
     ) -> Result<(), TokenError> {
         self.sync().await;
-        let user = self.shared.presence.user_of(room, token)?;
-        match self
-            .shared
-            .store
-            .update(&user.id, token.key(), &state)
-            .await
-        {
+        let (user, member) = self.shared.presence.member_of(room, token)?;
+        match self.shared.store.update(&member, token.key(), &state).await {
             Ok(Updating::Updated(seq, event)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
                 let observer = &self.shared.config.observer;

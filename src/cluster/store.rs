@@ -72,9 +72,13 @@ pub(super) struct Limits {
 /// Who joins, where.
 pub(super) struct Member<'a> {
     pub room: &'a RoomName,
+    /// The membership's id (one per join).
     pub user: UserId,
+    /// The person's, if a signed join names one; else the membership's.
+    pub person: Option<&'a UserId>,
     pub token: TokenKey,
     pub name: &'a Name,
+    pub state: Option<&'a UserState>,
 }
 
 /// What `update` found.
@@ -89,7 +93,8 @@ pub(super) enum Updating {
 
 /// What `join` found.
 pub(super) enum Joining {
-    Joined,
+    /// In: the log entry, and whether the person is new (their `new_user`).
+    Joined { seq: u64, new: bool },
     /// The room has this many users, its most.
     Full(usize),
     /// There are this many rooms, the most.
@@ -155,7 +160,7 @@ impl Store {
     }
 
     pub(super) async fn join(&self, limits: Limits, joining: Member<'_>) -> RedisResult<Joining> {
-        let (seq, count): (i64, usize) = self
+        let (seq, count, new): (i64, usize, u8) = self
             .scripts
             .join
             .arg(self.history)
@@ -167,24 +172,29 @@ impl Store {
             .arg(self.give_up_at())
             .arg(joining.room.as_str())
             .arg(limits.max_rooms)
+            .arg(joining.person.map(UserId::to_string).unwrap_or_default())
+            .arg(joining.state.map_or("", UserState::as_json))
             .invoke_async(&mut self.commands.clone())
             .await?;
         match seq {
             0 => Ok(Joining::Full(count)),
             -2 => Ok(Joining::TooManyRooms(count)),
-            1.. => Ok(Joining::Joined),
+            1.. => Ok(Joining::Joined {
+                seq: u64::try_from(seq).unwrap_or(0),
+                new: new == 1,
+            }),
             _ => Err(too_late()),
         }
     }
 
-    /// The log entry of the `disconnect_user` event and its id, or `None`
-    /// if the user was not online.
+    /// Ends the membership `user`: the log entry, and the `disconnect_user`'s
+    /// id if its person went with it; `None` if it was not there.
     pub(super) async fn leave(
         &self,
         user: &UserId,
         token: TokenKey,
-    ) -> RedisResult<Option<(u64, EventId)>> {
-        let (seq, id): (i64, EventId) = self
+    ) -> RedisResult<Option<(u64, Option<EventId>)>> {
+        let (seq, id, gone): (i64, EventId, u8) = self
             .scripts
             .leave
             .arg(self.history)
@@ -195,7 +205,9 @@ impl Store {
             .await?;
         match seq {
             0 => Ok(None),
-            1.. => Ok(u64::try_from(seq).ok().map(|seq| (seq, id))),
+            1.. => Ok(u64::try_from(seq)
+                .ok()
+                .map(|seq| (seq, (gone == 1).then_some(id)))),
             _ => Err(too_late()),
         }
     }
@@ -402,9 +414,10 @@ impl Store {
         let mut call = self.scripts.restore.arg(self.history);
         call.arg(millis(grace));
         for known in users {
-            call.arg(known.user.to_string())
+            call.arg(known.member.to_string())
                 .arg(known.token.to_hex())
                 .arg(known.room.as_str())
+                .arg(known.user.to_string())
                 .arg(known.name.as_str());
         }
         call.invoke_async(&mut self.commands.clone()).await
@@ -444,9 +457,8 @@ impl Store {
             .collect::<RedisResult<_>>()?;
         let users = users
             .iter()
-            .map(|(user, entry)| {
-                let state = states.get(user.as_str()).cloned();
-                parse_user(user, entry, state).ok_or_else(|| malformed("lobby:users"))
+            .map(|(member, entry)| {
+                parse_user(member, entry, &states).ok_or_else(|| malformed("lobby:users"))
             })
             .collect::<RedisResult<_>>()?;
         let mut history = entries
@@ -491,17 +503,21 @@ pub(super) async fn read_log(
         .collect()
 }
 
-/// `<id of new_user> <token key> <room> <name>`, as lobby:users holds each user.
-fn parse_user(user: &str, entry: &str, state: Option<UserState>) -> Option<Online> {
-    let mut parts = entry.splitn(4, ' ');
+/// `<id of new_user> <token key> <room> <person id> <name>`, as lobby:users
+/// holds each membership; the person's state from `states`.
+fn parse_user(member: &str, entry: &str, states: &HashMap<&str, UserState>) -> Option<Online> {
+    let mut parts = entry.splitn(5, ' ');
     let joined = parts.next()?.parse().ok()?;
     let token = TokenKey::from_hex(parts.next()?)?;
     let room = RoomName::parse(parts.next()?).ok()?;
+    let person = parts.next()?;
     let name = Name::parse(parts.next()?).ok()?;
+    let state = states.get(format!("{room} {person}").as_str()).cloned();
     Some(Online {
         joined,
         room,
-        user: UserId::read(user).ok()?,
+        member: UserId::read(member).ok()?,
+        user: UserId::read(person).ok()?,
         name,
         token,
         state,
@@ -526,9 +542,10 @@ fn leave_reason(text: &str) -> Option<LeaveReason> {
 }
 
 /// A log entry: id `<number>-0`; fields `w` (room), `i` (id in the room),
-/// `k` (kind), `u` (user), `n` (name), and `t` (token key) for a join, `s`
-/// (id of the user's new_user) for a leave or an update, and `j` (the state)
-/// for an update.
+/// `k` (kind), `u` (the person), `n` (name), `m` (the membership, for a join
+/// or a membership added), `t` (token key) for a join or a membership, `s`
+/// (id of the person's new_user) for all but a join, and `j` (the state) for
+/// an update, or a join that came with one.
 fn parse_entry(entry: &StreamId) -> Option<Entry> {
     let seq = entry.id.strip_suffix("-0")?.parse().ok()?;
     let field = |name: &str| entry.get::<String>(name);
@@ -538,9 +555,23 @@ fn parse_entry(entry: &StreamId) -> Option<Entry> {
     let name = Name::parse(&field("n")?).ok()?;
     let change = match field("k")?.as_str() {
         "new_user" => Change::Joined {
+            member: field("m").map_or(Some(user.clone()), |m| UserId::read(&m).ok())?,
             user,
             name,
             token: TokenKey::from_hex(&field("t")?)?,
+            state: match field("j") {
+                Some(state) => Some(UserState::parse(state.as_bytes()).ok()?),
+                None => None,
+            },
+        },
+        "member_added" => Change::MemberAdded {
+            member: UserId::read(&field("m")?).ok()?,
+            token: TokenKey::from_hex(&field("t")?)?,
+            joined: field("s")?.parse().ok()?,
+        },
+        "member_left" => Change::MemberLeft {
+            token: TokenKey::from_hex(&field("t")?)?,
+            joined: field("s")?.parse().ok()?,
         },
         "disconnect_user" => Change::Left {
             user,

@@ -52,9 +52,16 @@ pub struct Following {
     joins: Mutex<HashMap<UserId, oneshot::Sender<Pieces>>>,
 }
 
+/// A membership as a replica keeps it: the cluster's id for it, and its
+/// streams open on this node.
+#[derive(Debug, Default)]
+pub struct Membership {
+    id: Option<UserId>,
+    streams: Vec<u64>,
+}
+
 impl Kind for Replicated {
-    /// The cluster's ids of the user's streams open on this node.
-    type User = Vec<u64>;
+    type User = Membership;
     type State = ();
     /// The cluster's id for the stream.
     type Stream = u64;
@@ -62,7 +69,7 @@ impl Kind for Replicated {
 
     fn opened(state: &mut State<Replicated>, member: TokenKey, stream: u64) {
         if let Some(member) = state.members.get_mut(&member) {
-            member.own.push(stream);
+            member.own.streams.push(stream);
         }
     }
 
@@ -75,21 +82,18 @@ impl Kind for Replicated {
         let Some(member) = state.members.get_mut(&member) else {
             return;
         };
-        member.own.retain(|&id| id != stream);
-        let seq = member.person;
-        let Some(person) = state.people.get(&seq) else {
+        member.own.streams.retain(|&id| id != stream);
+        let Some(user) = member.own.id.clone() else {
             return;
         };
-        let closed = StreamKey {
-            user: person.id.clone(),
-            stream,
-        };
+        let closed = StreamKey { user, stream };
         // An error only means the cluster is gone (the lobby is stopping).
         let _ = shared.kind.closed.send(closed);
     }
 }
 
-/// One stream a cluster opened on this node: whose, and the cluster's id for it.
+/// One stream a cluster opened on this node: whose (the membership's id),
+/// and the cluster's id for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamKey {
     pub user: UserId,
@@ -108,13 +112,30 @@ pub struct Entry {
     pub change: Change,
 }
 
-/// One change in a room, as the cluster's log has it.
+/// One change in a room, as the cluster's log has it. `user` is always the
+/// person; `member` a membership (one join) of theirs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Someone came: their `new_user`, with their first membership.
     Joined {
         user: UserId,
+        member: UserId,
         name: Name,
         token: TokenKey,
+        state: Option<UserState>,
+    },
+    /// Another membership of someone in the room (no event).
+    MemberAdded {
+        member: UserId,
+        token: TokenKey,
+        /// The id of the person's `new_user` event.
+        joined: EventId,
+    },
+    /// A membership ended while its person stays (no event; its streams end).
+    MemberLeft {
+        token: TokenKey,
+        /// The id of the person's `new_user` event.
+        joined: EventId,
     },
     Left {
         user: UserId,
@@ -150,22 +171,24 @@ pub struct Reload {
     pub history: Vec<Entry>,
 }
 
-/// A user online, as the cluster has them.
+/// A membership, and its person, as the cluster has them.
 #[derive(Debug, Clone)]
 pub struct Online {
     /// The id of their `new_user` event.
     pub joined: EventId,
     pub room: RoomName,
+    pub member: UserId,
     pub user: UserId,
     pub name: Name,
     pub token: TokenKey,
     pub state: Option<UserState>,
 }
 
-/// A user as a replica knows them, for a cluster that must put them back.
+/// A membership as a replica knows it, for a cluster that must put it back.
 #[derive(Debug, Clone)]
 pub struct Known {
     pub room: RoomName,
+    pub member: UserId,
     pub user: UserId,
     pub name: Name,
     pub token: TokenKey,
@@ -234,7 +257,13 @@ impl Replicas {
             return Err(OutOfOrder { latest, got: seq });
         }
         match change {
-            Change::Joined { user, name, token } => {
+            Change::Joined {
+                user,
+                member,
+                name,
+                token,
+                state: user_state,
+            } => {
                 let replica = rooms
                     .entry(room.clone())
                     .or_insert_with(|| self.make(&room));
@@ -243,10 +272,39 @@ impl Replicas {
                 if let Some(waiting) = self.joins().remove(&user) {
                     let _ = waiting.send(state.users_json());
                 }
-                let view = UserView::new(user, &name);
+                let view = UserView {
+                    id: user,
+                    name,
+                    state: user_state,
+                };
                 state.publish_at(id, EventKind::NewUser, &view);
                 state.add_person(id, view);
-                state.add_member(id, token, Vec::new());
+                state.add_member(id, token, Membership::of(member));
+            }
+            Change::MemberAdded {
+                member,
+                token,
+                joined,
+            } => {
+                if let Some(replica) = rooms.get(&room) {
+                    let mut state = replica.shared.lock();
+                    if state.people.contains_key(&joined) {
+                        state.add_member(joined, token, Membership::of(member));
+                    }
+                }
+            }
+            Change::MemberLeft { token, joined } => {
+                if let Some(replica) = rooms.get(&room) {
+                    let mut state = replica.shared.lock();
+                    // Never the person's last here: that comes as a leave.
+                    let others = state
+                        .people
+                        .get(&joined)
+                        .is_some_and(|person| person.members.iter().count() > 1);
+                    if others {
+                        state.end_member(token);
+                    }
+                }
             }
             Change::Updated {
                 user,
@@ -372,6 +430,20 @@ impl Replicas {
         found.ok_or_else(|| self.why(room, token, TokenError::Unknown))
     }
 
+    /// The person of `room` holding `token`, and the cluster's id for that
+    /// membership; or why not.
+    pub fn member_of(
+        &self,
+        room: &RoomName,
+        token: &Token,
+    ) -> Result<(UserView, UserId), TokenError> {
+        let person = self.user_of(room, token)?;
+        let member = self.get(room).and_then(|replica| replica.member_of(token));
+        member
+            .map(|member| (person, member))
+            .ok_or(TokenError::Unknown)
+    }
+
     /// Every stream the cluster opened on this node that is open now.
     pub fn open_streams(&self) -> Vec<StreamKey> {
         let rooms: Vec<Replica> = self.lock().values().cloned().collect();
@@ -411,7 +483,7 @@ impl Replica {
             .iter_mut()
             .filter(|(_, member)| member.streams > 0)
             .map(|(key, member)| {
-                let ids = std::mem::take(&mut member.own);
+                let ids = std::mem::take(&mut member.own.streams);
                 (*key, (member.streams, ids))
             })
             .collect();
@@ -422,9 +494,18 @@ impl Replica {
         state.history = History::new(self.shared.config.history_len(), floor);
         for Entry { id, change, .. } in history {
             let (kind, view) = match change {
-                Change::Joined { user, name, .. } => {
-                    (EventKind::NewUser, UserView::new(user, &name))
+                Change::Joined {
+                    user, name, state, ..
+                } => {
+                    let view = UserView {
+                        id: user,
+                        name,
+                        state,
+                    };
+                    (EventKind::NewUser, view)
                 }
+                // Memberships are no events: nothing to replay.
+                Change::MemberAdded { .. } | Change::MemberLeft { .. } => continue,
                 Change::Left { user, name, .. } => {
                     (EventKind::DisconnectUser, UserView::new(user, &name))
                 }
@@ -455,7 +536,11 @@ impl Replica {
                 };
                 state.add_person(seq, view);
             }
-            state.add_member(seq, online.token, ids);
+            let membership = Membership {
+                id: Some(online.member),
+                streams: ids,
+            };
+            state.add_member(seq, online.token, membership);
             if let Some(member) = state.members.get_mut(&online.token) {
                 member.streams = count;
             }
@@ -481,10 +566,10 @@ impl Replica {
         state
             .members
             .values()
-            .filter_map(|member| Some((state.people.get(&member.person)?, member)))
-            .flat_map(|(person, member)| {
-                member.own.iter().map(|&stream| StreamKey {
-                    user: person.id.clone(),
+            .filter_map(|member| Some((member.own.id.clone()?, &member.own.streams)))
+            .flat_map(|(user, streams)| {
+                streams.iter().map(move |&stream| StreamKey {
+                    user: user.clone(),
                     stream,
                 })
             })
@@ -494,17 +579,33 @@ impl Replica {
     fn known(&self) -> Vec<Known> {
         let state = self.shared.lock();
         state
-            .people
-            .values()
-            .flat_map(|person| {
-                person.members.iter().map(|&token| Known {
+            .members
+            .iter()
+            .filter_map(|(&token, member)| {
+                let person = state.people.get(&member.person)?;
+                Some(Known {
                     room: state.room.clone(),
+                    member: member.own.id.clone()?,
                     user: person.id.clone(),
                     name: person.name.clone(),
                     token,
                 })
             })
             .collect()
+    }
+
+    /// The cluster's id for the membership of `token`.
+    fn member_of(&self, token: &Token) -> Option<UserId> {
+        self.shared.lock().members.get(&token.key())?.own.id.clone()
+    }
+}
+
+impl Membership {
+    fn of(id: UserId) -> Membership {
+        Membership {
+            id: Some(id),
+            streams: Vec::new(),
+        }
     }
 }
 
@@ -560,8 +661,10 @@ mod tests {
         fn joined(&self, at: impl Into<At>) -> Entry {
             let change = Change::Joined {
                 user: self.user.clone(),
+                member: self.user.clone(),
                 name: self.name.clone(),
                 token: self.token.key(),
+                state: None,
             };
             self.entry(at.into().0, change)
         }
@@ -580,6 +683,7 @@ mod tests {
             Online {
                 joined,
                 room: self.room.clone(),
+                member: self.user.clone(),
                 user: self.user.clone(),
                 name: self.name.clone(),
                 token: self.token.key(),

@@ -7,9 +7,14 @@
 --                      are <number>-0; each carries its room (w) and its id
 --                      in that room (i), which is what streams see
 --   lobby:last         room -> its newest event id (rooms with someone)
---   lobby:users        user id -> "<id of their new_user> <token key> <room> <name>"
---   lobby:rooms        room -> how many users are in it (rooms with someone)
---   lobby:states       user id -> their state, compact JSON (once set)
+--   lobby:users        membership id -> "<id of its person's new_user> <token
+--                      key> <room> <person id> <name>": one per join; the
+--                      "user" of every key below is a membership
+--   lobby:people       "<room> <person id>" -> "<id of their new_user> <how
+--                      many memberships>": a person is listed once, however
+--                      many joins (tabs, devices) they have
+--   lobby:rooms        room -> how many people are in it (rooms with someone)
+--   lobby:states       "<room> <person id>" -> their state, compact JSON (once set)
 --   lobby:tokens       token key -> user id
 --   lobby:deadlines    user id -> when they go offline (ms, Redis's clock);
 --                      only users no node streams to have one
@@ -44,35 +49,68 @@ local function publish(history, room, fields)
   return seq, id
 end
 
--- A user's id of their new_user, token key, room and name; nil if not online.
+-- Appends an entry that tells the nodes of a membership, with no event of
+-- its room: its id is the room's last. Returns the entry's number.
+local function note(history, room, fields)
+  local seq = redis.call('INCR', 'lobby:seq')
+  local id = redis.call('HGET', 'lobby:last', room) or seq
+  redis.call('XADD', 'lobby:log', 'MAXLEN', '~', history, seq .. '-0', 'w', room, 'i', id, unpack(fields))
+  return seq
+end
+
+-- A membership's id of its person's new_user, token key, room, person and
+-- name; nil if it is not there.
 local function user_of(user)
   local entry = redis.call('HGET', 'lobby:users', user)
   if not entry then
     return nil
   end
-  return string.match(entry, '^(%d+) (%x+) (%S+) (.*)$')
+  return string.match(entry, '^(%d+) (%x+) (%S+) (%S+) (.*)$')
 end
 
--- Returns the log entry's number and the new_user's id.
-local function add_user(history, room, user, token, name, deadline, why)
-  local seq, id = publish(history, room, {'k', 'new_user', 'u', user, 'n', name, 't', token})
-  redis.call('HSET', 'lobby:users', user, id .. ' ' .. token .. ' ' .. room .. ' ' .. name)
-  redis.call('HINCRBY', 'lobby:rooms', room, 1)
+-- Adds the membership `user` of `person` in `room`. The person's first
+-- announces them with new_user (with `state`, unless it is ''); a later one
+-- is only noted. Returns the log entry's number, the new_user's id (0 for a
+-- later membership), and 1 if the person is new.
+local function add_user(history, room, user, person, token, name, state, deadline, why)
+  local key = room .. ' ' .. person
+  local found = redis.call('HGET', 'lobby:people', key)
+  local seq, id, joined, new
+  if found then
+    local count
+    joined, count = string.match(found, '^(%d+) (%d+)$')
+    redis.call('HSET', 'lobby:people', key, joined .. ' ' .. (tonumber(count) + 1))
+    seq = note(history, room, {'k', 'member_added', 'u', person, 'n', name, 'm', user, 't', token, 's', joined})
+    id, new = 0, 0
+  else
+    local fields = {'k', 'new_user', 'u', person, 'n', name, 'm', user, 't', token}
+    if state ~= '' then
+      table.insert(fields, 'j')
+      table.insert(fields, state)
+      redis.call('HSET', 'lobby:states', key, state)
+    end
+    seq, id = publish(history, room, fields)
+    joined, new = id, 1
+    redis.call('HSET', 'lobby:people', key, id .. ' 1')
+    redis.call('HINCRBY', 'lobby:rooms', room, 1)
+  end
+  redis.call('HSET', 'lobby:users', user, joined .. ' ' .. token .. ' ' .. room .. ' ' .. person .. ' ' .. name)
   redis.call('HSET', 'lobby:tokens', token, user)
   redis.call('ZADD', 'lobby:deadlines', deadline, user)
   redis.call('HSET', 'lobby:why', user, why)
-  return seq, id
+  return seq, id, new
 end
 
--- Takes a user offline and announces it; returns the log entry's number and
--- the disconnect_user's id, or 0 if they were not online.
+-- Ends the membership `user`. Its person's last takes them offline and
+-- announces it; another is only noted (its streams end). Returns the log
+-- entry's number, the disconnect_user's id (0 if the person stays) and 1 if
+-- the person went; or 0 if the membership was not there.
 local function remove_user(history, user, reason)
-  local joined, token, room, name = user_of(user)
+  local joined, token, room, person, name = user_of(user)
   if not joined then
     return 0
   end
   redis.call('HDEL', 'lobby:users', user)
-  redis.call('HDEL', 'lobby:states', user)
   redis.call('HDEL', 'lobby:tokens', token)
   redis.call('ZREM', 'lobby:deadlines', user)
   redis.call('HDEL', 'lobby:why', user)
@@ -81,12 +119,21 @@ local function remove_user(history, user, reason)
     redis.call('SREM', 'lobby:held:' .. node, user .. ' ' .. stream)
   end
   redis.call('DEL', 'lobby:on:' .. user)
-  local seq, id = publish(history, room, {'k', 'disconnect_user', 'u', user, 'n', name, 's', joined, 'r', reason})
+  local key = room .. ' ' .. person
+  local count = tonumber(string.match(redis.call('HGET', 'lobby:people', key) or '', ' (%d+)$') or '1')
+  if count > 1 then
+    redis.call('HSET', 'lobby:people', key, joined .. ' ' .. (count - 1))
+    local seq = note(history, room, {'k', 'member_left', 'u', person, 'n', name, 't', token, 's', joined})
+    return seq, 0, 0
+  end
+  redis.call('HDEL', 'lobby:people', key)
+  redis.call('HDEL', 'lobby:states', key)
+  local seq, id = publish(history, room, {'k', 'disconnect_user', 'u', person, 'n', name, 's', joined, 'r', reason})
   if redis.call('HINCRBY', 'lobby:rooms', room, -1) <= 0 then
     redis.call('HDEL', 'lobby:rooms', room)
     redis.call('HDEL', 'lobby:last', room)
   end
-  return seq, id
+  return seq, id, 1
 end
 
 -- A node opened a stream of the user: no deadline while one is open. Each

@@ -7,8 +7,9 @@
 -- node gets a fresh period instead, and none is taken for dead. Users whose
 -- deadline has passed go offline, each exactly once: whichever node runs this
 -- first removes them, and the others find nothing left to do.
--- Returns {lost node count, then for each user taken offline: id, room,
--- name, reason; and last the ms until the next deadline, or -1}.
+-- Returns {lost node count, then for each person taken offline (their last
+-- membership ended): person id, room, name, reason; and last the ms until the
+-- next deadline, or -1}.
 local now = now_ms()
 local out = {0}
 local last = tonumber(redis.call('GET', 'lobby:reaped') or now)
@@ -31,9 +32,10 @@ elseif ARGV[4] == '1' then
 end
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', 'lobby:deadlines', '-inf', now, 'LIMIT', 0, 512)) do
   local reason = redis.call('HGET', 'lobby:why', user) or 'grace expired'
-  local _, _, room, name = user_of(user)
-  if remove_user(ARGV[1], user, reason) > 0 then
-    table.insert(out, user)
+  local _, _, room, person, name = user_of(user)
+  local seq, _, gone = remove_user(ARGV[1], user, reason)
+  if seq > 0 and gone == 1 then
+    table.insert(out, person)
     table.insert(out, room)
     table.insert(out, name)
     table.insert(out, reason)

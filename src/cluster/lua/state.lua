@@ -1,8 +1,9 @@
 
 -- state: ARGV = history. Everything a node needs to follow the log from now:
 -- {epoch, the log's newest entry, each room's newest id as a flat list of
--- room and id, users as a flat list of id and entry, their states as a flat
--- list of id and state, the last entries newest first}.
+-- room and id, memberships as a flat list of id and entry, people's states
+-- as a flat list of "<room> <person>" and state, the last entries newest
+-- first}.
 return {
   redis.call('GET', 'lobby:epoch') or '',
   tonumber(redis.call('GET', 'lobby:seq') or '0'),
