@@ -164,3 +164,24 @@ async fn a_token_s_updates_are_limited_and_the_next_is_told_when_to_come() {
     let users = users_in(&server.watch(None).await.next_event().await);
     assert_eq!(users.len(), 2);
 }
+
+/// A burst of updates from one person reaches every stream in the order
+/// they were made, ending at the last.
+#[tokio::test]
+async fn a_burst_of_updates_arrives_in_order_ending_at_the_last() {
+    let server = TestServer::with_args(&[]).await;
+    let (ada, _ada_sees, _) = server.join_and_subscribe("ada").await;
+    let (_bob, mut bob_sees, _) = server.join_and_subscribe("bob").await;
+    for n in 0..5 {
+        let body = format!(r#"{{"n":{n}}}"#);
+        assert_eq!(post_state(&server, &ada.token, &body).await.status(), 204);
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&4) {
+        let event = bob_sees.next_event().await;
+        assert_eq!(event.event, "user_updated");
+        let data: Value = serde_json::from_str(&event.data).expect("JSON");
+        seen.push(data["state"]["n"].as_u64().expect("a number"));
+    }
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
+}
