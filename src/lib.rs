@@ -34,6 +34,8 @@
 //!   and leave where it is decided (presence, or the cluster node that made
 //!   it): Prometheus metrics and `--webhook`.
 //! - [`config`]: the command line and its environment variables.
+//! - [`tickets`]: signed joins (`--join-secret`): a join's ticket, a JWT the
+//!   site signs, checked with jsonwebtoken; who it says is joining.
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
 //!   an SSE parser), which knows nothing of the server's insides.
 //! - `main.rs`: flags, logging, bind, then [`run`].
