@@ -383,26 +383,15 @@ async fn neither_the_join_secret_nor_a_ticket_appears_in_the_output_even_at_debu
     let secret = "the-join-secret-of-this-test-0123456789";
     let env = [("RUST_LOG", "debug"), ("LOBBY_JOIN_SECRET", secret)];
     let lobby = Lobby::start(&[], &env).await;
-    let claims = serde_json::json!({"sub": "u1", "name": "Ada", "exp": 4_000_000_000_u64});
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("a key");
-    let ticket =
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("a JWT");
+    let ticket = common::ticket(secret, "u1", "Ada");
     let joined = lobby
-        .client
-        .post(lobby.url("/join"))
-        .json(&serde_json::json!({ "ticket": ticket }))
-        .send()
-        .await
-        .expect("POST /join");
+        .post_join_body(&serde_json::json!({ "ticket": ticket }))
+        .await;
     assert_eq!(joined.status(), 201);
     let forged = format!("{ticket}x");
     let refused = lobby
-        .client
-        .post(lobby.url("/join"))
-        .json(&serde_json::json!({ "ticket": forged }))
-        .send()
-        .await
-        .expect("POST /join");
+        .post_join_body(&serde_json::json!({ "ticket": forged }))
+        .await;
     assert_eq!(refused.status(), 401);
     let finished = lobby.stop("TERM").await;
 

@@ -1187,22 +1187,12 @@ async fn a_person_on_two_nodes_is_one_entry_outlives_one_node_and_goes_once() {
     const SECRET: &str = "a-secret-for-the-cluster-test-0123456789";
     let flags = [&FLAGS[..], &["--join-secret", SECRET]].concat();
     let mut cluster = ProcessCluster::start(3, &flags).await;
-    let ticket = {
-        let claims = serde_json::json!({"sub": "u1", "name": "Ada", "exp": 4_000_000_000_u64});
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("a key");
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("a JWT")
-    };
+    let ticket = common::ticket(SECRET, "u1", "Ada");
     let join = |node: usize| {
         let client = cluster.node(node);
-        let ticket = ticket.clone();
+        let body = serde_json::json!({ "ticket": ticket });
         async move {
-            let response = client
-                .client
-                .post(client.url("/join"))
-                .json(&serde_json::json!({ "ticket": ticket }))
-                .send()
-                .await
-                .expect("POST /join");
+            let response = client.post_join_body(&body).await;
             assert_eq!(response.status(), 201);
             response.json::<Joined>().await.expect("a join reply")
         }

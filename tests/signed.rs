@@ -10,8 +10,10 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Client, Joined, PATIENCE, Sse, TestServer, User, assert_error, user_in, users_in};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use common::{
+    Client, Joined, PATIENCE, Sse, TestServer, User, assert_error, ticket_with, user_in, users_in,
+};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-secret-the-site-and-lobby-share-0123456789";
@@ -30,15 +32,9 @@ fn now() -> i64 {
     i64::try_from(since.as_secs()).expect("a small number")
 }
 
-/// A ticket of `claims`, signed with `secret` by `alg`, as a site's backend mints it.
-fn mint_with(secret: &str, alg: Algorithm, claims: &Value) -> String {
-    let key = EncodingKey::from_secret(secret.as_bytes()).expect("a key");
-    jsonwebtoken::encode(&Header::new(alg), claims, &key).expect("a JWT")
-}
-
 /// A good ticket for `sub` named `name`, good for a minute.
 fn mint(sub: &str, name: &str) -> String {
-    mint_with(
+    ticket_with(
         SECRET,
         Algorithm::HS256,
         &json!({"sub": sub, "name": name, "exp": now() + 60}),
@@ -46,13 +42,7 @@ fn mint(sub: &str, name: &str) -> String {
 }
 
 async fn post_ticket(client: &Client, body: Value) -> reqwest::Response {
-    client
-        .client
-        .post(client.url("/join"))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST /join")
+    client.post_join_body(&body).await
 }
 
 async fn join_with(client: &Client, ticket: &str) -> Joined {
@@ -126,12 +116,12 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
     let cases: Vec<(String, u16, &str)> = vec![
         (String::new(), 401, "signed joins only"),
         (
-            mint_with("another secret", Algorithm::HS256, &good(json!({}))),
+            ticket_with("another secret", Algorithm::HS256, &good(json!({}))),
             401,
             "HS256",
         ),
         (
-            mint_with(SECRET, Algorithm::HS512, &good(json!({}))),
+            ticket_with(SECRET, Algorithm::HS512, &good(json!({}))),
             401,
             "HS256",
         ),
@@ -144,22 +134,22 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
             "HS256",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"exp": t - 120}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"exp": t - 120}))),
             401,
             "expired",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"nbf": t + 120}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"nbf": t + 120}))),
             401,
             "not valid yet",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"iat": t + 120}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"iat": t + 120}))),
             401,
             "not valid yet",
         ),
         (
-            mint_with(
+            ticket_with(
                 SECRET,
                 Algorithm::HS256,
                 &json!({"sub": "u1", "name": "Ada"}),
@@ -168,7 +158,7 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
             "no exp",
         ),
         (
-            mint_with(
+            ticket_with(
                 SECRET,
                 Algorithm::HS256,
                 &json!({"sub": "u1", "exp": t + 60}),
@@ -177,27 +167,27 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
             "missing field `name`",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"room": "ops"}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"room": "ops"}))),
             401,
             "\"ops\"",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"sub": "two words"}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"sub": "two words"}))),
             401,
             "sub",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"sub": ""}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"sub": ""}))),
             401,
             "sub",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"name": "  "}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"name": "  "}))),
             422,
             "name",
         ),
         (
-            mint_with(SECRET, Algorithm::HS256, &good(json!({"name": 5}))),
+            ticket_with(SECRET, Algorithm::HS256, &good(json!({"name": 5}))),
             401,
             "type",
         ),
@@ -219,7 +209,7 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
     // Within the 30 s of leeway, a ticket just past its exp (or just before
     // its nbf) is still good; the watcher's next event is that join.
     let leeway = good(json!({"exp": t - 10, "nbf": t + 10, "iat": t + 10}));
-    let joined = join_with(&server, &mint_with(SECRET, Algorithm::HS256, &leeway)).await;
+    let joined = join_with(&server, &ticket_with(SECRET, Algorithm::HS256, &leeway)).await;
     let event = watcher.next_event().await;
     assert_eq!(
         (event.event.as_str(), user_in(&event)),
@@ -232,7 +222,7 @@ async fn every_bad_ticket_gets_its_sentence_never_holds_the_ticket_and_changes_n
 async fn a_ticket_for_a_room_is_good_in_that_room_only() {
     let server = signed(&[]).await;
     let claims = json!({"sub": "u1", "name": "Ada", "room": "design", "exp": now() + 60});
-    let ticket = mint_with(SECRET, Algorithm::HS256, &claims);
+    let ticket = ticket_with(SECRET, Algorithm::HS256, &claims);
     let design = server.in_room("design");
     join_with(&design, &ticket).await;
     let sentence = assert_error(post_ticket(&server, json!({"ticket": ticket})).await, 401).await;
@@ -393,7 +383,7 @@ async fn a_ticket_s_state_shows_at_once_and_any_of_a_person_s_tabs_may_change_it
     let (_, mut watcher) = watcher_of(&server).await;
     let claims =
         json!({"sub": "u1", "name": "Ada", "state": {"status": "busy"}, "exp": now() + 60});
-    let first = join_with(&server, &mint_with(SECRET, Algorithm::HS256, &claims)).await;
+    let first = join_with(&server, &ticket_with(SECRET, Algorithm::HS256, &claims)).await;
     let event = watcher.next_event().await;
     let data: Value = serde_json::from_str(&event.data).expect("JSON");
     assert_eq!(
@@ -421,7 +411,7 @@ async fn a_ticket_s_state_shows_at_once_and_any_of_a_person_s_tabs_may_change_it
     let bad = json!({"sub": "u2", "name": "Bob", "state": ["away"], "exp": now() + 60});
     let refused = post_ticket(
         &server,
-        json!({"ticket": mint_with(SECRET, Algorithm::HS256, &bad)}),
+        json!({"ticket": ticket_with(SECRET, Algorithm::HS256, &bad)}),
     );
     let sentence = assert_error(refused.await, 422).await;
     assert!(sentence.contains("state"), "{sentence}");

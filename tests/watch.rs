@@ -36,10 +36,7 @@ async fn with_a_name_it_prints_who_is_online_then_each_join_and_leave() {
 async fn with_a_ticket_it_joins_as_the_ticket_says() {
     let secret = "a-secret-for-lobby-watch-0123456789";
     let lobby = LobbyProcess::start(&["--join-secret", secret]).await;
-    let claims = serde_json::json!({"sub": "u42", "name": "Ada", "exp": 4_000_000_000_u64});
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("a key");
-    let ticket =
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("a JWT");
+    let ticket = common::ticket(secret, "u42", "Ada");
     let mut watcher = Watcher::start(lobby.addr, &["--ticket", &ticket]);
     watcher.expect_lines(&["1 online:", "  Ada (you)"]).await;
     assert_eq!(lobby.users().await[0].id, "u42");

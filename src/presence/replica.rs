@@ -54,9 +54,9 @@ pub struct Following {
 
 /// A membership as a replica keeps it: the cluster's id for it, and its
 /// streams open on this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Membership {
-    id: Option<UserId>,
+    id: UserId,
     streams: Vec<u64>,
 }
 
@@ -83,10 +83,10 @@ impl Kind for Replicated {
             return;
         };
         member.own.streams.retain(|&id| id != stream);
-        let Some(user) = member.own.id.clone() else {
-            return;
+        let closed = StreamKey {
+            user: member.own.id.clone(),
+            stream,
         };
-        let closed = StreamKey { user, stream };
         // An error only means the cluster is gone (the lobby is stopping).
         let _ = shared.kind.closed.send(closed);
     }
@@ -537,7 +537,7 @@ impl Replica {
                 state.add_person(seq, view);
             }
             let membership = Membership {
-                id: Some(online.member),
+                id: online.member,
                 streams: ids,
             };
             state.add_member(seq, online.token, membership);
@@ -566,10 +566,9 @@ impl Replica {
         state
             .members
             .values()
-            .filter_map(|member| Some((member.own.id.clone()?, &member.own.streams)))
-            .flat_map(|(user, streams)| {
-                streams.iter().map(move |&stream| StreamKey {
-                    user: user.clone(),
+            .flat_map(|member| {
+                member.own.streams.iter().map(|&stream| StreamKey {
+                    user: member.own.id.clone(),
                     stream,
                 })
             })
@@ -585,7 +584,7 @@ impl Replica {
                 let person = state.people.get(&member.person)?;
                 Some(Known {
                     room: state.room.clone(),
-                    member: member.own.id.clone()?,
+                    member: member.own.id.clone(),
                     user: person.id.clone(),
                     name: person.name.clone(),
                     token,
@@ -596,14 +595,18 @@ impl Replica {
 
     /// The cluster's id for the membership of `token`.
     fn member_of(&self, token: &Token) -> Option<UserId> {
-        self.shared.lock().members.get(&token.key())?.own.id.clone()
+        let state = self.shared.lock();
+        state
+            .members
+            .get(&token.key())
+            .map(|member| member.own.id.clone())
     }
 }
 
 impl Membership {
     fn of(id: UserId) -> Membership {
         Membership {
-            id: Some(id),
+            id,
             streams: Vec::new(),
         }
     }

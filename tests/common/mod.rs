@@ -29,6 +29,20 @@ use tokio::task::JoinHandle;
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+/// A signed join's ticket: `claims` as a JWT signed by `alg` with `secret`,
+/// as a site's backend mints it.
+pub fn ticket_with(secret: &str, alg: jsonwebtoken::Algorithm, claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("a key");
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).expect("a JWT")
+}
+
+/// A ticket for `sub` named `name` that does not expire for a long while,
+/// signed (HS256) with `secret`.
+pub fn ticket(secret: &str, sub: &str, name: &str) -> String {
+    let claims = serde_json::json!({"sub": sub, "name": name, "exp": 4_000_000_000_u64});
+    ticket_with(secret, jsonwebtoken::Algorithm::HS256, &claims)
+}
+
 /// A lobby serving on a free port of 127.0.0.1, stopped when dropped. It
 /// derefs to a [`Client`] for that server.
 ///
@@ -295,9 +309,16 @@ impl Client {
 
     /// POST /join with a JSON body, whatever the reply.
     pub async fn post_join(&self, name: &str) -> reqwest::Response {
+        self.post_join_body(&serde_json::json!({ "name": name }))
+            .await
+    }
+
+    /// POST /join with `body` as JSON (a name, a ticket, or anything),
+    /// whatever the reply.
+    pub async fn post_join_body(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url("/join"))
-            .json(&serde_json::json!({ "name": name }))
+            .json(body)
             .send()
             .await
             .expect("POST /join")
