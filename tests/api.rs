@@ -74,7 +74,10 @@ async fn the_page_loads_its_script_and_stylesheet() {
 
     let page = server.get_text("/").await;
 
-    assert!(page.contains("src=\"/static/app.js\""), "{page}");
+    assert!(
+        page.contains("<script type=\"module\" src=\"/static/app.js\">"),
+        "{page}"
+    );
     assert!(page.contains("href=\"/static/style.css\""), "{page}");
 }
 
@@ -83,8 +86,13 @@ async fn the_script_is_served_as_javascript() {
     let server = TestServer::start().await;
 
     let script = served(&server, "/static/app.js", "text/javascript").await;
+    let client = served(&server, "/lobby.js", "text/javascript").await;
 
-    assert!(script.contains("EventSource"));
+    assert!(
+        script.contains("from \"/lobby.js\""),
+        "the page runs lobby.js"
+    );
+    assert!(client.contains("export function join") || client.contains("export const join"));
 }
 
 #[tokio::test]

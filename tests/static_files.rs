@@ -12,8 +12,10 @@ use common::{Client, PATIENCE, TestServer, free_addr};
 use reqwest::header::{CACHE_CONTROL, ETAG, HeaderMap, IF_NONE_MATCH};
 use tokio::time::Instant;
 
-const ASSETS: [(&str, &str); 3] = [
+const ASSETS: [(&str, &str); 5] = [
     ("/static/app.js", include_str!("../static/app.js")),
+    ("/lobby.js", include_str!("../static/lobby.js")),
+    ("/lobby.d.ts", include_str!("../static/lobby.d.ts")),
     ("/static/style.css", include_str!("../static/style.css")),
     ("/static/favicon.svg", include_str!("../static/favicon.svg")),
 ];

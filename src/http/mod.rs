@@ -127,6 +127,8 @@ pub fn app(state: AppState) -> Router {
         .route("/static/app.js", get(page::script))
         .route("/static/style.css", get(page::style))
         .route("/static/favicon.svg", get(page::favicon))
+        .route("/lobby.js", get(page::client))
+        .route("/lobby.d.ts", get(page::client_types))
         .route("/healthz", get(api::healthz))
         .route("/join", post(api::join))
         .route("/leave", post(api::leave))

@@ -1,7 +1,8 @@
 //! GET / and GET /rooms/{room}: the page of a room (`/` is the lobby's),
-//! rendered with maud with everyone in it already there, and
-//! its script and style, compiled into the binary so it runs from any directory,
-//! each with an ETag so that a browser revalidates it for a 304.
+//! rendered with maud with everyone in it already there; its script and
+//! style; and the client, `/lobby.js` and its types `/lobby.d.ts`, which other
+//! sites load. All compiled into the binary so it runs from any directory, each
+//! with an ETag so that a browser revalidates it for a 304.
 
 use std::sync::LazyLock;
 
@@ -20,6 +21,20 @@ static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
         include_str!("../../static/app.js"),
         "text/javascript; charset=utf-8",
     )
+});
+static LOBBY_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        include_str!("../../static/lobby.js"),
+        "text/javascript; charset=utf-8",
+    )
+    .for_any_site()
+});
+static LOBBY_D_TS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        include_str!("../../static/lobby.d.ts"),
+        "application/typescript; charset=utf-8",
+    )
+    .for_any_site()
 });
 static STYLE_CSS: LazyLock<Asset> = LazyLock::new(|| {
     Asset::new(
@@ -61,6 +76,14 @@ pub async fn script(request: HeaderMap) -> Response {
     APP_JS.answer(&request)
 }
 
+pub async fn client(request: HeaderMap) -> Response {
+    LOBBY_JS.answer(&request)
+}
+
+pub async fn client_types(request: HeaderMap) -> Response {
+    LOBBY_D_TS.answer(&request)
+}
+
 pub async fn style(request: HeaderMap) -> Response {
     STYLE_CSS.answer(&request)
 }
@@ -74,6 +97,8 @@ struct Asset {
     body: &'static str,
     content_type: &'static str,
     etag: HeaderValue,
+    /// Whether any site's page may read it (`Access-Control-Allow-Origin: *`).
+    for_any_site: bool,
 }
 
 impl Asset {
@@ -89,6 +114,18 @@ impl Asset {
             body,
             content_type,
             etag: HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value"),
+            for_any_site: false,
+        }
+    }
+
+    /// The client's files are public and carry no secret: any site's page may
+    /// load them (a module script is fetched with CORS), so that on a site
+    /// missing from `--cors-origin` the client runs and says so, rather than
+    /// failing to load with nothing shown. The API stays behind `--cors-origin`.
+    fn for_any_site(self) -> Asset {
+        Asset {
+            for_any_site: true,
+            ..self
         }
     }
 
@@ -111,6 +148,12 @@ impl Asset {
             header::CACHE_CONTROL,
             HeaderValue::from_static(ASSET_CACHE_CONTROL),
         );
+        if self.for_any_site {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
         response
     }
 
@@ -146,7 +189,7 @@ fn render(room: &RoomName, users: &[UserView], signed: bool) -> Markup {
                 }
                 link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/static/style.css";
-                script src="/static/app.js" defer {}
+                script type="module" src="/static/app.js" {}
             }
             body data-room=[named] {
                 header {
