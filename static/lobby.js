@@ -116,7 +116,8 @@ export class Presence extends EventTarget {
     }
     const who = options.ticket != null ? `ticket ${subject(options.ticket)}` : `name ${options.name}`;
     const key = `lobby ${this.routes} ${this.joining ? who : "watch"}`;
-    if ((this.channel ??= io.channel(key))) this.channel.onmessage = ({ data }) => this.heard(data);
+    // Without Web Locks every tab leads alone, so tabs share nothing.
+    if (io.locks && (this.channel ??= io.channel(key))) this.channel.onmessage = ({ data }) => this.heard(data);
     this.say({ t: "tab", tab: this.tab, hello: true, hidden: this.isHidden() });
     this.seen();
     const lead = () => new Promise((done) => ((this.done = done), this.run(signal)));
@@ -181,6 +182,8 @@ export class Presence extends EventTarget {
     this.session = { token: reply.token, id, name };
     this.last = null;
     this.event("existing_users", { users: users.some((user) => user.id === id) ? users : [...users, { id, name }] });
+    const state = this.away ? { ...this.away, status: "away" } : this.own; // a new join starts with none
+    if (state) this.post(state);
   }
 
   async listen(signal) {

@@ -518,6 +518,8 @@ fn route(path: &str) -> Option<(&'static [&'static str], &'static [u16])> {
         | "/users"
         | "/healthz"
         | "/static/app.js"
+        | "/lobby.js"
+        | "/lobby.d.ts"
         | "/static/style.css"
         | "/static/favicon.svg" => Some((GET, &[200])),
         // A generated token is never one that was handed out.
@@ -578,6 +580,8 @@ const ROUTES: &[&str] = &[
     "/users",
     "/healthz",
     "/static/app.js",
+    "/lobby.js",
+    "/lobby.d.ts",
     "/static/style.css",
     "/static/favicon.svg",
 ];
