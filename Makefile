@@ -1,18 +1,34 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test lint fmt build bench bench-cluster soak
+.PHONY: run test test-js lint fmt build bench bench-cluster soak
 
 # Serves the lobby on http://127.0.0.1:3000 (flags: make run ARGS="--grace 10s").
 run:
 	cargo run --release --bin lobby -- $(ARGS)
 
-# Every test: formatting, lints, unit tests, HTTP/SSE integration tests, the
-# cluster tests on a redis-server of their own, and the headless-Chromium page
-# test (skipped with a message where Chromium is missing, mandatory when
-# CI=true). Then the single-node acceptance tests once more, each against three
-# nodes on one Redis with every request sent to a node picked at random.
-test: lint
+# Every test: formatting, lints, the browser client's tests in Node (test-js),
+# unit tests, HTTP/SSE integration tests, the cluster tests on a redis-server
+# of their own, and the headless-Chromium page test (skipped with a message
+# where Chromium is missing, mandatory when CI=true). Then the single-node
+# acceptance tests once more, each against three nodes on one Redis with every
+# request sent to a node picked at random.
+test: lint test-js
 	cargo test --all-targets
 	LOBBY_TEST_CLUSTER=1 cargo test --test api --test events --test presence_rules --test rooms --test state --test signed
+
+# TypeScript's check of tests/js/example.ts against static/lobby.d.ts, then
+# static/lobby.js's state machine in Node, against fakes of the lobby, Web Locks,
+# BroadcastChannel and the page (tests/js/*.test.mjs). Needs node (18 or later)
+# and npm; the pinned dev dependencies are installed again when the lock file
+# changes.
+JS := tests/js
+test-js: $(JS)/node_modules/.package-lock.json
+	$(JS)/node_modules/.bin/tsc -p $(JS)
+	node --test $(JS)/*.test.mjs
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package.json $(JS)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "test-js: node or npm is missing; install Debian's packages: apt-get install -y nodejs npm" >&2; exit 1; }
+	cd $(JS) && npm ci --no-audit --no-fund
 
 lint:
 	cargo fmt --all --check

@@ -16,21 +16,23 @@ export interface PresenceError extends Error {
   retry: boolean;
 }
 
+// Each option may be undefined, which is the same as leaving it out (as the
+// element does with a missing attribute).
 export interface JoinOptions {
   /** The room; the lobby's own room when left out. */
-  room?: string;
+  room?: string | undefined;
   /** Join under this name (open joins). */
-  name?: string;
+  name?: string | undefined;
   /** Join with this ticket, signed by the site (lobby --join-secret). */
-  ticket?: string;
+  ticket?: string | undefined;
   /** A fresh ticket, asked when there is none yet and whenever one is refused (it expired). */
-  getTicket?: () => string | Promise<string>;
+  getTicket?: (() => string | Promise<string>) | undefined;
   /** Say {"status":"away"} once every tab showing this person has been hidden this long (ms). */
-  awayAfter?: number;
+  awayAfter?: number | undefined;
 }
 
 export interface WatchOptions {
-  room?: string;
+  room?: string | undefined;
 }
 
 interface PresenceEvents {
@@ -44,6 +46,8 @@ interface PresenceEvents {
 
 /** Who is online in one room, kept true; shared by the tabs of one origin showing the same person. */
 export declare class Presence extends EventTarget {
+  /** What join() does (watch() when the options name nobody). */
+  constructor(base: string, options?: JoinOptions);
   /** Everyone online, by id, oldest first. */
   readonly users: Map<string, User>;
   /** The joined person, once joined; null for a watcher. */
@@ -66,6 +70,16 @@ export declare class Presence extends EventTarget {
     type: string,
     listener: EventListenerOrEventListenerObject | null,
     options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends keyof PresenceEvents>(
+    type: K,
+    listener: (event: PresenceEvents[K]) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
   ): void;
 }
 

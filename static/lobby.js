@@ -114,6 +114,7 @@ export class Presence extends EventTarget {
       this.fail(refused(`getTicket() failed: ${error.message}`, 0, false));
       return this.leave();
     }
+    if (signal.aborted) return; // left (or hidden) while getTicket() was asked
     const who = options.ticket != null ? `ticket ${subject(options.ticket)}` : `name ${options.name}`;
     const key = `lobby ${this.routes} ${this.joining ? who : "watch"}`;
     // Without Web Locks every tab leads alone, so tabs share nothing.
@@ -158,7 +159,7 @@ export class Presence extends EventTarget {
           continue;
         }
         this.fail(error);
-        if (!error.retry) return this.leave();
+        if (!error.retry) return this.say({ t: "left", error: error.message, status: error.status }), this.leave();
         await sleep(this.backoff, signal);
         this.backoff = Math.min(this.backoff * 2, 30000);
       }
@@ -191,21 +192,23 @@ export class Presence extends EventTarget {
     if (this.session) headers.Authorization = `Bearer ${this.session.token}`;
     if (this.last != null) headers["Last-Event-ID"] = this.last;
     const response = await this.send("/events", { headers, signal, cache: "no-store" });
-    this.backoff = this.retry = 1000;
+    this.backoff = 1000;
+    this.retry ??= 1000; // a resume that missed nothing brings no retry: the last one holds
     this.setStatus("live");
     const push = parser((kind, data, id) => this.event(kind, JSON.parse(data), id), (ms) => (this.retry = ms));
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     try {
       for (let chunk; !(chunk = await reader.read()).done; ) push(chunk.value);
     } catch {
-      if (!signal.aborted) throw refused(`The stream from ${this.base} dropped.`, 0, true);
+      if (!signal.aborted) this.fail(refused(`The stream from ${this.base} dropped.`, 0, true));
     }
   }
 
   post(state) {
     const headers = { "Content-Type": "application/json", Authorization: `Bearer ${this.session?.token}` };
     const init = { method: "POST", headers, body: JSON.stringify(state) };
-    return this.session && this.send("/state", init).catch((error) => this.fail(error));
+    const refusal = (error) => this.dispatchEvent(new CustomEvent("error", { detail: error })); // the stream is fine
+    return this.session && this.send("/state", init).catch(refusal);
   }
 
   // A request to the room's routes; a refusal throws the server's sentence.
@@ -275,7 +278,10 @@ export class Presence extends EventTarget {
     } else if (t === "bye") {
       this.peers.delete(tab);
       this.hide(tab, false);
-    } else if (t === "left") this.leave();
+    } else if (t === "left") {
+      if (message.error) this.fail(refused(message.error, message.status, false)); // every tab would be refused
+      this.leave();
+    }
     else if (t === "state" && this.leader) this.setState(message.state);
     else if (!this.leader && t === "event") {
       this.session = message.session;
