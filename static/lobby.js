@@ -121,7 +121,8 @@ export class Presence extends EventTarget {
     if (io.locks && (this.channel ??= io.channel(key))) this.channel.onmessage = ({ data }) => this.heard(data);
     this.say({ t: "tab", tab: this.tab, hello: true, hidden: this.isHidden() });
     this.seen();
-    const lead = () => new Promise((done) => ((this.done = done), this.run(signal)));
+    // Chromium may grant a lock whose request was aborted: it goes back at once.
+    const lead = () => signal.aborted || new Promise((done) => ((this.done = done), this.run(signal)));
     if (io.locks) io.locks.request(key, { signal }, lead).catch(() => {});
     else lead();
   }
@@ -156,6 +157,7 @@ export class Presence extends EventTarget {
         if (signal.aborted) break;
         if (error.status === 401 && this.session) {
           this.session = this.last = null; // a void token (a restart, a timeout): join again
+          if (this.options.getTicket) this.options.ticket = null; // with a fresh ticket
           continue;
         }
         this.fail(error);
@@ -169,6 +171,7 @@ export class Presence extends EventTarget {
   // A join; a refused ticket is asked of getTicket() once more, fresh.
   async join(signal) {
     const { options } = this;
+    options.ticket ??= await options.getTicket?.();
     const ask = async () => {
       const body = JSON.stringify(options.ticket != null ? { ticket: options.ticket } : { name: options.name });
       const headers = { "Content-Type": "application/json" };
@@ -291,7 +294,7 @@ export class Presence extends EventTarget {
   }
 
   say(message) {
-    if (!this.closed) this.channel?.postMessage(message);
+    if (!this.closed && !this.abort.signal.aborted) this.channel?.postMessage(message); // a stopped tab is gone
   }
 
   setStatus(status) {

@@ -5,22 +5,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::browser::{Chromedriver, submit_join_form};
+use common::browser::{Chromedriver, eventually, holds_for, submit_join_form};
 use common::{Sse, TestServer, User};
 use fantoccini::Client;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 /// How long to wait for something the page should do at once.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// How often a wait looks again.
-const POLL: Duration = Duration::from_millis(50);
 
 /// How long a reload or a navigation may take to reach the server. Well under the
 /// join timeout (10 s) and the grace these tests set (30 s), so only the page's
@@ -420,8 +414,7 @@ async fn a_page_refused_by_a_restarted_server_joins_again_with_the_same_name() {
     let old_id = alice.join("alice").await;
 
     // The restarted server knows no token, so the page's reconnecting stream gets 401.
-    first.shutdown().await;
-    let _restarted = serve_again_at(&base).await;
+    let _restarted = common::browser::restart(first, &[]).await;
 
     let online = eventually(
         WAIT,
@@ -774,41 +767,6 @@ fn sorted(mut users: Vec<User>) -> Vec<User> {
     users
 }
 
-/// Calls `probe` every `POLL` until it answers `Ok`; panics with its last `Err`
-/// (what it saw instead) if that takes longer than `within`.
-async fn eventually<T>(
-    within: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(seen) if Instant::now() >= deadline => {
-                panic!("expected {what} within {within:?}; last saw {seen}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
-}
-
-/// Calls `probe` every `POLL` for `during`; panics with what it saw the first
-/// time it answers `Err`.
-async fn holds_for(
-    during: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<(), String>,
-) {
-    let until = Instant::now() + during;
-    while Instant::now() < until {
-        if let Err(seen) = probe().await {
-            panic!("expected {what} for {during:?}; saw {seen}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Someone joined with curl, holding a stream open so they stay online.
 async fn join_from_terminal(server: &TestServer, name: &str) -> (User, Sse) {
     let (joined, stream, _) = server.join_and_subscribe(name).await;
@@ -822,24 +780,6 @@ async fn join_from_terminal(server: &TestServer, name: &str) -> (User, Sse) {
 }
 
 // ---- a restarted server ----
-
-/// Starts a fresh lobby on the address a stopped one used, as a restart would.
-/// It stops when the returned sender is dropped.
-async fn serve_again_at(base: &str) -> oneshot::Sender<()> {
-    let addr: SocketAddr = base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the old server's address");
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("bind the freed port again");
-    let config = lobby::Config::from_env().expect("default flags");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(lobby::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    stop
-}
 
 async fn users_at(base: &str) -> Vec<User> {
     #[derive(Deserialize)]

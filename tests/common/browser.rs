@@ -11,7 +11,9 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -93,6 +95,18 @@ impl Chromedriver {
 
     /// A new browser with a profile of its own and these extra Chromium flags.
     pub async fn browser(&self, extra_args: &[&str]) -> Client {
+        self.session(extra_args, json!({})).await
+    }
+
+    /// The same, with chromedriver keeping what the pages write to the
+    /// console, for [`console`].
+    pub async fn browser_keeping_console(&self, extra_args: &[&str]) -> Client {
+        let keep = json!({ "goog:loggingPrefs": { "browser": "ALL" } });
+        self.session(extra_args, keep).await
+    }
+
+    /// A browser with these flags and these capabilities beside Chromium's options.
+    async fn session(&self, extra_args: &[&str], extra_capabilities: Value) -> Client {
         let n = self.people.fetch_add(1, Ordering::Relaxed);
         let profile = self.profiles.join(format!("person-{n}"));
         let mut args = vec![
@@ -112,9 +126,12 @@ impl Chromedriver {
         let capabilities = json!({
             "goog:chromeOptions": { "binary": self.chromium, "args": args }
         });
-        let Value::Object(capabilities) = capabilities else {
-            unreachable!("a JSON object")
+        let (Value::Object(mut capabilities), Value::Object(extra)) =
+            (capabilities, extra_capabilities)
+        else {
+            unreachable!("JSON objects")
         };
+        capabilities.extend(extra);
         ClientBuilder::rustls()
             .expect("a rustls connector")
             .capabilities(capabilities)
@@ -159,4 +176,117 @@ pub async fn submit_join_form(browser: &Client, name: &str) {
         .click()
         .await
         .expect("submit the form");
+}
+
+/// One line of a page's console, as chromedriver reports it: `level` is
+/// `SEVERE` for `console.error` (and for the browser's own errors, such as a
+/// refused request), and `message` holds the text, quoted.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsoleEntry {
+    pub level: String,
+    pub message: String,
+}
+
+/// What the pages of `browser` wrote to the console since the last call:
+/// chromedriver hands each line out once. The browser must come from
+/// [`Chromedriver::browser_keeping_console`].
+pub async fn console(browser: &Client) -> Vec<ConsoleEntry> {
+    let lines = browser
+        .issue_cmd(BrowserLog)
+        .await
+        .expect("chromedriver's browser log");
+    serde_json::from_value(lines).expect("log entries")
+}
+
+/// Chromedriver's `POST /session/{id}/se/log` for the `browser` log, which
+/// WebDriver itself has no command for.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &reqwest::Url,
+        session_id: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        let session = session_id.expect("a session");
+        base_url.join(&format!("session/{session}/se/log"))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (reqwest::Method, Option<String>) {
+        let body = json!({ "type": "browser" }).to_string();
+        (reqwest::Method::POST, Some(body))
+    }
+}
+
+/// Calls `probe` every `POLL` until it answers `Ok`; its last `Err` (what it
+/// saw instead) if that takes longer than `within`.
+pub async fn poll_until<T>(
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return Ok(value),
+            Err(seen) if Instant::now() >= deadline => return Err(seen),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Calls `probe` every `POLL` until it answers `Ok`; panics with its last
+/// `Err` if that takes longer than `within`.
+pub async fn eventually<T>(
+    within: Duration,
+    what: &str,
+    probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    poll_until(within, probe)
+        .await
+        .unwrap_or_else(|seen| panic!("expected {what} within {within:?}; last saw {seen}"))
+}
+
+/// Calls `probe` every `POLL` for `during`; panics with what it saw the first
+/// time it answers `Err`.
+pub async fn holds_for(
+    during: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<(), String>,
+) {
+    let until = Instant::now() + during;
+    while Instant::now() < until {
+        if let Err(seen) = probe().await {
+            panic!("expected {what} for {during:?}; saw {seen}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Stops `server` and starts a fresh lobby with these flags on the address it
+/// used, as a restart would: it knows no token. The new lobby stops when the
+/// returned sender is dropped.
+pub async fn restart(
+    server: super::TestServer,
+    flags: &[&str],
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use clap::Parser;
+
+    let addr: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the lobby's address");
+    server.shutdown().await;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the freed port again");
+    let config =
+        lobby::Config::try_parse_from(std::iter::once("lobby").chain(flags.iter().copied()))
+            .expect("the same flags");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(lobby::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
 }
