@@ -162,6 +162,55 @@ impl Drop for KilledOnDrop {
 }
 
 /// GET `path`, with `If-None-Match` when given.
+/// The client (`/lobby.js`, `/lobby.d.ts`) loads on any site's page, listed in
+/// `--cors-origin` or not (a module script is fetched with CORS), so that on a
+/// site that is not listed it can say so; the API itself still refuses that site.
+#[tokio::test]
+async fn the_client_is_readable_by_any_site_and_the_api_only_by_the_listed_ones() {
+    const LISTED: &str = "https://listed.example";
+    const OTHER: &str = "https://other.example";
+    for flags in [&[][..], &["--cors-origin", LISTED][..]] {
+        let server = TestServer::with_args(flags).await;
+        for path in ["/lobby.js", "/lobby.d.ts"] {
+            for origin in [LISTED, OTHER] {
+                let response = server
+                    .client
+                    .get(server.url(path))
+                    .header("origin", origin)
+                    .header("sec-fetch-site", "cross-site")
+                    .send()
+                    .await
+                    .expect("GET");
+                assert_eq!(response.status(), 200, "{path} for {origin} {flags:?}");
+                let allowed: Vec<_> = response
+                    .headers()
+                    .get_all("access-control-allow-origin")
+                    .iter()
+                    .collect();
+                assert!(
+                    allowed == ["*"] || (allowed == [origin] && origin == LISTED),
+                    "{path} for {origin} with {flags:?}: {allowed:?}"
+                );
+            }
+        }
+        let refused = server
+            .client
+            .get(server.url("/users"))
+            .header("origin", OTHER)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .expect("GET /users");
+        assert_eq!(refused.status(), 403, "{flags:?}");
+        assert!(
+            refused
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none()
+        );
+    }
+}
+
 async fn get(server: &Client, path: &str, if_none_match: Option<&str>) -> reqwest::Response {
     let mut request = server.client.get(server.url(path));
     if let Some(tags) = if_none_match {
