@@ -132,6 +132,18 @@ pub struct Config {
     #[arg(long, env = "LOBBY_REDIS", value_name = "URL", value_parser = parse_redis_url)]
     pub redis: Option<String>,
 
+    /// Keep who is online across a restart of this process: written here at
+    /// shutdown (mode 0600, tokens only as their SHA-256) and read back at
+    /// start, so that clients resuming within the grace period see no one
+    /// leave. A cluster keeps this in Redis instead.
+    #[arg(
+        long,
+        env = "LOBBY_STATE_FILE",
+        value_name = "FILE",
+        conflicts_with = "redis"
+    )]
+    pub state_file: Option<PathBuf>,
+
     /// With --redis: a node whose heartbeat is older than this is taken for
     /// dead, and its users start their grace period (from its last heartbeat).
     #[arg(long, env = "LOBBY_NODE_TIMEOUT", default_value = "3s", value_name = "DUR", value_parser = parse_positive_duration)]

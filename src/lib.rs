@@ -34,6 +34,8 @@
 //!   and leave where it is decided (presence, or the cluster node that made
 //!   it): Prometheus metrics and `--webhook`.
 //! - [`config`]: the command line and its environment variables.
+//! - [`state_file`]: `--state-file`, one process's rooms kept across a
+//!   restart (presence's `Saved`, written at shutdown, read at start).
 //! - [`tickets`]: signed joins (`--join-secret`): a join's ticket, a JWT the
 //!   site signs, checked with jsonwebtoken; who it says is joining.
 //! - [`watch`]: `lobby watch`, a terminal client of the HTTP API (reqwest and
@@ -49,6 +51,7 @@ pub mod http;
 pub mod observe;
 pub mod presence;
 pub mod server;
+pub mod state_file;
 pub mod tickets;
 pub mod watch;
 
@@ -112,11 +115,13 @@ pub async fn run_with_tls(
         None => None,
     };
     let backend = match &config.redis {
-        None => Backend::Local(Rooms::new(
-            config.presence(),
-            config.max_rooms.get(),
-            observer.clone(),
-        )),
+        None => {
+            let rooms = Rooms::new(config.presence(), config.max_rooms.get(), observer.clone());
+            if let Some(path) = &config.state_file {
+                state_file::load(path, &rooms, config.grace);
+            }
+            Backend::Local(rooms)
+        }
         Some(url) => {
             let config = ClusterConfig {
                 presence: config.presence(),
@@ -157,6 +162,13 @@ pub async fn run_with_tls(
         tls,
     };
     let served = server.serve(listener, stop).await;
+    // Written as soon as the streams have ended, while every membership still
+    // has its grace: the next process puts them back with what is left of it.
+    if let (Some(path), Backend::Local(rooms)) = (&config.state_file, &backend)
+        && let Err(err) = state_file::save(path, rooms)
+    {
+        tracing::error!(path = %path.display(), %err, "cannot write the state file: who is online is lost");
+    }
     backend.stopped().await;
     served
 }

@@ -31,6 +31,7 @@ mod replica;
 mod room;
 mod rooms;
 mod roster;
+mod saved;
 
 pub use event::{Event, EventId, EventKind, UserView};
 pub use name::{
@@ -42,6 +43,7 @@ pub use pieces::Pieces;
 pub use replica::{Change, Entry, Known, Online, OutOfOrder, Reload, Replicas, StreamKey};
 pub use room::{RoomName, RoomNameError};
 pub use rooms::{RoomCount, Rooms};
+pub use saved::{Saved, SavedError};
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, MutexGuard, Weak};

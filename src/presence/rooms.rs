@@ -279,7 +279,7 @@ impl Rooms {
         left.map_err(|err| self.why(room, token, err))
     }
 
-    fn make(&self, room: &RoomName) -> Presence {
+    pub(super) fn make(&self, room: &RoomName) -> Presence {
         let shared = &self.shared;
         Presence::in_room(
             room.clone(),
