@@ -9,7 +9,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{LobbyProcess, free_addr};
 
@@ -62,7 +62,7 @@ async fn a_restart_keeps_everyone_online_and_resumed_streams_see_no_leave_and_no
     let addr = free_addr();
     let first = start(addr, &flags).await;
     let (alice, mut alice_stream, _) = first.join_and_subscribe("alice").await;
-    let (bob, mut bob_stream, _) = first.join_and_subscribe("bob").await;
+    let (bob, bob_stream, _) = first.join_and_subscribe("bob").await;
     let bob_joined = alice_stream.next_event().await;
     assert_eq!(bob_joined.event, "new_user");
     let last: u64 = bob_joined.id.parse().expect("a numeric id");
