@@ -437,6 +437,69 @@ async fn a_page_refused_by_a_restarted_server_joins_again_with_the_same_name() {
     assert!(!view.form_shown, "she was not asked for her name again");
 }
 
+/// A deploy with `--state-file`: the lobby stops (SIGTERM's path: every
+/// stream ends, the file is written) and starts again on the same address.
+/// The pages resume with `Last-Event-ID` inside the grace period: nobody's
+/// box goes, and nobody joins again (the server lists the same ids).
+#[tokio::test]
+async fn a_restart_with_a_state_file_is_invisible_to_joined_pages() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let file = std::env::temp_dir().join(format!("lobby-browser-state-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let path = file.display().to_string();
+    let flags = ["--state-file", path.as_str(), "--grace", "10s"];
+    let server = TestServer::with_args(&flags).await;
+    let base = server.base.clone();
+    let alice = driver.person().await;
+    let bob = driver.person().await;
+    alice.open(&server).await;
+    bob.open(&server).await;
+    let alice_id = alice.join("alice").await;
+    let bob_id = bob.join("bob").await;
+    bob.wait_until(WAIT, "alice's box", |view| view.has(&alice_id))
+        .await;
+    let online = sorted(server.users().await);
+
+    let (_restarted, ()) = tokio::join!(
+        common::browser::restart(server, &flags),
+        bob.keeps_showing(
+            Duration::from_secs(4),
+            "alice's box and his own throughout the restart",
+            |view| view.has(&alice_id) && view.my_ids() == [bob_id.as_str()],
+        ),
+    );
+
+    for (person, id, name) in [(&alice, &alice_id, "alice"), (&bob, &bob_id, "bob")] {
+        let view = person
+            .wait_until(WAIT, &format!("{name}'s page live again"), |view| {
+                view.status == format!("You are {name}.")
+            })
+            .await;
+        assert_eq!(
+            view.my_ids(),
+            [id.as_str()],
+            "{name} is still who they were"
+        );
+        assert!(!view.form_shown);
+    }
+    holds_for(
+        SETTLED_FOR,
+        "the same people, no one joined again",
+        async || {
+            let users = sorted(users_at(&base).await);
+            if users == online {
+                Ok(())
+            } else {
+                Err(format!("{users:?}, not {online:?}"))
+            }
+        },
+    )
+    .await;
+    let _ = std::fs::remove_file(&file);
+}
+
 #[tokio::test]
 async fn reloading_a_joined_page_never_shows_its_person_twice_to_the_others() {
     let Some(driver) = Chromedriver::start_or_skip().await else {
