@@ -1054,3 +1054,75 @@ async fn an_allowed_origin_is_named_on_a_stream_s_response_on_http_1_1_and_over_
         "https://site.example"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------
+
+/// At shutdown the streams are not all closed in the same instant: their
+/// clients would all reconnect (to the next process) at once. Each shard
+/// closes its streams in a random order, 400 µs apart, within the `retry:`
+/// (1 s here). 2,000 streams over a few shards: well over 50 ms from the
+/// first close to the last, and shutdown still within its bound.
+#[tokio::test]
+async fn shutdown_spreads_the_closing_of_many_streams_over_time() {
+    const STREAMS: usize = 2000;
+    let server = TestServer::with_args(&["--max-watchers-per-address", "5000"]).await;
+    let addr = addr_of(&server);
+    let mut opened = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut socket = TcpStream::connect(addr).await.expect("connect");
+        socket
+            .write_all(b"GET /events HTTP/1.1\r\nHost: lobby\r\n\r\n")
+            .await
+            .expect("ask for a watcher's stream");
+        opened.push(socket);
+    }
+    let mut ends = Vec::with_capacity(STREAMS);
+    for mut socket in opened {
+        // Read the head and the snapshot, then wait for the end.
+        let mut head = [0u8; 512];
+        let read = tokio::time::timeout(PATIENCE, socket.read(&mut head))
+            .await
+            .expect("the stream starts")
+            .expect("read");
+        assert!(
+            head[..read].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &head[..read]
+        );
+        ends.push(tokio::spawn(async move {
+            let mut rest = [0u8; 512];
+            loop {
+                match socket.read(&mut rest).await {
+                    Ok(0) | Err(_) => return Instant::now(),
+                    Ok(_) => {}
+                }
+            }
+        }));
+    }
+
+    let asked = Instant::now();
+    server.shutdown().await;
+    let mut closed = Vec::with_capacity(STREAMS);
+    for end in ends {
+        closed.push(
+            tokio::time::timeout(PATIENCE, end)
+                .await
+                .expect("every stream ends")
+                .expect("no panic"),
+        );
+    }
+    let first = closed.iter().min().expect("streams");
+    let last = closed.iter().max().expect("streams");
+    assert!(
+        *last - *first >= Duration::from_millis(50),
+        "the closes were spread over only {:?}",
+        *last - *first
+    );
+    assert!(
+        *last - asked <= Duration::from_secs(3),
+        "the last stream closed {:?} after shutdown began",
+        *last - asked
+    );
+}

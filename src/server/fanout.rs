@@ -53,6 +53,12 @@ const MAX_GATHER: usize = 512;
 /// this many streams, so a large shard does not hold a worker thread.
 const STREAMS_PER_TURN: usize = 256;
 
+/// At shutdown a shard closes its streams in a random order, spread over
+/// this long per stream and at most [`StreamLimits::farewell`]: their clients
+/// reconnect (to the next process) spread out as much, not thousands in the
+/// same instant, while a shard of a few streams closes them at once.
+const CLOSE_EACH: Duration = Duration::from_micros(400);
+
 /// A stream's send buffer once its opening is written (the kernel doubles it):
 /// room for hundreds of events, and all a stalled reader can hold.
 const STREAM_SEND_BUFFER: usize = 32 * 1024;
@@ -65,6 +71,8 @@ const MAX_SLICES: usize = 512;
 pub struct Fanout {
     shards: Vec<mpsc::UnboundedSender<Arrival>>,
     next: AtomicUsize,
+    /// The shards' tasks, until [`Fanout::closed`] waits for them.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A stream joining a shard: its socket, its subscription, the bytes it
@@ -85,6 +93,8 @@ pub struct StreamLimits {
     pub write_timeout: Duration,
     /// The stream is this many events behind (presence's backlog).
     pub backlog: usize,
+    /// At shutdown, the most a shard takes to close its streams.
+    pub farewell: Duration,
 }
 
 impl StreamLimits {
@@ -106,19 +116,28 @@ impl Fanout {
         limits: StreamLimits,
         metrics: &Arc<Metrics>,
     ) -> Fanout {
-        let shards = (0..shards.max(1))
+        let (shards, tasks) = (0..shards.max(1))
             .map(|_| {
                 let (sender, inbox) = mpsc::unbounded_channel();
                 let mut heartbeat = heartbeat.clone();
                 heartbeat.mark_unchanged();
                 let shard = Shard::new(limits, metrics.clone());
-                tokio::spawn(shard.run(inbox, events.resubscribe(), heartbeat));
-                sender
+                let task = tokio::spawn(shard.run(inbox, events.resubscribe(), heartbeat));
+                (sender, task)
             })
-            .collect();
+            .unzip();
         Fanout {
             shards,
             next: AtomicUsize::new(0),
+            tasks: Mutex::new(tasks),
+        }
+    }
+
+    /// Once shutting down: waits until every shard has closed its streams.
+    pub async fn closed(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
@@ -395,6 +414,28 @@ impl Shard {
                 () = ready.notify.notified() => self.serve_ready(),
                 _ = sweep.tick() => self.end_stalled(Instant::now()),
             }
+        }
+        self.close_spread().await;
+    }
+
+    /// Shutting down: closes every stream, in a random order, spread over
+    /// [`CLOSE_EACH`] a stream, at most the farewell.
+    async fn close_spread(&mut self) {
+        use rand::seq::SliceRandom;
+
+        let mut keys: Vec<usize> = self.streams.iter().map(|(key, _)| key).collect();
+        keys.shuffle(&mut rand::rng());
+        let count = keys.len();
+        let over = CLOSE_EACH
+            .saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
+            .min(self.limits.farewell);
+        let start = Instant::now();
+        for (closed, key) in keys.into_iter().enumerate() {
+            let at = start + over.mul_f64(closed as f64 / count as f64);
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
+            self.remove(key);
         }
     }
 

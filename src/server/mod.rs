@@ -65,7 +65,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// one is closed without its answer.
 const MAX_REFUSALS: usize = 64;
 
-/// How long shutdown waits for unfinished requests once every stream has ended.
+/// How long shutdown waits for unfinished requests, and for the fan-out to
+/// close its streams (spread over at most the `retry:`, under this).
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// How the transport behaves: the flags that concern connections and streams.
@@ -126,6 +127,7 @@ impl Server {
         let limits = StreamLimits {
             write_timeout: settings.write_timeout,
             backlog: settings.backlog,
+            farewell: settings.retry,
         };
         let fanout = Fanout::start(shards, &self.events, &heartbeat, limits, &self.metrics);
         drop(self.events);
@@ -176,8 +178,11 @@ impl Server {
             };
         }
         drop(listener);
+        let closed = async {
+            tokio::join!(graceful.shutdown(), shared.fanout.closed());
+        };
         tokio::select! {
-            () = graceful.shutdown() => {}
+            () = closed => {}
             () = tokio::time::sleep(SHUTDOWN_DRAIN) => {
                 tracing::warn!("stopping with requests still unfinished after {SHUTDOWN_DRAIN:?}");
             }
