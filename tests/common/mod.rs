@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod http2;
 pub mod metrics;
+pub mod proxy;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -802,21 +803,8 @@ impl LobbyProcess {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> LobbyProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
-        command
-            .arg("--bind")
-            .arg(addr.to_string())
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
-                command.env_remove(name);
-            }
-        }
-        command.envs(env.iter().copied());
-        let mut child = command.spawn().expect("spawn lobby");
+        let mut command = LobbyProcess::command(addr, flags, env);
+        let mut child = command.stderr(Stdio::piped()).spawn().expect("spawn lobby");
         let mut pipe = child.stderr.take().expect("piped stderr");
         let stderr = std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -847,8 +835,96 @@ impl LobbyProcess {
         }
     }
 
+    /// The binary on `addr` with `flags` and these environment variables
+    /// (`RUST_LOG` and `LOBBY_*` from the test's own environment are not
+    /// passed on), its stderr appended to the file `log`. Waits until it
+    /// answers GET /healthz with any status: a cluster node that cannot reach
+    /// Redis answers 503. `Err` if it exits first or does not answer in time.
+    pub async fn start_logged(
+        addr: SocketAddr,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Result<LobbyProcess, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|err| format!("cannot open {}: {err}", log.display()))?;
+        let mut child = LobbyProcess::command(addr, flags, env)
+            .stderr(Stdio::from(file))
+            .spawn()
+            .map_err(|err| format!("cannot spawn lobby: {err}"))?;
+        let api = Client::new(addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let asked = api.client.get(api.url("/healthz")).send();
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), asked).await {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "lobby on {addr} exited with {status} before answering"
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("lobby did not answer on {addr} within 10 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(LobbyProcess {
+            child,
+            addr,
+            api,
+            stderr: None,
+        })
+    }
+
+    fn command(addr: SocketAddr, flags: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
+        command
+            .arg("--bind")
+            .arg(addr.to_string())
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command.envs(env.iter().copied());
+        command
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends it `signal` with kill(1): "-STOP" freezes it (its sockets stay
+    /// open, nothing is answered), "-CONT" lets it run on.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
+    /// How it ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills it with SIGKILL, as the OOM killer or a power cut would (no
+    /// goodbye to Redis, no stream closed cleanly), and reaps it.
+    pub fn kill_now(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops it with SIGTERM; returns what it wrote on stderr.

@@ -1,5 +1,6 @@
 //! Cluster mode under test: a real `redis-server` of its own on a free port,
-//! which a test can stop, start again (empty) or kill, and read keys from; and
+//! which a test can stop, start again (empty, or from its append-only file),
+//! pause or kill, and read keys from; and
 //! lobby clusters that share one, as in-process nodes or as real binaries that
 //! a test can SIGKILL.
 
@@ -42,13 +43,16 @@ pub fn cluster_under_test() -> bool {
     })
 }
 
-/// A `redis-server` on a free port of 127.0.0.1 that keeps nothing on disk, so
-/// that starting it again is starting it empty (as after a crash that lost its
-/// data). Killed when dropped.
+/// A `redis-server` on a free port of 127.0.0.1. By default it keeps nothing
+/// on disk, so that starting it again is starting it empty (as after a crash
+/// that lost its data); [`RedisServer::start_with_aof`] makes one that writes
+/// every change to its append-only file before answering. Killed when dropped.
 pub struct RedisServer {
     port: u16,
-    /// Its working directory and log, removed when dropped.
+    /// Its working directory, log and append-only file, removed when dropped.
     dir: PathBuf,
+    /// Whether it keeps an append-only file (`--appendonly yes`).
+    aof: bool,
     child: Option<Child>,
 }
 
@@ -56,6 +60,19 @@ impl RedisServer {
     /// Starts one and waits until it answers PING. A port taken between
     /// choosing it and binding it is met by trying another.
     pub async fn start() -> RedisServer {
+        RedisServer::start_keeping(false).await
+    }
+
+    /// The same, with `--appendonly yes --appendfsync always`: every write
+    /// is on disk before Redis answers it, so that [`start_again`] after a
+    /// SIGKILL comes back with everything it acknowledged.
+    ///
+    /// [`start_again`]: RedisServer::start_again
+    pub async fn start_with_aof() -> RedisServer {
+        RedisServer::start_keeping(true).await
+    }
+
+    async fn start_keeping(aof: bool) -> RedisServer {
         let mut failures = Vec::new();
         for _ in 0..5 {
             let port = free_addr().port();
@@ -68,6 +85,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 port,
                 dir,
+                aof,
                 child: None,
             };
             match server.launch().await {
@@ -103,7 +121,18 @@ impl RedisServer {
             .expect("wait for redis-server");
     }
 
-    /// Starts it again on the same port, empty, and waits until it answers PING.
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Its log file (`--logfile`), in its directory.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// Starts it again on the same port and waits until it answers PING:
+    /// empty, or, with an append-only file, with what that file holds.
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "redis-server is still running");
         if let Err(failure) = self.launch().await {
@@ -112,6 +141,18 @@ impl RedisServer {
                 self.port
             );
         }
+    }
+
+    /// Starts it again on the same port with nothing, whatever it kept on
+    /// disk (the append-only file and any snapshot are deleted first).
+    pub async fn start_again_empty(&mut self) {
+        assert!(self.child.is_none(), "redis-server is still running");
+        for kept in ["appendonlydir", "dump.rdb"] {
+            let path = self.dir.join(kept);
+            let _ = std::fs::remove_dir_all(&path);
+            let _ = std::fs::remove_file(&path);
+        }
+        self.start_again().await;
     }
 
     /// Freezes it (SIGSTOP): connections stay open and nothing is answered,
@@ -194,10 +235,22 @@ impl RedisServer {
 
     /// Spawns redis-server on `self.port` and waits until it answers PING.
     async fn launch(&mut self) -> Result<(), String> {
-        let log = self.dir.join("redis.log");
+        let log = self.log_file();
+        let persistence: &[&str] = if self.aof {
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ]
+        } else {
+            &["--save", "", "--appendonly", "no"]
+        };
         let mut child = Command::new(REDIS_SERVER)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(persistence)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
