@@ -834,6 +834,160 @@ async fn a_leave_while_redis_is_down_is_a_json_503_and_the_user_stays_online() {
     }
 }
 
+// ---- Redis lost everything: the rule of the new log ----
+//
+// Each of these reproduced a bug found from outside (issue 16) before the fix.
+
+/// Joins on `node` and opens `alice`'s stream there over and over, from the
+/// moment Redis answers again until the node is back in step and a round
+/// after; returns the joins answered 201. No answer may be a 401 for alice,
+/// who was online all along, and a join is either 201 or 503.
+async fn join_and_reopen_while_the_node_catches_up(node: &Client, alice: &Joined) -> Vec<Joined> {
+    let mut acknowledged = Vec::new();
+    let mut rounds_in_step = 0;
+    let deadline = Instant::now() + RECONCILE;
+    for attempt in 0.. {
+        let response = node.post_join(&format!("n-after-redis {attempt}")).await;
+        match response.status().as_u16() {
+            201 => acknowledged.push(response.json().await.expect("join reply is JSON")),
+            503 => {}
+            other => panic!("a join as Redis came back: {other}"),
+        }
+        let opened = node.open_events(&alice.token, None).await;
+        let status = opened.status().as_u16();
+        assert!(
+            status == 200 || status == 503,
+            "alice, online all along, got {status} as Redis came back: {}",
+            opened.text().await.unwrap_or_default()
+        );
+        if health(node).await.0 == 200 {
+            rounds_in_step += 1;
+            if rounds_in_step == 2 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not back in step within {RECONCILE:?}",
+            node.base
+        );
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_answered_as_redis_comes_back_empty_is_kept_and_online_tokens_are_not_refused() {
+    let mut cluster = Cluster::start(2, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    let _alice_stream = cluster.node(0).subscribe(&alice.token, None).await;
+    cluster.redis.stop().await;
+    for node in cluster.nodes() {
+        wait_for_health(node, 503, RECONCILE).await;
+    }
+
+    cluster.redis.start_again_empty().await;
+    let acknowledged = join_and_reopen_while_the_node_catches_up(cluster.node(1), &alice).await;
+
+    let mut everyone = vec![alice.user()];
+    everyone.extend(acknowledged.iter().map(Joined::user));
+    for node in cluster.nodes() {
+        wait_for_health(node, 200, RECONCILE).await;
+        wait_until_users_within(node, RECONCILE, |users| same_people(users, &everyone)).await;
+    }
+    for joined in &acknowledged {
+        let opened = cluster.node(0).open_events(&joined.token, None).await;
+        assert_eq!(opened.status(), 200, "{} was answered 201", joined.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_answers_503_not_401_to_tokens_it_cannot_check() {
+    let mut cluster = Cluster::start(1, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    let _alice_stream = cluster.node(0).subscribe(&alice.token, None).await;
+    cluster.redis.stop().await;
+
+    let late = cluster.start_node(&STEADY).await;
+    wait_for_health(late, 503, RECONCILE).await;
+    assert_error(late.open_events(&alice.token, None).await, 503).await;
+    assert_eq!(
+        late.leave(&alice.token).await,
+        503,
+        "a leave it cannot check"
+    );
+
+    cluster.redis.start_again().await;
+    let late = cluster.node(1);
+    wait_for_health(late, 200, RECONCILE).await;
+    wait_until_users_within(late, RECONCILE, |users| users == [alice.user()]).await;
+    let opened = late.open_events(&alice.token, None).await;
+    assert_eq!(opened.status(), 200, "alice's token, once Redis is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_begun_again_by_a_node_that_saw_nothing_never_gives_an_old_id_a_new_meaning() {
+    let mut cluster = Cluster::start(1, &STEADY).await;
+    let (_alice, mut stream, _) = cluster.node(0).join_and_subscribe("alice").await;
+    for name in ["bob", "carol"] {
+        cluster.node(0).join(name).await;
+        stream.next_event().await;
+    }
+    let last_old_id = stream.last_id.expect("events carry ids");
+    drop(stream);
+    cluster.stop_node(0).await;
+    cluster.redis.stop().await;
+    cluster.redis.start_again_empty().await;
+
+    // This node never saw the old log: it begins the new one.
+    let fresh = cluster.add_node(&STEADY).await;
+    let (_dave, mut stream, _) = fresh.join_and_subscribe("dave").await;
+    fresh.join("erin").await;
+    let erin = stream.next_event().await;
+
+    let new_id: u64 = erin.id.parse().expect("a numeric id");
+    assert!(
+        new_id > last_old_id,
+        "the new log's id {new_id} is one the old log already sent (up to {last_old_id})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_emptied_under_open_connections_is_noticed_and_everyone_put_back() {
+    let cluster = Cluster::start(2, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    let _alice_stream = cluster.node(0).subscribe(&alice.token, None).await;
+    let bob = cluster.node(1).join("bob").await;
+
+    // An operator's FLUSHALL, or a fail-over to an empty replica behind a
+    // proxy: no connection drops, so only the answers can tell.
+    cluster.redis.command(&["FLUSHALL"]).await;
+    let acknowledged = join_and_reopen_while_the_node_catches_up(cluster.node(1), &alice).await;
+
+    let mut everyone = vec![alice.user(), bob.user()];
+    everyone.extend(acknowledged.iter().map(Joined::user));
+    for node in cluster.nodes() {
+        everyone.push(join_within(node, "sentinel", RECONCILE).await.user());
+    }
+    for node in cluster.nodes() {
+        wait_until_users_within(node, RECONCILE, |users| same_people(users, &everyone)).await;
+    }
+    let in_redis = cluster.redis.hash_fields("lobby:users").await;
+    assert_eq!(in_redis.len(), everyone.len(), "Redis holds {in_redis:?}");
+}
+
+/// Joins on `node`, trying again while it answers 503, for at most `within`.
+async fn join_within(node: &Client, name: &str, within: Duration) -> Joined {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = node.post_join(name).await;
+        match response.status().as_u16() {
+            201 => return response.json().await.expect("join reply is JSON"),
+            503 if Instant::now() < deadline => {}
+            other => panic!("a join on {} within {within:?}: {other}", node.base),
+        }
+    }
+}
+
 // ---- helpers local to this file ----
 
 /// One client's stream and who it believes is online: the snapshot, then every

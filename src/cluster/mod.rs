@@ -212,6 +212,11 @@ impl Cluster {
             // through the log; if it is slow to, the list as this node has it.
             match tokio::time::timeout(CATCH_UP, before).await {
                 Ok(Ok(users)) => users,
+                // The replicas were reloaded first (the log began again):
+                // the join counts only if the new log holds it.
+                Ok(Err(_)) if shared.presence.user_of(room, &token).is_err() => {
+                    return Err(JoinError::Unavailable);
+                }
                 _ => shared.presence.users_json(room),
             }
         } else {
@@ -240,8 +245,8 @@ impl Cluster {
     /// Ends the membership of `token` in `room`; its person leaves with
     /// their last.
     pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
-        self.sync().await;
-        let (user, member) = self.shared.presence.member_of(room, token)?;
+        let synced = self.sync().await;
+        let (user, member) = unsure_unless(synced, self.shared.presence.member_of(room, token))?;
         match self.shared.store.leave(&member, token.key()).await {
             Ok(Some((seq, event))) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
@@ -268,8 +273,8 @@ impl Cluster {
         token: &Token,
         state: UserState,
     ) -> Result<(), TokenError> {
-        self.sync().await;
-        let (user, member) = self.shared.presence.member_of(room, token)?;
+        let synced = self.sync().await;
+        let (user, member) = unsure_unless(synced, self.shared.presence.member_of(room, token))?;
         match self.shared.store.update(&member, token.key(), &state).await {
             Ok(Updating::Updated(seq, event)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
@@ -315,22 +320,38 @@ impl Cluster {
                     Opening::Opened(user) => user,
                     Opening::Unknown => return Err(TokenError::Unknown),
                     Opening::TooMany => return Err(TokenError::TooManyStreams),
+                    Opening::OtherLog => {
+                        return self.open_unchecked(room, token, last_event_id, stream);
+                    }
                 }
             }
-            _ => {
-                let subscription = shared.presence.open(room, token, last_event_id, stream)?;
-                shared.resync.notify_one();
-                return Ok(subscription);
-            }
+            _ => return self.open_unchecked(room, token, last_event_id, stream),
         };
-        shared
-            .presence
-            .open(room, token, last_event_id, stream)
-            .inspect_err(|_| {
-                // Counted in Redis but not here (the replica lags, or was
-                // reloaded since): take it back.
-                let _ = shared.closed.send(StreamKey { user, stream });
-            })
+        let opened = shared.presence.open(room, token, last_event_id, stream);
+        unsure_unless(false, opened).inspect_err(|_| {
+            // Counted in Redis but not here (the replica lags, or was
+            // reloaded since): take it back.
+            let _ = shared.closed.send(StreamKey { user, stream });
+        })
+    }
+
+    /// Redis cannot check the token now (it is away, or holds a log this
+    /// node has not caught up with): the replica serves it if it knows it, and
+    /// the stream is counted once Redis is back. A token the replica does not
+    /// know may only be unknown *yet*: the client is told to try again, not
+    /// to join again.
+    fn open_unchecked(
+        &self,
+        room: &RoomName,
+        token: &Token,
+        last_event_id: Option<EventId>,
+        stream: u64,
+    ) -> Result<Subscription, TokenError> {
+        let shared = &self.shared;
+        let opened = shared.presence.open(room, token, last_event_id, stream);
+        let subscription = unsure_unless(false, opened)?;
+        shared.resync.notify_one();
+        Ok(subscription)
     }
 
     /// A watcher's stream of `room`: the room as this node's replica has
@@ -379,9 +400,13 @@ impl Cluster {
 
     /// Waits until this node has applied every event Redis had when asked, so
     /// a read here sees what any node finished writing before it.
-    async fn sync(&self) {
-        if let Ok(Ok(latest)) = tokio::time::timeout(SYNC_READ, self.shared.store.latest()).await {
-            self.shared.presence.applied(latest, CATCH_UP).await;
+    /// Says whether it has: false if Redis did not answer in time, holds
+    /// another log, or this node could not catch up.
+    async fn sync(&self) -> bool {
+        let latest = tokio::time::timeout(SYNC_READ, self.shared.store.latest_followed()).await;
+        match latest {
+            Ok(Ok(Some(latest))) => self.shared.presence.applied(latest, CATCH_UP).await,
+            _ => false,
         }
     }
 
@@ -449,6 +474,16 @@ impl Drop for OpeningStream<'_> {
     }
 }
 
+/// A token the replica does not know, when this node is not sure to have
+/// every change Redis has (`sure` is false), is "try again" (503), not
+/// "unknown" (401): a client told 401 joins again, and its user is lost.
+fn unsure_unless<T>(sure: bool, found: Result<T, TokenError>) -> Result<T, TokenError> {
+    match found {
+        Err(TokenError::Unknown) if !sure => Err(TokenError::Unavailable),
+        found => found,
+    }
+}
+
 /// Each of these locks guards one value, which a panic cannot leave half-written.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -506,6 +541,12 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                     store::read_log(&mut connection, after, READ_BLOCK),
                 ) => read,
                 () = stop.cancelled() => return,
+                () = shared.store.another_log_seen() => {
+                    if let Err(err) = catch_up(&cluster, &mut epoch).await {
+                        break format!("cannot load the new log: {err}");
+                    }
+                    continue;
+                }
             };
             let entries = match read {
                 Ok(Ok(entries)) => entries,
@@ -561,6 +602,7 @@ async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::Redis
         "loaded the lobby from Redis"
     );
     shared.presence.reload(reload);
+    shared.store.follow_epoch(&epoch_now);
     *epoch = Some(epoch_now);
     shared.resync.notify_one();
     Ok(())

@@ -3,9 +3,11 @@
 //! nodes; this file calls them and reads their answers into presence's types.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
@@ -59,6 +61,14 @@ pub(super) struct Store {
     history: usize,
     /// Redis's clock less this machine's, in ms, as last measured.
     clock: Arc<AtomicI64>,
+    /// The epoch of the log this node follows ('' before it has one), which
+    /// the scripts that answer clients check. A std mutex: set and cloned,
+    /// never held across an await.
+    epoch: Arc<Mutex<String>>,
+    /// Woken when Redis answers from another log than that one, which the
+    /// follower then catches up with: Redis may have lost its data without
+    /// dropping a connection (a FLUSHALL, a fail-over behind a proxy).
+    elsewhere: Arc<Notify>,
 }
 
 /// What a join may not go past.
@@ -106,6 +116,8 @@ pub(super) enum Opening {
     Opened(UserId),
     Unknown,
     TooMany,
+    /// Redis holds another log than the one this node follows: it cannot say.
+    OtherLog,
 }
 
 /// What a reap did.
@@ -145,6 +157,8 @@ impl Store {
             scripts: Arc::new(scripts),
             history,
             clock: Arc::new(AtomicI64::new(0)),
+            epoch: Arc::default(),
+            elsewhere: Arc::default(),
         })
     }
 
@@ -163,6 +177,7 @@ impl Store {
         let (seq, count, new): (i64, usize, u8) = self
             .scripts
             .join
+            .key(self.epoch_followed())
             .arg(self.history)
             .arg(limits.max_users)
             .arg(millis(limits.join_timeout))
@@ -183,6 +198,7 @@ impl Store {
                 seq: u64::try_from(seq).unwrap_or(0),
                 new: new == 1,
             }),
+            -3 => Err(self.other_log()),
             _ => Err(too_late()),
         }
     }
@@ -197,6 +213,7 @@ impl Store {
         let (seq, id, gone): (i64, EventId, u8) = self
             .scripts
             .leave
+            .key(self.epoch_followed())
             .arg(self.history)
             .arg(user.to_string())
             .arg(token.to_hex())
@@ -208,6 +225,7 @@ impl Store {
             1.. => Ok(u64::try_from(seq)
                 .ok()
                 .map(|seq| (seq, (gone == 1).then_some(id)))),
+            -3 => Err(self.other_log()),
             _ => Err(too_late()),
         }
     }
@@ -224,6 +242,7 @@ impl Store {
         let (seq, id): (i64, EventId) = self
             .scripts
             .update
+            .key(self.epoch_followed())
             .arg(self.history)
             .arg(user.to_string())
             .arg(token.to_hex())
@@ -235,6 +254,7 @@ impl Store {
             0 => Ok(Updating::Unknown),
             -2 => Ok(Updating::Same),
             1.. => Ok(Updating::Updated(u64::try_from(seq).unwrap_or(0), id)),
+            -3 => Err(self.other_log()),
             _ => Err(too_late()),
         }
     }
@@ -260,6 +280,7 @@ impl Store {
         let (outcome, seq, user): (i8, u64, String) = self
             .scripts
             .open
+            .key(self.epoch_followed())
             .arg(node)
             .arg(token.to_hex())
             .arg(stream)
@@ -269,6 +290,10 @@ impl Store {
         let opening = match outcome {
             1 => Opening::Opened(UserId::read(&user).map_err(|_| malformed("lobby:tokens"))?),
             0 => Opening::Unknown,
+            -3 => {
+                self.elsewhere.notify_one();
+                Opening::OtherLog
+            }
             _ => Opening::TooMany,
         };
         Ok((opening, seq))
@@ -344,6 +369,7 @@ impl Store {
             .arg(millis(node_timeout))
             .arg(millis(grace))
             .arg(u8::from(look_for_lost_nodes))
+            .arg(self.give_up_at())
             .invoke_async(&mut self.commands.clone())
             .await?;
         let number = |value: &Value| redis::from_redis_value_ref::<i64>(value).unwrap_or(-1);
@@ -367,6 +393,47 @@ impl Store {
             gone,
             next: u64::try_from(number(last)).ok().map(Duration::from_millis),
         })
+    }
+
+    /// The epoch of the log this node follows, for the scripts to check.
+    pub(super) fn follow_epoch(&self, epoch: &str) {
+        *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) = epoch.to_owned();
+    }
+
+    fn epoch_followed(&self) -> String {
+        self.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The number of the newest entry of the log this node follows; `None`
+    /// if Redis holds another log.
+    pub(super) async fn latest_followed(&self) -> RedisResult<Option<u64>> {
+        let (epoch, seq): (Option<String>, Option<u64>) = redis::cmd("MGET")
+            .arg("lobby:epoch")
+            .arg("lobby:seq")
+            .query_async(&mut self.commands.clone())
+            .await?;
+        if epoch.unwrap_or_default() != self.epoch_followed() {
+            self.elsewhere.notify_one();
+            return Ok(None);
+        }
+        Ok(Some(seq.unwrap_or(0)))
+    }
+
+    /// Returns once Redis has answered from another log than the one this
+    /// node follows: it lost its data, or another node began a new log.
+    pub(super) async fn another_log_seen(&self) {
+        self.elsewhere.notified().await;
+    }
+
+    /// Redis holds another log than the one this node follows (it lost its
+    /// data, and the new log is not begun or not caught up with yet): nothing
+    /// was changed. The follower is told to catch up.
+    fn other_log(&self) -> redis::RedisError {
+        self.elsewhere.notify_one();
+        redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "Redis holds another log than this node follows",
+        ))
     }
 
     /// The number of the log's newest entry.

@@ -342,13 +342,25 @@ impl Cluster {
 
     /// Adds a node with flags of its own, on the same Redis.
     pub async fn add_node(&mut self, args: &[&str]) -> &Client {
+        let node = self.start_node(args).await;
+        wait_for_health(node, 200, STARTUP).await;
+        node
+    }
+
+    /// Adds a node without waiting for it to be in step with Redis (which
+    /// may be away): it answers HTTP, whatever its /healthz says.
+    pub async fn start_node(&mut self, args: &[&str]) -> &Client {
         let url = self.redis.url();
         let mut flags = args.to_vec();
         flags.extend(["--redis", &url]);
         let node = TestServer::one_node_on(IpAddr::V4(Ipv4Addr::LOCALHOST), &flags).await;
-        wait_for_health(&node, 200, STARTUP).await;
         self.nodes.push(node);
         self.nodes.last().expect("the node just added")
+    }
+
+    /// Stops node `index` the way SIGTERM does; its client then reaches nobody.
+    pub async fn stop_node(&mut self, index: usize) {
+        self.nodes[index].stop_this_node().await;
     }
 
     /// The client of node `index`.

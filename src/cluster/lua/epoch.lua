@@ -2,9 +2,10 @@
 -- epoch: ARGV = a new epoch id, the newest log entry this node has applied.
 -- Returns the epoch of the log as it now is. A log that is missing (Redis
 -- lost its data) or older than what this node saw (Redis came back from an
--- old snapshot) is started again under the new epoch, numbered a million
--- past any entry this node applied (and so past any id it sent, in any room),
--- so that no client's old Last-Event-ID can be taken for an id of the new log.
+-- old snapshot) is started again under the new epoch, numbered past any
+-- entry this node applied (and so past any id it sent, in any room) and past
+-- the clock, so that no client's old Last-Event-ID can be taken for an id of
+-- the new log.
 local epoch = redis.call('GET', 'lobby:epoch')
 local seq = tonumber(redis.call('GET', 'lobby:seq') or '0')
 local mine = tonumber(ARGV[2])
@@ -14,9 +15,16 @@ end
 for _, key in ipairs(redis.call('KEYS', 'lobby:*')) do
   redis.call('DEL', key)
 end
-if mine > 0 then
-  seq = math.max(seq, mine) + 1000000
-end
+-- A new log begins a million past every id this node saw and past Redis's
+-- clock in tenths of a millisecond: a node that saw nothing (it started while
+-- Redis was away), or two nodes that saw the same (each beginning a log after
+-- Redis lost its data twice), still begin past every id an earlier log can
+-- have reached, unless it gave out more than ten ids a millisecond. (Tenths,
+-- not microseconds: Lua writes a number into a string with 14 digits, and
+-- publish writes each entry's number into its stream id.)
+local time = redis.call('TIME')
+local clock = tonumber(time[1]) * 10000 + math.floor(tonumber(time[2]) / 100)
+seq = math.max(seq, mine, clock) + 1000000
 redis.call('SET', 'lobby:seq', seq)
 redis.call('SET', 'lobby:epoch', ARGV[1])
 return ARGV[1]

@@ -11,6 +11,9 @@
 if now_ms() > tonumber(ARGV[7]) then
   return {-1, 0, 0}
 end
+if other_log() then
+  return {-3, 0, 0}
+end
 local room = ARGV[8]
 local person = ARGV[10]
 if person == '' then

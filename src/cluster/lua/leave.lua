@@ -7,6 +7,9 @@
 if now_ms() > tonumber(ARGV[4]) then
   return {-1, 0, 0}
 end
+if other_log() then
+  return {-3, 0, 0}
+end
 local joined, token = user_of(ARGV[2])
 if not joined or token ~= ARGV[3] then
   return {0, 0, 0}

@@ -2,6 +2,9 @@
 -- open: ARGV = node, token key, stream id, most streams a user may have open.
 -- Returns {outcome, newest event id, user id}: outcome 1 if the stream is
 -- counted, 0 if the token is unknown, -1 if its user has too many streams.
+if other_log() then
+  return {-3, 0, ''}
+end
 local user = redis.call('HGET', 'lobby:tokens', ARGV[2])
 local seq = tonumber(redis.call('GET', 'lobby:seq') or '0')
 if not user then

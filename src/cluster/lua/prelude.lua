@@ -24,8 +24,20 @@
 --   lobby:timeouts     node id -> its --node-timeout (ms): how long it may be silent
 --   lobby:reaped       when a node last reaped (ms): a long gap means Redis,
 --                      or every node, was away
+--   lobby:graced      user id -> when their grace would end (ms), from a
+--                      stream that closed while another was still counted
 --   lobby:held:<node>  the streams open on that node: "<user id> <stream id>"
 --   lobby:on:<user>    that user's open streams: "<node id> <stream id>"
+
+-- KEYS[1], where a script takes it, is the epoch of the log the calling node
+-- follows ('' before it has one). Such a script answers for the lobby only on
+-- that log: on another (Redis lost its data and no node has begun the new
+-- log yet, or one has and this node has not caught up) it changes nothing and
+-- says so, and the node answers 503: never a 201 for a join that the new log
+-- will not hold, never a 401 for a token it may hold in a moment.
+local function other_log()
+  return redis.call('GET', 'lobby:epoch') ~= KEYS[1]
+end
 
 local function now_ms()
   local time = redis.call('TIME')
@@ -119,6 +131,7 @@ local function remove_user(history, user, reason)
     redis.call('SREM', 'lobby:held:' .. node, user .. ' ' .. stream)
   end
   redis.call('DEL', 'lobby:on:' .. user)
+  redis.call('HDEL', 'lobby:graced', user)
   local key = room .. ' ' .. person
   local count = tonumber(string.match(redis.call('HGET', 'lobby:people', key) or '', ' (%d+)$') or '1')
   if count > 1 then
@@ -155,9 +168,21 @@ local function release(node, user, stream, deadline, why)
     return
   end
   redis.call('SREM', 'lobby:on:' .. user, node .. ' ' .. stream)
-  if redis.call('SCARD', 'lobby:on:' .. user) == 0
-      and redis.call('HEXISTS', 'lobby:users', user) == 1
-      and redis.call('ZADD', 'lobby:deadlines', 'NX', deadline, user) == 1 then
+  if redis.call('HEXISTS', 'lobby:users', user) == 0 then
+    return
+  end
+  -- Grace runs from the latest of a user's streams to close: one closed on a
+  -- live node while a stream on a node not yet taken for dead still counted
+  -- gives grace from then, not from that node's last heartbeat.
+  local graced = tonumber(redis.call('HGET', 'lobby:graced', user) or '0')
+  if redis.call('SCARD', 'lobby:on:' .. user) > 0 then
+    if deadline > graced then
+      redis.call('HSET', 'lobby:graced', user, deadline)
+    end
+    return
+  end
+  redis.call('HDEL', 'lobby:graced', user)
+  if redis.call('ZADD', 'lobby:deadlines', 'NX', math.max(deadline, graced), user) == 1 then
     redis.call('HSET', 'lobby:why', user, why)
   end
 end

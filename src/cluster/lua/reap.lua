@@ -1,5 +1,6 @@
 
--- reap: ARGV = history, node timeout (ms), grace (ms), look for lost nodes (1/0).
+-- reap: ARGV = history, node timeout (ms), grace (ms), look for lost nodes (1/0),
+-- the time (ms, Redis's clock) after which the node no longer waits for the answer.
 -- Nodes whose heartbeat is older than their own node timeout are taken for
 -- dead: their users start grace from that heartbeat, when their streams
 -- closed. But if no node has reaped for half the node timeout, Redis (or every
@@ -11,6 +12,12 @@
 -- membership ended): person id, room, name, reason; and last the ms until the
 -- next deadline, or -1}.
 local now = now_ms()
+-- A reap that reaches Redis after its node stopped waiting (Redis was
+-- paused, or the node died meanwhile) does nothing: whoever reaps tells the
+-- observers of each leave, and that node is no longer listening.
+if now > tonumber(ARGV[5]) then
+  return {0, -1}
+end
 local out = {0}
 local last = tonumber(redis.call('GET', 'lobby:reaped') or now)
 redis.call('SET', 'lobby:reaped', now)

@@ -8,6 +8,9 @@
 if now_ms() > tonumber(ARGV[5]) then
   return {-1, 0}
 end
+if other_log() then
+  return {-3, 0}
+end
 local joined, token, room, person, name = user_of(ARGV[2])
 if not joined or token ~= ARGV[3] then
   return {0, 0}
