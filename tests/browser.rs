@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::browser::{Chromedriver, eventually, holds_for, submit_join_form};
+use common::redis::Cluster;
 use common::{Sse, TestServer, User};
 use fantoccini::Client;
 use serde::Deserialize;
@@ -498,6 +499,67 @@ async fn a_restart_with_a_state_file_is_invisible_to_joined_pages() {
     )
     .await;
     let _ = std::fs::remove_file(&file);
+}
+
+/// A deploy of a cluster: each node in turn stopped (SIGTERM's path: its
+/// streams end) and started again on its address, the next once the one
+/// before is in step with Redis. Redis holds who is online, so each page
+/// resumes with `Last-Event-ID` inside grace: nobody's box goes, and nobody
+/// joins again (every node lists the same ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_a_cluster_is_invisible_to_joined_pages() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let flags = ["--grace", "10s", "--node-timeout", "2s"];
+    let mut cluster = Cluster::start(2, &flags).await;
+    let bases: Vec<String> = cluster.nodes().map(|node| node.base.clone()).collect();
+    let alice = driver.person().await;
+    let bob = driver.person().await;
+    alice.open_at(&bases[0]).await;
+    bob.open_at(&bases[1]).await;
+    let alice_id = alice.join("alice").await;
+    let bob_id = bob.join("bob").await;
+    for (person, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
+        person
+            .wait_until(WAIT, "the other's box", |view| view.has(other))
+            .await;
+    }
+    let online = sorted(users_at(&bases[0]).await);
+
+    let restarts = async {
+        for index in 0..bases.len() {
+            cluster.restart_node(index, &flags).await;
+        }
+    };
+    let during = Duration::from_secs(6);
+    let ((), (), ()) = tokio::join!(
+        restarts,
+        alice.keeps_showing(during, "bob's box and her own throughout", |view| {
+            view.has(&bob_id) && view.my_ids() == [alice_id.as_str()]
+        }),
+        bob.keeps_showing(during, "alice's box and his own throughout", |view| {
+            view.has(&alice_id) && view.my_ids() == [bob_id.as_str()]
+        }),
+    );
+
+    for (person, name) in [(&alice, "alice"), (&bob, "bob")] {
+        person
+            .wait_until(WAIT, &format!("{name}'s page live again"), |view| {
+                view.status == format!("You are {name}.") && !view.form_shown
+            })
+            .await;
+    }
+    holds_for(SETTLED_FOR, "the same people on every node", async || {
+        for base in &bases {
+            let users = sorted(users_at(base).await);
+            if users != online {
+                return Err(format!("{base}: {users:?}, not {online:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test]

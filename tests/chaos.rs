@@ -121,33 +121,16 @@ const ANSWER: Duration = Duration::from_secs(5);
 const OPEN: Duration = Duration::from_secs(2);
 /// How many violations of one kind are printed as they happen, and in the report.
 const SHOWN: usize = 10;
+/// How long the clients churn before a rolling restart: most are online then.
+const ROLLING_CHURN: Duration = Duration::from_secs(8);
 const DEFAULT_SECS: u64 = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a minute of faults that fails until issue 16's fixes land: make chaos"]
 async fn a_cluster_under_random_overlapping_faults_keeps_every_acknowledged_join_and_converges() {
-    let seed = chaos_seed();
     let length = Duration::from_secs(chaos_secs());
-    let logs = std::env::temp_dir().join(format!("lobby-chaos-{}-{seed}", std::process::id()));
-    std::fs::create_dir_all(&logs).expect("a directory for the logs");
-    let cluster = Arc::new(Cluster::start(&logs).await);
-    let run = Arc::new(Run::new(seed, cluster.addrs(), logs.clone()));
-    run.say(&format!(
-        "chaos: seed {seed} (LOBBY_CHAOS_SEED), {} s, {NODES} nodes {:?}, {CLIENTS} clients, \
-         redis :{}, logs in {}",
-        length.as_secs(),
-        cluster.addrs(),
-        cluster.redis_port,
-        logs.display()
-    ));
-
-    let clients: Vec<JoinHandle<()>> = (0..CLIENTS)
-        .map(|index| {
-            let rng = SmallRng::seed_from_u64(seed ^ mix(index as u64 + 1));
-            tokio::spawn(client(run.clone(), index, rng))
-        })
-        .collect();
-    let mut faults = Faults::new(SmallRng::seed_from_u64(seed));
+    let (run, cluster, clients) = begin("chaos", length).await;
+    let mut faults = Faults::new(SmallRng::seed_from_u64(run.seed));
     let rounds = ((length.as_secs_f64() / ROUND.as_secs_f64()).round() as u32).max(1);
     let per_round = length / rounds;
     for round in 1..=rounds {
@@ -160,6 +143,76 @@ async fn a_cluster_under_random_overlapping_faults_keeps_every_acknowledged_join
             run.phase.send_replace(Phase::Churn);
         }
     }
+    finish(run, cluster, clients, rounds).await;
+}
+
+/// A deploy of the cluster: each node in turn stopped with SIGTERM and started
+/// again on its port, the next once the one before answers /healthz with 200.
+/// Redis holds who is online, so the clients, holding still and resuming with
+/// Last-Event-ID wherever a node ended their stream, hear of no one leaving
+/// or joining, and the usual check finds every join kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_cluster_is_invisible_to_its_clients() {
+    let (run, cluster, clients) = begin("rolling-restart", ROLLING_CHURN).await;
+    tokio::time::sleep(ROLLING_CHURN).await;
+    run.phase.send_replace(Phase::Hold);
+    let restless = until_resting(&run).await;
+    assert_eq!(restless, 0, "clients still busy before the restarts");
+    let from = run.now();
+    for index in 0..NODES {
+        let mut node = cluster.nodes[index].lock().await;
+        run.say(&format!("rolling restart: node {index} stops (SIGTERM)"));
+        if let Some(process) = node.process.take() {
+            process.stop().await;
+        }
+        node.launch(run.now())
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        drop(node);
+        let back_by = run.now() + CONVERGE_WITHIN;
+        while health_of(&run, index).await != "200" {
+            assert!(run.now() < back_by, "node {index} not in step again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        run.say(&format!("rolling restart: node {index} is back"));
+    }
+    let restarted = run.now();
+    check(&run, &cluster, 1, restarted).await;
+    let heard = run.book().membership_events(from, run.now());
+    for event in &heard {
+        run.book()
+            .violate("seen_in_a_restart", run.now(), event.clone());
+    }
+    finish(run, cluster, clients, 1).await;
+}
+
+/// Starts a cluster and the clients, churning; says the seed and where the logs go.
+async fn begin(kind: &str, length: Duration) -> (Arc<Run>, Arc<Cluster>, Vec<JoinHandle<()>>) {
+    let seed = chaos_seed();
+    let logs = std::env::temp_dir().join(format!("lobby-{kind}-{}-{seed}", std::process::id()));
+    std::fs::create_dir_all(&logs).expect("a directory for the logs");
+    let cluster = Arc::new(Cluster::start(&logs).await);
+    let run = Arc::new(Run::new(seed, cluster.addrs(), logs.clone()));
+    run.say(&format!(
+        "{kind}: seed {seed} (LOBBY_CHAOS_SEED), {} s, {NODES} nodes {:?}, {CLIENTS} clients, \
+         redis :{}, logs in {}",
+        length.as_secs(),
+        cluster.addrs(),
+        cluster.redis_port,
+        logs.display()
+    ));
+    let clients = (0..CLIENTS)
+        .map(|index| {
+            let rng = SmallRng::seed_from_u64(seed ^ mix(index as u64 + 1));
+            tokio::spawn(client(run.clone(), index, rng))
+        })
+        .collect();
+    (run, cluster, clients)
+}
+
+/// Stops the clients, checks every stream, prints the report, and fails on
+/// any violation, keeping the logs (removed when there is none).
+async fn finish(run: Arc<Run>, cluster: Arc<Cluster>, clients: Vec<JoinHandle<()>>, rounds: u32) {
     run.phase.send_replace(Phase::Stop);
     for client in clients {
         if tokio::time::timeout(Duration::from_secs(10), client)
@@ -171,24 +224,20 @@ async fn a_cluster_under_random_overlapping_faults_keeps_every_acknowledged_join
         }
     }
     run.book().check_every_stream();
-    let _ = std::fs::copy(cluster.redis_log.clone(), logs.join("redis.log"));
+    let _ = std::fs::copy(cluster.redis_log.clone(), run.logs.join("redis.log"));
     let report = run.book().report(&run, rounds);
     run.say(&report);
     let violations = run.book().violations.len();
     drop(cluster);
+    let (seed, logs) = (run.seed, run.logs.display());
     if violations == 0 {
-        let _ = std::fs::remove_dir_all(&logs);
+        let _ = std::fs::remove_dir_all(&run.logs);
     } else {
-        println!(
-            "chaos: the nodes' logs (node-N.log), redis.log and the schedule are in {}",
-            logs.display()
-        );
+        println!("chaos: the nodes' logs (node-N.log), redis.log and the schedule are in {logs}");
     }
     assert_eq!(
-        violations,
-        0,
-        "{violations} violations of the cluster's invariants (seed {seed}; logs in {})",
-        logs.display()
+        violations, 0,
+        "{violations} violations of the cluster's invariants (seed {seed}; logs in {logs})"
     );
 }
 
@@ -204,6 +253,8 @@ enum Phase {
 
 struct Run {
     seed: u64,
+    /// Where the nodes' logs, redis.log and schedule.log go.
+    logs: PathBuf,
     started: Instant,
     wall: SystemTime,
     nodes: Vec<SocketAddr>,
@@ -231,6 +282,7 @@ impl Run {
         let schedule = std::fs::File::create(logs.join("schedule.log")).expect("schedule.log");
         Run {
             seed,
+            logs,
             started: Instant::now(),
             wall: SystemTime::now(),
             nodes,
@@ -1241,16 +1293,20 @@ async fn pause(rng: &mut SmallRng, from_ms: u64, to_ms: u64) {
 /// Holds the clients still, waits for the nodes and clients to agree (from
 /// the last heal, within `CONVERGE_WITHIN`) and past `SETTLE`, then records
 /// what does not hold: lost joins, nodes or views that differ, zombies.
-async fn check(run: &Run, cluster: &Cluster, round: u32, healed: Duration) {
+/// Waits up to 20 s for every client to hold still; how many did not.
+async fn until_resting(run: &Run) -> usize {
     let rest_by = run.now() + Duration::from_secs(20);
     while run.resting.iter().any(|r| !r.load(Ordering::Relaxed)) && run.now() < rest_by {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let restless = run
-        .resting
+    run.resting
         .iter()
         .filter(|r| !r.load(Ordering::Relaxed))
-        .count();
+        .count()
+}
+
+async fn check(run: &Run, cluster: &Cluster, round: u32, healed: Duration) {
+    let restless = until_resting(run).await;
     for node in &cluster.nodes {
         let mut node = node.lock().await;
         let exited = node.process.as_mut().and_then(LobbyProcess::exited);
@@ -1412,6 +1468,26 @@ enum Heard {
 }
 
 impl Book {
+    /// Every new_user and disconnect_user any stream got between `from` and `to`.
+    fn membership_events(&self, from: Duration, to: Duration) -> Vec<String> {
+        let mut found = Vec::new();
+        for (s, stream) in self.streams.iter().enumerate() {
+            for event in &stream.events {
+                let membership = matches!(event.kind.as_str(), "new_user" | "disconnect_user");
+                if membership && (from..=to).contains(&event.at) {
+                    let name = self.stream_name(s);
+                    found.push(format!(
+                        "{name}: {} {} at {}",
+                        event.kind,
+                        event.id,
+                        t(event.at)
+                    ));
+                }
+            }
+        }
+        found
+    }
+
     fn violate(&mut self, kind: &'static str, at: Duration, detail: String) {
         let shown = self.violations.iter().filter(|v| v.kind == kind).count();
         let detail = format!("{detail}; {}", self.context(at));

@@ -187,7 +187,12 @@ impl TestServer {
 
     /// One in-process lobby on a free port of `ip`, whatever the environment says.
     pub(crate) async fn one_node_on(ip: IpAddr, args: &[&str]) -> TestServer {
-        TestServer::one_node_with(ip, args, Client::new).await
+        TestServer::one_node_with(SocketAddr::new(ip, 0), args, Client::new).await
+    }
+
+    /// One in-process lobby on `addr` (a port another lobby just freed, as a restart).
+    pub(crate) async fn one_node_at(addr: SocketAddr, args: &[&str]) -> TestServer {
+        TestServer::one_node_with(addr, args, Client::new).await
     }
 
     /// One in-process lobby serving HTTPS on 127.0.0.1 with `cert` (plus
@@ -195,14 +200,15 @@ impl TestServer {
     pub async fn https(cert: &TestCert, args: &[&str]) -> TestServer {
         let mut args = args.to_vec();
         args.extend(["--tls-cert", cert.cert_file(), "--tls-key", cert.key_file()]);
-        TestServer::one_node_with(IpAddr::V4(Ipv4Addr::LOCALHOST), &args, |addr| {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        TestServer::one_node_with(addr, &args, |addr| {
             Client::https(addr, cert.https_client().build().expect("https client"))
         })
         .await
     }
 
     async fn one_node_with(
-        ip: IpAddr,
+        bind: SocketAddr,
         args: &[&str],
         client: impl FnOnce(SocketAddr) -> Client,
     ) -> TestServer {
@@ -211,9 +217,9 @@ impl TestServer {
             args.extend(["--join-rate", "1000000", "--join-burst", "1000000"]);
         }
         let config = Config::try_parse_from_args(&args);
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+        let listener = TcpListener::bind(bind)
             .await
-            .expect("bind a free port");
+            .unwrap_or_else(|err| panic!("bind {bind}: {err}"));
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(lobby::run(listener, config, async {
@@ -927,7 +933,7 @@ impl LobbyProcess {
         let _ = self.child.wait();
     }
 
-    /// Stops it with SIGTERM; returns what it wrote on stderr.
+    /// Stops it with SIGTERM, as a deploy does; returns what it wrote on stderr.
     pub async fn stop(mut self) -> String {
         let killed = Command::new("kill")
             .arg("-TERM")
@@ -946,12 +952,12 @@ impl LobbyProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        // Nothing to read when its stderr went to a log file (start_logged).
         let stderr = self
             .stderr
             .take()
-            .expect("read once")
-            .join()
-            .expect("the stderr reader does not panic");
+            .map(|reader| reader.join().expect("the stderr reader does not panic"))
+            .unwrap_or_default();
         assert!(status.success(), "lobby exited with {status}: {stderr}");
         stderr
     }
