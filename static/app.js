@@ -57,6 +57,8 @@ function showStatus(text) {
 // Joins as `name`. From the form (`typed`), a refusal is shown there at once;
 // from a reload, a join the server cannot take now is tried again.
 function joinAs(name, typed) {
+  // A reload joins its person again at once: no form for a moment meanwhile.
+  if (form && !typed) form.hidden = true;
   const presence = show(join(location.origin, { room: ROOM, name, awayAfter: AWAY_AFTER_MS }));
   let joined = false;
   presence.addEventListener("status", () => {

@@ -310,15 +310,20 @@ impl Cluster {
         }
         let numbered = OpeningStream::new(shared);
         let stream = numbered.stream;
-        let opened = shared
-            .store
-            .open(&shared.node, token.key(), stream, MAX_STREAMS_PER_USER);
+        let opened = shared.store.open(
+            &shared.node,
+            token.key(),
+            stream,
+            MAX_STREAMS_PER_USER,
+            self.settling(),
+        );
         let user = match tokio::time::timeout(store::RESPONSE_SLACK, opened).await {
             Ok(Ok((opening, latest))) => {
                 shared.presence.applied(latest, CATCH_UP).await;
                 match opening {
                     Opening::Opened(user) => user,
                     Opening::Unknown => return Err(TokenError::Unknown),
+                    Opening::Unsettled => return Err(TokenError::Unavailable),
                     Opening::TooMany => return Err(TokenError::TooManyStreams),
                     Opening::OtherLog => {
                         return self.open_unchecked(room, token, last_event_id, stream);
@@ -400,14 +405,24 @@ impl Cluster {
 
     /// Waits until this node has applied every event Redis had when asked, so
     /// a read here sees what any node finished writing before it.
-    /// Says whether it has: false if Redis did not answer in time, holds
-    /// another log, or this node could not catch up.
+    /// Says whether it is sure of what it knows: false if Redis did not
+    /// answer in time, holds another log, or one still settling, or this
+    /// node could not catch up.
     async fn sync(&self) -> bool {
-        let latest = tokio::time::timeout(SYNC_READ, self.shared.store.latest_followed()).await;
-        match latest {
-            Ok(Ok(Some(latest))) => self.shared.presence.applied(latest, CATCH_UP).await,
+        let latest = self.shared.store.latest_followed(self.settling());
+        match tokio::time::timeout(SYNC_READ, latest).await {
+            Ok(Ok(Some((latest, settled)))) => {
+                self.shared.presence.applied(latest, CATCH_UP).await && settled
+            }
             _ => false,
         }
+    }
+
+    /// How long a log that began again is not sure of the tokens it does
+    /// not hold: a node may be silent for its node timeout before it is
+    /// taken for dead, and its users are kept for grace after that.
+    fn settling(&self) -> Duration {
+        self.shared.config.node_timeout + self.shared.config.presence.grace
     }
 
     fn in_step_since(&self) -> Option<Instant> {

@@ -118,6 +118,9 @@ pub(super) enum Opening {
     TooMany,
     /// Redis holds another log than the one this node follows: it cannot say.
     OtherLog,
+    /// The token is unknown to a log that began again moments ago: a node
+    /// that is away may yet put its user back.
+    Unsettled,
 }
 
 /// What a reap did.
@@ -264,7 +267,12 @@ impl Store {
     /// so that a join or leave answered with an error never happens later.
     fn give_up_at(&self) -> i64 {
         let give_up = i64::try_from(millis(RESPONSE_TIMEOUT / 2)).unwrap_or(i64::MAX);
-        unix_millis() + self.clock.load(Ordering::Relaxed) + give_up
+        self.redis_now() + give_up
+    }
+
+    /// Now on Redis's clock (ms), as last measured against this machine's.
+    fn redis_now(&self) -> i64 {
+        unix_millis() + self.clock.load(Ordering::Relaxed)
     }
 
     /// Counts a new stream `stream` on `node` for the holder of `token`,
@@ -276,6 +284,7 @@ impl Store {
         token: TokenKey,
         stream: u64,
         max: u8,
+        settling: Duration,
     ) -> RedisResult<(Opening, u64)> {
         let (outcome, seq, user): (i8, u64, String) = self
             .scripts
@@ -285,6 +294,7 @@ impl Store {
             .arg(token.to_hex())
             .arg(stream)
             .arg(max)
+            .arg(millis(settling))
             .invoke_async(&mut self.commands.clone())
             .await?;
         let opening = match outcome {
@@ -294,6 +304,7 @@ impl Store {
                 self.elsewhere.notify_one();
                 Opening::OtherLog
             }
+            -4 => Opening::Unsettled,
             _ => Opening::TooMany,
         };
         Ok((opening, seq))
@@ -404,19 +415,26 @@ impl Store {
         self.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The number of the newest entry of the log this node follows; `None`
-    /// if Redis holds another log.
-    pub(super) async fn latest_followed(&self) -> RedisResult<Option<u64>> {
-        let (epoch, seq): (Option<String>, Option<u64>) = redis::cmd("MGET")
+    /// The number of the newest entry of the log this node follows, and
+    /// whether that log has settled (began again longer than `settling`
+    /// ago, or never did); `None` if Redis holds another log.
+    pub(super) async fn latest_followed(
+        &self,
+        settling: Duration,
+    ) -> RedisResult<Option<(u64, bool)>> {
+        let (epoch, seq, born): (Option<String>, Option<u64>, Option<i64>) = redis::cmd("MGET")
             .arg("lobby:epoch")
             .arg("lobby:seq")
+            .arg("lobby:born")
             .query_async(&mut self.commands.clone())
             .await?;
         if epoch.unwrap_or_default() != self.epoch_followed() {
             self.elsewhere.notify_one();
             return Ok(None);
         }
-        Ok(Some(seq.unwrap_or(0)))
+        let settling = i64::try_from(millis(settling)).unwrap_or(i64::MAX);
+        let settled = born.is_none_or(|born| self.redis_now() - born >= settling);
+        Ok(Some((seq.unwrap_or(0), settled)))
     }
 
     /// Returns once Redis has answered from another log than the one this

@@ -29,4 +29,7 @@ local clock = tonumber(time[1]) * 10000 + math.floor(tonumber(time[2]) / 100)
 seq = math.max(seq, mine, clock) + 1
 redis.call('SET', 'lobby:seq', seq)
 redis.call('SET', 'lobby:epoch', ARGV[1])
+if mine > 0 then
+  redis.call('SET', 'lobby:born', now_ms())
+end
 return ARGV[1]
