@@ -5,7 +5,8 @@
 -- dead: their users start grace from that heartbeat, when their streams
 -- closed. But if no node has reaped for half the node timeout, Redis (or every
 -- node) was away, and every heartbeat is old for that reason alone: then every
--- node gets a fresh period instead, and none is taken for dead. Users whose
+-- node gets a fresh period instead, and none is taken for dead, and every user
+-- whose deadline fell meanwhile gets grace from now. Users whose
 -- deadline has passed go offline, each exactly once: whichever node runs this
 -- first removes them, and the others find nothing left to do.
 -- Returns {lost node count, then for each person taken offline (their last
@@ -25,6 +26,13 @@ local nodes = redis.call('ZRANGE', 'lobby:nodes', 0, -1, 'WITHSCORES')
 if now - last > tonumber(ARGV[2]) / 2 then
   for i = 1, #nodes, 2 do
     redis.call('ZADD', 'lobby:nodes', now, nodes[i])
+  end
+  -- A deadline that fell while no one could reap moves to grace from now:
+  -- a stream opened meanwhile on a node that could not reach Redis is
+  -- reported first, as every node reports all its streams on its return.
+  local grace = tonumber(ARGV[3])
+  for _, user in ipairs(redis.call('ZRANGEBYSCORE', 'lobby:deadlines', '-inf', now)) do
+    redis.call('ZADD', 'lobby:deadlines', now + grace, user)
   end
 elseif ARGV[4] == '1' then
   for i = 1, #nodes, 2 do
