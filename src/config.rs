@@ -70,11 +70,16 @@ pub struct Config {
 
     /// Joins each client address may make per second, on average; past that
     /// (and the burst) a join gets 429 with Retry-After.
-    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "10", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
+    // 100 a second and 500 at once: a test suite on one machine joins a few
+    // hundred people at once and must not be refused, while a flood from one
+    // address holds at most 500 + 100 × --join-timeout (10 s) joiners who
+    // never open a stream, about 1,500 (some 8 MB, at 5 KiB each), until
+    // their timeout.
+    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "100", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_rate: NonZeroU32,
 
     /// Joins a client address may make at once before the rate applies.
-    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "20", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
+    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "500", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_burst: NonZeroU32,
 
     /// State updates (POST /state) each token may make per second, on
