@@ -13,6 +13,7 @@ mod page;
 mod rooms;
 
 use std::hash::Hash;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct Shared {
     watchers: Watchers,
     /// Whether a client's address is the one the proxy in front names.
     trust_proxy: bool,
+    /// Whether a forwarded request has been warned of (without `trust_proxy`).
+    proxy_warned: AtomicBool,
     /// Which other sites' pages may use the API.
     origins: Origins,
     /// The metrics (and webhooks) of this node.
@@ -84,6 +87,7 @@ impl AppState {
             updates,
             watchers: Watchers::new(config.max_watchers_per_address.get()),
             trust_proxy: config.trust_proxy,
+            proxy_warned: AtomicBool::new(false),
             list_rooms: config.list_rooms,
             origins: Origins::new(&config.cors_origins),
             observer,
