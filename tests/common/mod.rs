@@ -891,7 +891,8 @@ impl LobbyProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
+            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" || name == "PORT"
+            {
                 command.env_remove(name);
             }
         }
