@@ -64,6 +64,51 @@ async fn two_people_who_join_through_the_form_each_see_both_boxes_with_their_own
 }
 
 #[tokio::test]
+async fn a_joined_page_s_token_cookie_is_hidden_from_scripts_and_its_stream_works() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = driver.person().await;
+    alice.open(&server).await;
+    alice.join("alice").await;
+
+    // The page's stream (its token in a header, not in the URL) works.
+    let _bob = join_from_terminal(&server, "bob").await;
+    alice
+        .wait_until(WAIT, "bob's box", |view| view.names() == ["alice", "bob"])
+        .await;
+    let on_the_page = alice.execute("return document.cookie;").await;
+    // The cookie's path is the events route: look from a page under it, in
+    // another tab, so that the joined page stays.
+    let page = alice.client.window().await.expect("the page's tab");
+    let tab = alice.client.new_window(true).await.expect("a second tab");
+    alice
+        .client
+        .switch_to_window(tab.handle)
+        .await
+        .expect("to it");
+    alice.open_at(&format!("{}/events/x", server.base)).await;
+    let cookie = alice
+        .client
+        .get_named_cookie("lobby_token")
+        .await
+        .expect("the browser holds the token's cookie on the events path");
+    let under_events = alice.execute("return document.cookie;").await;
+    alice.client.switch_to_window(page).await.expect("back");
+
+    for seen in [on_the_page, under_events] {
+        assert!(
+            !seen.to_string().contains("lobby_token"),
+            "a script sees it: {seen}"
+        );
+    }
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.same_site(), Some(cookie::SameSite::Strict));
+    assert_eq!(cookie.path(), Some("/events"));
+}
+
+#[tokio::test]
 async fn the_page_s_own_script_and_style_run_under_its_policy_and_injected_script_does_not() {
     let Some(driver) = Chromedriver::start_or_skip().await else {
         return;

@@ -64,6 +64,24 @@ async fn lobby_log_format_json_applies_to_debug_request_logs_too_and_they_hold_n
     );
 }
 
+#[tokio::test]
+async fn the_token_s_cookie_appears_in_no_log_even_at_debug_level() {
+    let lobby = LobbyProcess::start_with(free_addr(), &[], &[("RUST_LOG", "debug")]).await;
+    let browser = lobby.keeping_cookies();
+    let carol = browser.join("carol").await;
+    let mut stream = browser.watch(None).await;
+    assert_eq!(stream.next_event().await.event, "existing_users");
+    assert_eq!(browser.leave(&carol.token).await, 204);
+
+    let stderr = lobby.stop().await;
+
+    assert!(stderr.contains("joined"), "debug logging was on: {stderr}");
+    assert!(
+        !stderr.contains(&carol.token),
+        "a token in the logs: {stderr}"
+    );
+}
+
 #[test]
 fn a_log_format_that_is_neither_pretty_nor_json_exits_2_with_one_line_naming_it() {
     let output = Command::new(env!("CARGO_BIN_EXE_lobby"))

@@ -278,6 +278,20 @@ impl Client {
         }
     }
 
+    /// The same lobby through a client that keeps cookies as a browser does
+    /// (by path) and sends them back, as a page's `EventSource` relies on.
+    pub fn keeping_cookies(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            bases: self.bases.clone(),
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client with a cookie jar"),
+        }
+    }
+
     /// A client of the lobby serving HTTPS at `addr`, sending through `client`.
     pub fn https(addr: SocketAddr, client: reqwest::Client) -> Client {
         let base = format!("https://{addr}");
