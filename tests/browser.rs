@@ -69,9 +69,7 @@ async fn a_joined_page_s_token_cookie_is_hidden_from_scripts_and_its_stream_work
         return;
     };
     let server = TestServer::start().await;
-    let alice = driver.person().await;
-    alice.open(&server).await;
-    alice.join("alice").await;
+    let alice = driver.joined_page(&server, "alice").await;
 
     // The page's stream (its token in a header, not in the URL) works.
     let _bob = join_from_terminal(&server, "bob").await;
@@ -660,9 +658,7 @@ async fn a_joined_page_says_it_is_reconnecting_when_the_server_stops() {
         return;
     };
     let server = TestServer::start().await;
-    let alice = driver.person().await;
-    alice.open(&server).await;
-    alice.join("alice").await;
+    let alice = driver.joined_page(&server, "alice").await;
     alice
         .wait_until(WAIT, "her status saying who she is", |view| {
             view.status == "You are alice."
@@ -909,6 +905,14 @@ impl Chromedriver {
         Person {
             client: self.browser(&[]).await,
         }
+    }
+
+    /// A new browser on `server`'s page, joined through its form as `name`.
+    async fn joined_page(&self, server: &TestServer, name: &str) -> Person {
+        let person = self.person().await;
+        person.open(server).await;
+        person.join(name).await;
+        person
     }
 
     /// A new browser that keeps no page in its back-forward cache, so that a
