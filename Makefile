@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-.PHONY: run test test-js lint fmt build bench bench-cluster soak chaos
+.PHONY: run test test-js lint fmt build dist bench bench-cluster soak chaos
 
 # Serves the lobby on http://127.0.0.1:3000 (flags: make run ARGS="--grace 10s").
 run:
@@ -236,6 +236,25 @@ bench-cluster:
 	  done; \
 	} > BENCHMARKS-cluster.md; \
 	echo "wrote BENCHMARKS-cluster.md"; exit $$status
+
+# A statically linked Linux binary, target/dist/lobby, for a machine with no
+# Rust and no libraries: glibc linked in by +crt-static (the musl target's
+# standard library cannot be installed from the registries this machine
+# reaches). The explicit --target keeps build scripts and proc-macros, which
+# run at build time, dynamic; target/dist keeps these flags from rebuilding
+# target/release. getrandom is told to call getrandom(2) through libc: linked
+# statically it cannot look the function up, and would read /dev/urandom,
+# which a bare chroot lacks. Then tests/hosting.rs checks it: ldd and file say
+# static, it answers /healthz, and it reaches a redis-server by the name localhost.
+DIST_TARGET ?= $(shell uname -m)-unknown-linux-gnu
+DIST_RUSTFLAGS = -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
+dist:
+	RUSTFLAGS='$(DIST_RUSTFLAGS)' CARGO_TARGET_DIR=target/dist \
+	  cargo build --release --locked --bin lobby --target $(DIST_TARGET)
+	cp target/dist/$(DIST_TARGET)/release/lobby target/dist/lobby
+	strip target/dist/lobby
+	LOBBY_DIST_BINARY=$(CURDIR)/target/dist/lobby cargo test --test hosting -- --include-ignored --nocapture
+	@ls -l target/dist/lobby
 
 # A churn soak against a release build: a thousand clients join, subscribe,
 # drop, reconnect and leave at random for SOAK_SECS, then every view must equal

@@ -23,14 +23,15 @@ use crate::tickets::Tickets;
                   environment variable shown with it (a flag wins over its variable)."
 )]
 pub struct Config {
-    /// Address and port to listen on.
-    #[arg(
-        long,
-        env = "LOBBY_BIND",
-        default_value = "127.0.0.1:3000",
-        value_name = "ADDR"
-    )]
-    pub bind: SocketAddr,
+    /// Address and port to listen on. Default: 127.0.0.1:3000, or
+    /// 0.0.0.0:PORT when PORT is set (see --port).
+    #[arg(long, env = "LOBBY_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+
+    /// Listen on every interface (0.0.0.0) on this port, as hosting platforms
+    /// ask by setting PORT. --bind (or LOBBY_BIND) wins over it.
+    #[arg(long, env = "PORT", value_name = "PORT", value_parser = parse_port)]
+    pub port: Option<u16>,
 
     /// How long a user whose last stream closed stays online, waiting for it to reopen.
     #[arg(long, env = "LOBBY_GRACE", default_value = "5s", value_name = "DUR", value_parser = parse_duration)]
@@ -70,11 +71,16 @@ pub struct Config {
 
     /// Joins each client address may make per second, on average; past that
     /// (and the burst) a join gets 429 with Retry-After.
-    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "10", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
+    // 100 a second and 500 at once: a test suite on one machine joins a few
+    // hundred people at once and must not be refused, while a flood from one
+    // address holds at most 500 + 100 × --join-timeout (10 s) joiners who
+    // never open a stream, about 1,500 (some 8 MB, at 5 KiB each), until
+    // their timeout.
+    #[arg(long, env = "LOBBY_JOIN_RATE", default_value = "100", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_rate: NonZeroU32,
 
     /// Joins a client address may make at once before the rate applies.
-    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "20", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
+    #[arg(long, env = "LOBBY_JOIN_BURST", default_value = "500", value_name = "N", value_parser = parse_at_least_one::<NonZeroU32>)]
     pub join_burst: NonZeroU32,
 
     /// State updates (POST /state) each token may make per second, on
@@ -271,7 +277,35 @@ impl Config {
     }
 }
 
+/// Where to listen, and why there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// `--bind` or `LOBBY_BIND`.
+    Bind(SocketAddr),
+    /// `--port` or `PORT`, on every interface.
+    Port(SocketAddr),
+    /// Neither: this machine only, port 3000.
+    Default(SocketAddr),
+}
+
+impl Listen {
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Listen::Bind(addr) | Listen::Port(addr) | Listen::Default(addr) => addr,
+        }
+    }
+}
+
 impl Config {
+    /// `--bind`, else every interface on `--port` (PORT), else 127.0.0.1:3000.
+    pub fn listen(&self) -> Listen {
+        match (self.bind, self.port) {
+            (Some(addr), _) => Listen::Bind(addr),
+            (None, Some(port)) => Listen::Port(SocketAddr::from(([0, 0, 0, 0], port))),
+            (None, None) => Listen::Default(SocketAddr::from(([127, 0, 0, 1], 3000))),
+        }
+    }
+
     /// `--max-connections`, or the open-file limit less some for the listener,
     /// logs and whatever else the process opens.
     pub fn max_connections(&self) -> usize {
@@ -305,6 +339,14 @@ fn parse_webhook_url(text: &str) -> Result<reqwest::Url, String> {
     match url.scheme() {
         "http" | "https" => Ok(url),
         _ => Err("a webhook URL starts with http:// or https://".into()),
+    }
+}
+
+/// A TCP port to listen on, 1 to 65535.
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err("PORT (or --port) must be a port number from 1 to 65535".to_owned()),
     }
 }
 
@@ -418,6 +460,24 @@ mod tests {
         ])
         .expect("valid flags");
         assert!(config.webhook().is_some());
+    }
+
+    #[test]
+    fn bind_wins_over_port_which_listens_on_every_interface() -> Result<(), clap::Error> {
+        assert_eq!(parse(&[])?.listen().addr().to_string(), "127.0.0.1:3000");
+        assert_eq!(
+            parse(&["--port", "8080"])?.listen(),
+            Listen::Port("0.0.0.0:8080".parse().expect("an address"))
+        );
+        assert_eq!(
+            parse(&["--port", "8080", "--bind", "127.0.0.1:9"])?.listen(),
+            Listen::Bind("127.0.0.1:9".parse().expect("an address"))
+        );
+        for bad in ["0", "65536", "http"] {
+            let err = parse(&["--port", bad]).expect_err("refused").to_string();
+            assert!(err.contains("1 to 65535"), "{bad}: {err}");
+        }
+        Ok(())
     }
 
     #[test]

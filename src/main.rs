@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lobby::Config;
+use lobby::config::Listen;
 use lobby::watch::WatchArgs;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -100,16 +101,24 @@ async fn serve(config: Config, log_format: LogFormat) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let listener = match TcpListener::bind(config.bind).await {
+    let listen = config.listen();
+    let listener = match TcpListener::bind(listen.addr()).await {
         Ok(listener) => listener,
         Err(err) => {
-            eprintln!("lobby: cannot listen on {}: {err}", config.bind);
+            eprintln!("lobby: cannot listen on {}: {err}", listen.addr());
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().unwrap_or(config.bind);
+    let addr = listener.local_addr().unwrap_or(listen.addr());
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!("lobby listening on {addr}; open {scheme}://{addr}/ in a browser");
+    // Every interface is a choice the operator did not write down: say why.
+    let why = match listen {
+        Listen::Port(_) => {
+            " (every interface, on PORT, as hosting platforms ask; --bind or LOBBY_BIND would win)"
+        }
+        Listen::Bind(_) | Listen::Default(_) => "",
+    };
+    tracing::info!("lobby listening on {addr}{why}; open {scheme}://{addr}/ in a browser");
 
     match lobby::run_with_tls(listener, config, tls, shutdown_signal()).await {
         Ok(()) => {

@@ -189,7 +189,8 @@ export class Presence extends EventTarget {
   async listen(signal) {
     const headers = { Accept: "text/event-stream" };
     if (this.last != null) headers["Last-Event-ID"] = this.last;
-    const response = await this.send("/events", { headers, signal, cache: "no-store" });
+    // The token goes in the header; no cookie, which would make a watcher someone who joined.
+    const response = await this.send("/events", { headers, signal, cache: "no-store", credentials: "omit" });
     this.backoff = 1000;
     this.setStatus("live");
     const push = parser((kind, data, id) => this.event(kind, JSON.parse(data), id), (ms) => (this.retry = ms));

@@ -65,6 +65,49 @@ async fn two_people_who_join_through_the_form_each_see_both_boxes_with_their_own
 }
 
 #[tokio::test]
+async fn a_joined_page_s_token_cookie_is_hidden_from_scripts_and_its_stream_works() {
+    let Some(driver) = Chromedriver::start_or_skip().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let alice = driver.joined_page(&server, "alice").await;
+
+    // The page's stream (its token in a header, not in the URL) works.
+    let _bob = join_from_terminal(&server, "bob").await;
+    alice
+        .wait_until(WAIT, "bob's box", |view| view.names() == ["alice", "bob"])
+        .await;
+    let on_the_page = alice.execute("return document.cookie;").await;
+    // The cookie's path is the events route: look from a page under it, in
+    // another tab, so that the joined page stays.
+    let page = alice.client.window().await.expect("the page's tab");
+    let tab = alice.client.new_window(true).await.expect("a second tab");
+    alice
+        .client
+        .switch_to_window(tab.handle)
+        .await
+        .expect("to it");
+    alice.open_at(&format!("{}/events/x", server.base)).await;
+    let cookie = alice
+        .client
+        .get_named_cookie("lobby_token")
+        .await
+        .expect("the browser holds the token's cookie on the events path");
+    let under_events = alice.execute("return document.cookie;").await;
+    alice.client.switch_to_window(page).await.expect("back");
+
+    for seen in [on_the_page, under_events] {
+        assert!(
+            !seen.to_string().contains("lobby_token"),
+            "a script sees it: {seen}"
+        );
+    }
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.same_site(), Some(cookie::SameSite::Strict));
+    assert_eq!(cookie.path(), Some("/events"));
+}
+
+#[tokio::test]
 async fn the_page_s_own_script_and_style_run_under_its_policy_and_injected_script_does_not() {
     let Some(driver) = Chromedriver::start_or_skip().await else {
         return;
@@ -626,12 +669,16 @@ async fn reloading_a_joined_page_leaves_and_joins_again_on_the_server_at_once() 
         }
     })
     .await;
-    let view = alice
-        .wait_until(WAIT, "her page marking the new user as hers", |view| {
-            view.my_ids() == [online.id.as_str()]
-        })
+    // Her box is marked from the join's reply, and the form hidden once her
+    // stream is live, a request later: wait for both (a loaded machine shows
+    // the moment between).
+    alice
+        .wait_until(
+            WAIT,
+            "her page marking the new user as hers, not asking her name again",
+            |view| view.my_ids() == [online.id.as_str()] && !view.form_shown,
+        )
         .await;
-    assert!(!view.form_shown, "she was not asked for her name again");
 }
 
 #[tokio::test]
@@ -677,9 +724,7 @@ async fn a_joined_page_says_it_is_reconnecting_when_the_server_stops() {
         return;
     };
     let server = TestServer::start().await;
-    let alice = driver.person().await;
-    alice.open(&server).await;
-    alice.join("alice").await;
+    let alice = driver.joined_page(&server, "alice").await;
     alice
         .wait_until(WAIT, "her status saying who she is", |view| {
             view.status == "You are alice."
@@ -926,6 +971,14 @@ impl Chromedriver {
         Person {
             client: self.browser(&[]).await,
         }
+    }
+
+    /// A new browser on `server`'s page, joined through its form as `name`.
+    async fn joined_page(&self, server: &TestServer, name: &str) -> Person {
+        let person = self.person().await;
+        person.open(server).await;
+        person.join(name).await;
+        person
     }
 
     /// A new browser that keeps no page in its back-forward cache, so that a

@@ -258,6 +258,66 @@ async fn lobby_bind_chooses_the_address() {
 }
 
 #[tokio::test]
+async fn port_without_bind_listens_on_every_interface_and_says_why() {
+    let port = free_addr().port();
+    let port_text = port.to_string();
+    // Another loopback address answers only if every interface is listened on.
+    let elsewhere = SocketAddr::from(([127, 0, 0, 2], port));
+
+    let lobby = Lobby::spawn(elsewhere, &[], &[("PORT", &port_text)]).await;
+    let finished = lobby.stop("TERM").await;
+
+    let output = finished.output();
+    let listening: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("listening"))
+        .collect();
+    let [line] = listening[..] else {
+        panic!("one line says where it listens: {output}");
+    };
+    assert!(
+        line.contains(&format!("0.0.0.0:{port}")) && line.contains("PORT"),
+        "the line names the address and why: {line}"
+    );
+}
+
+#[tokio::test]
+async fn bind_and_lobby_bind_win_over_port() {
+    let port = free_addr().port().to_string();
+    let addr = free_addr();
+    let addr_text = addr.to_string();
+
+    for (args, env) in [
+        (
+            vec!["--bind", addr_text.as_str()],
+            vec![("PORT", port.as_str())],
+        ),
+        (
+            vec![],
+            vec![("PORT", port.as_str()), ("LOBBY_BIND", addr_text.as_str())],
+        ),
+    ] {
+        let lobby = Lobby::spawn(addr, &args, &env).await;
+        let on_port = TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("a port")));
+        assert!(
+            on_port.is_err(),
+            "nothing listens on PORT ({args:?}, {env:?})"
+        );
+        lobby.stop("TERM").await;
+    }
+}
+
+#[tokio::test]
+async fn a_port_that_is_not_a_port_number_exits_2_with_one_line_saying_so() {
+    for bad in ["http", "0", "70000"] {
+        let finished = run_to_end(&[], &[("PORT", bad)]).await;
+
+        finished.assert_flag_error_mentioning("PORT");
+        assert!(finished.stderr.contains(bad), "{}", finished.stderr);
+    }
+}
+
+#[tokio::test]
 async fn lobby_max_users_refuses_joins_beyond_it() {
     let lobby = Lobby::start(&[], &[("LOBBY_MAX_USERS", "1")]).await;
     lobby.join("alice").await;
@@ -619,8 +679,8 @@ struct Finished {
 }
 
 impl Process {
-    /// The binary with these flags, its output piped, and no `LOBBY_*` or
-    /// `RUST_LOG` from the test's own environment, only those in `env`.
+    /// The binary with these flags, its output piped, and no `LOBBY_*`,
+    /// `RUST_LOG` or `PORT` from the test's own environment, only those in `env`.
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
         command
@@ -629,7 +689,8 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
+            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" || name == "PORT"
+            {
                 command.env_remove(name);
             }
         }

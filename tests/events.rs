@@ -1,13 +1,16 @@
 //! GET /events over real HTTP: the stream's wire format (`retry:`, the snapshot,
 //! decimal ids that strictly increase, keep-alive comments), the event sequence
-//! between several users, `Last-Event-ID` replay, a leaver's own streams, and the
-//! limit of four streams per token.
+//! between several users, `Last-Event-ID` replay, a leaver's own streams, the
+//! limit of four streams per token, and the token's cookie, which a browser's
+//! `EventSource` sends where it cannot send a header.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, Sse, TestServer, assert_error, read_raw_until, user_in, users_in};
+use common::{
+    PATIENCE, Sse, TestCert, TestServer, assert_error, read_raw_until, user_in, users_in,
+};
 use eventsource_stream::Event;
 use serde_json::Value;
 
@@ -296,6 +299,158 @@ async fn a_leaver_s_own_streams_get_their_disconnect_user_and_then_end() {
         assert_announces("disconnect_user", &alice, &goodbye);
         stream.expect_end().await;
     }
+}
+
+#[tokio::test]
+async fn a_join_s_cookie_alone_opens_the_joiner_s_own_stream() {
+    let server = TestServer::start().await;
+    let browser = server.keeping_cookies();
+    let alice = browser.join("alice").await;
+
+    // No token in the query or a header: only the cookie the join set.
+    let mut stream = browser.watch(None).await;
+    let snapshot = stream.next_event().await;
+    assert_eq!(users_in(&snapshot), vec![alice.user()]);
+    assert_eq!(server.leave(&alice.token).await, 204);
+
+    // Her own stream, not a watcher's: it gets her leave, then ends.
+    assert_announces("disconnect_user", &alice, &stream.next_event().await);
+    stream.expect_end().await;
+}
+
+#[tokio::test]
+async fn a_token_given_outright_wins_over_the_cookie_of_someone_who_joined_later() {
+    let server = TestServer::start().await;
+    let browser = server.keeping_cookies();
+    // Two tabs of one browser, joined as two people: one cookie jar, bob's cookie.
+    let alice = browser.join("alice").await;
+    let _bob = browser.join("bob").await;
+
+    let in_query = browser.subscribe(&alice.token, None).await;
+    let in_header = browser
+        .client
+        .get(browser.url("/events"))
+        .bearer_auth(&alice.token)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .expect("GET /events");
+    assert_eq!(in_header.status(), 200);
+    assert_eq!(browser.leave(&alice.token).await, 204);
+
+    for mut stream in [in_query, Sse::new(in_header)] {
+        assert_eq!(stream.next_event().await.event, "existing_users");
+        assert_announces("disconnect_user", &alice, &stream.next_event().await);
+        stream.expect_end().await;
+    }
+}
+
+#[tokio::test]
+async fn the_cookie_is_http_only_strict_and_scoped_to_the_room_s_events() {
+    let server = TestServer::start().await;
+
+    let in_lobby = server.post_join("alice").await;
+    let in_room = server.in_room("doc-42").post_join("bob").await;
+
+    let token = |response: &reqwest::Response| set_cookie(response, "lobby_token=");
+    let lobby_cookie = token(&in_lobby).expect("a join sets the token's cookie");
+    let joined: Value = in_lobby.json().await.expect("a join reply");
+    let expected = format!(
+        "lobby_token={}; HttpOnly; SameSite=Strict; Path=/events",
+        joined["token"].as_str().expect("a token")
+    );
+    assert_eq!(lobby_cookie, expected);
+    let room_cookie = token(&in_room).expect("a room's join sets it too");
+    assert!(
+        room_cookie.ends_with("; Path=/rooms/doc-42/events"),
+        "{room_cookie}"
+    );
+}
+
+#[tokio::test]
+async fn the_cookie_is_secure_over_https_or_behind_a_trusted_proxy_that_says_https() {
+    let cert = TestCert::new();
+    let https = TestServer::https(&cert, &[]).await;
+    let proxied = TestServer::with_args(&["--trust-proxy"]).await;
+    let untrusted = TestServer::start().await;
+    let forwarded_join = async |server: &TestServer| {
+        server
+            .client
+            .post(server.url("/join"))
+            .header("X-Forwarded-Proto", "https")
+            .form(&[("name", "alice")])
+            .send()
+            .await
+            .expect("POST /join")
+    };
+
+    let secure = |response: &reqwest::Response| {
+        set_cookie(response, "lobby_token=")
+            .expect("a join sets the token's cookie")
+            .contains("; Secure")
+    };
+    assert!(secure(&https.post_join("alice").await), "lobby's own HTTPS");
+    assert!(
+        secure(&forwarded_join(&proxied).await),
+        "a trusted proxy's word"
+    );
+    assert!(
+        !secure(&forwarded_join(&untrusted).await),
+        "anyone can write the header"
+    );
+}
+
+#[tokio::test]
+async fn a_leave_clears_the_cookie_only_when_it_is_the_token_being_left() {
+    let server = TestServer::start().await;
+    let browser = server.keeping_cookies();
+    let alice = browser.join("alice").await;
+    let bob = browser.join("bob").await;
+
+    let leave = async |token: &str| {
+        browser
+            .client
+            .post(browser.url("/leave"))
+            .header("content-type", "text/plain")
+            .body(token.to_owned())
+            .send()
+            .await
+            .expect("POST /leave, as a beacon sends it")
+    };
+    let alices = leave(&alice.token).await;
+    assert_eq!(alices.status(), 204);
+    assert_eq!(
+        set_cookie(&alices, "lobby_token="),
+        None,
+        "bob's cookie stays"
+    );
+    let mut bobs_stream = browser.watch(None).await;
+    assert_eq!(bobs_stream.next_event().await.event, "existing_users");
+
+    let bobs = leave(&bob.token).await;
+    assert_eq!(bobs.status(), 204);
+    let cleared = set_cookie(&bobs, "lobby_token=").expect("bob's cookie is cleared");
+    assert!(
+        cleared.starts_with("lobby_token=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_announces("disconnect_user", &bob, &bobs_stream.next_event().await);
+    bobs_stream.expect_end().await;
+    // With no cookie left, the browser's next stream is a watcher's.
+    let mut watching = browser.watch(None).await;
+    assert_eq!(users_in(&watching.next_event().await), vec![]);
+    expect_quiet(&mut watching).await;
+}
+
+/// The `Set-Cookie` header of `response` that starts with `prefix`.
+fn set_cookie(response: &reqwest::Response, prefix: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with(prefix))
+        .map(str::to_owned)
 }
 
 #[tokio::test]

@@ -159,6 +159,71 @@ async fn a_flood_of_joins_from_one_address_gets_429_with_retry_after_past_the_bu
     assert_eq!(server.users().await.len(), accepted as usize);
 }
 
+/// Joins `count` people from this test's one address, `at_once` in flight at
+/// a time, as fast as the lobby answers; the statuses and how long it took.
+async fn joins_from_one_address(
+    lobby: &LobbyProcess,
+    count: usize,
+    at_once: usize,
+) -> (Vec<u16>, Duration) {
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let statuses = futures_util::stream::iter(0..count)
+        .map(|n| async move { lobby.post_join(&format!("j{n}")).await.status().as_u16() })
+        .buffer_unordered(at_once)
+        .collect()
+        .await;
+    (statuses, started.elapsed())
+}
+
+#[tokio::test]
+async fn at_the_defaults_a_test_suite_s_burst_of_300_joins_from_one_address_all_pass() {
+    let lobby = LobbyProcess::start(&[]).await;
+
+    let (statuses, took) = joins_from_one_address(&lobby, 300, 300).await;
+
+    let refused = statuses.iter().filter(|status| **status != 201).count();
+    assert_eq!(refused, 0, "300 joins at once in {took:?}: {statuses:?}");
+    assert_eq!(lobby.users().await.len(), 300);
+}
+
+#[tokio::test]
+async fn at_the_defaults_a_flood_of_2000_joins_from_one_address_is_held_to_the_bound() {
+    let lobby = LobbyProcess::start(&[]).await;
+    let rss_before = rss_kib(lobby.pid(), "VmRSS");
+
+    let (statuses, took) = joins_from_one_address(&lobby, 2000, 32).await;
+
+    let accepted = statuses.iter().filter(|status| **status == 201).count();
+    let refused = statuses.iter().filter(|status| **status == 429).count();
+    assert_eq!(
+        accepted + refused,
+        statuses.len(),
+        "only 201 and 429: {statuses:?}"
+    );
+    let secs = took.as_secs_f64();
+    let rss_after = rss_kib(lobby.pid(), "VmRSS");
+    eprintln!(
+        "2,000 joins from one address at the defaults: {accepted} accepted, {refused} refused \
+         in {secs:.2} s; lobby RSS {rss_before} -> {rss_after} KiB ({:.1} KiB per accepted join)",
+        (rss_after as f64 - rss_before as f64) / accepted as f64
+    );
+    // The burst of 500, then 100 a second (and one more for a refill mid-request).
+    assert!(accepted >= 500, "the burst of 500 is allowed: {accepted}");
+    let most = 500.0 + 100.0 * secs + 1.0;
+    assert!(
+        accepted as f64 <= most,
+        "{accepted} accepted in {secs:.2} s"
+    );
+    assert!(refused > 0, "a flood is refused past the bound");
+    // Each joiner is held until its join timeout: what the bound lets in
+    // costs a few MB at most.
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
 #[tokio::test]
 async fn a_client_at_another_address_joins_while_a_flooding_one_is_refused() {
     let server = TestServer::with_args(&["--join-rate", "1", "--join-burst", "2"]).await;

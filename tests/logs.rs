@@ -1,7 +1,9 @@
 //! The real binary's logs: `--log-format json` (or `LOBBY_LOG_FORMAT=json`)
 //! makes every stderr line one JSON object, with a line per join and leave that
 //! carries the id and the name as plain fields, and never a token, even with
-//! the request logs of `RUST_LOG=debug`.
+//! the request logs of `RUST_LOG=debug`. A request forwarded by a proxy
+//! without `--trust-proxy` is warned of once, and a limit's first refusals
+//! are logged at most once a minute, each naming the flag to change.
 
 mod common;
 
@@ -62,6 +64,24 @@ async fn lobby_log_format_json_applies_to_debug_request_logs_too_and_they_hold_n
     );
 }
 
+#[tokio::test]
+async fn the_token_s_cookie_appears_in_no_log_even_at_debug_level() {
+    let lobby = LobbyProcess::start_with(free_addr(), &[], &[("RUST_LOG", "debug")]).await;
+    let browser = lobby.keeping_cookies();
+    let carol = browser.join("carol").await;
+    let mut stream = browser.watch(None).await;
+    assert_eq!(stream.next_event().await.event, "existing_users");
+    assert_eq!(browser.leave(&carol.token).await, 204);
+
+    let stderr = lobby.stop().await;
+
+    assert!(stderr.contains("joined"), "debug logging was on: {stderr}");
+    assert!(
+        !stderr.contains(&carol.token),
+        "a token in the logs: {stderr}"
+    );
+}
+
 #[test]
 fn a_log_format_that_is_neither_pretty_nor_json_exits_2_with_one_line_naming_it() {
     let output = Command::new(env!("CARGO_BIN_EXE_lobby"))
@@ -81,6 +101,98 @@ fn a_log_format_that_is_neither_pretty_nor_json_exits_2_with_one_line_naming_it(
         line.contains("--log-format") && line.contains("xml"),
         "{line}"
     );
+}
+
+#[tokio::test]
+async fn forwarded_requests_without_trust_proxy_are_warned_of_once_naming_the_flag() {
+    let lobby = LobbyProcess::start(&[]).await;
+
+    for ip in ["203.0.113.1", "203.0.113.2"] {
+        assert_eq!(join_forwarded(&lobby, "X-Forwarded-For", ip).await, 201);
+    }
+    assert_eq!(
+        join_forwarded(&lobby, "Forwarded", "for=203.0.113.3").await,
+        201
+    );
+    let stderr = lobby.stop().await;
+
+    let warnings = lines_with(&stderr, "through a proxy");
+    let [warning] = warnings[..] else {
+        panic!("one warning of a proxy: {stderr}");
+    };
+    assert!(
+        warning.contains("WARN") && warning.contains("--trust-proxy"),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_requests_with_trust_proxy_are_not_warned_of() {
+    let lobby = LobbyProcess::start(&["--trust-proxy"]).await;
+
+    for ip in ["203.0.113.1", "203.0.113.2"] {
+        assert_eq!(join_forwarded(&lobby, "X-Forwarded-For", ip).await, 201);
+    }
+    let stderr = lobby.stop().await;
+
+    assert_eq!(lines_with(&stderr, "through a proxy"), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn a_limit_is_logged_once_naming_its_flag_however_many_are_refused() {
+    let lobby = LobbyProcess::start(&[
+        "--join-rate",
+        "1",
+        "--join-burst",
+        "1",
+        "--max-watchers-per-address",
+        "1",
+    ])
+    .await;
+
+    let statuses = join_n_times(&lobby, 10).await;
+    let _watching = lobby.watch(None).await;
+    for _ in 0..5 {
+        assert_eq!(lobby.open_watcher(None).await.status(), 429);
+    }
+    let stderr = lobby.stop().await;
+
+    assert_eq!(statuses.iter().filter(|status| **status == 429).count(), 9);
+    for flag in ["--join-rate", "--max-watchers-per-address"] {
+        let lines = lines_with(&stderr, flag);
+        let [line] = lines[..] else {
+            panic!("one line naming {flag}: {stderr}");
+        };
+        assert!(line.contains("WARN") && line.contains("refused"), "{line}");
+    }
+}
+
+/// POST /join, as a proxy would forward it with `header: value`; the status.
+async fn join_forwarded(lobby: &LobbyProcess, header: &str, value: &str) -> u16 {
+    lobby
+        .client
+        .post(lobby.url("/join"))
+        .header(header, value)
+        .form(&[("name", "someone")])
+        .send()
+        .await
+        .expect("POST /join")
+        .status()
+        .as_u16()
+}
+
+/// `count` joins one after another; their statuses.
+async fn join_n_times(lobby: &LobbyProcess, count: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(count);
+    for n in 0..count {
+        statuses.push(lobby.post_join(&format!("p{n}")).await.status().as_u16());
+    }
+    statuses
+}
+
+/// The lines of `stderr` that contain `text`.
+fn lines_with<'a>(stderr: &'a str, text: &str) -> Vec<&'a str> {
+    stderr.lines().filter(|line| line.contains(text)).collect()
 }
 
 /// Every line of `stderr` parsed as JSON; panics at the first that is not.

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, PATIENCE, TestServer, free_addr, user_in};
+use common::{Client, PATIENCE, TestServer, free_addr, installed, skipped, user_in};
 use tokio::time::Instant;
 
 const SKIPPED: &str = "SKIPPED: the nginx test needs nginx (apt-get install nginx-light)";
@@ -163,9 +163,8 @@ impl Nginx {
     /// nginx and polls until it answers /healthz from lobby. `None` (after
     /// saying so) where nginx is not installed and this is not CI.
     async fn start(site: impl FnOnce(&Site) -> String) -> Option<Nginx> {
-        let Some(binary) = nginx_binary() else {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{SKIPPED}");
-            eprintln!("{SKIPPED}");
+        let Some(binary) = installed("nginx") else {
+            skipped(SKIPPED);
             return None;
         };
         let dir = std::env::temp_dir().join(format!(
@@ -324,22 +323,4 @@ impl Site {
             log = self.access_log.display(),
         )
     }
-}
-
-/// nginx, from PATH or Debian's /usr/sbin (not on a normal user's PATH).
-fn nginx_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }

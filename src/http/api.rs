@@ -7,14 +7,15 @@ use std::task::{Context, Poll};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use http_body_util::LengthLimitError;
 use hyper::body::{Frame, SizeHint};
 use percent_encoding::percent_decode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::cookie;
 use super::limits::{AllowedSite, Client};
 use super::rooms::Room;
 use super::{ApiError, AppState};
@@ -50,6 +51,8 @@ pub async fn join(
 ) -> Result<impl IntoResponse, ApiError> {
     // Counted before anything else is done: a flood costs a lookup each.
     state.joins.check(client)?;
+    let path = request.uri().path().to_owned();
+    let secure = state.over_https(request.headers());
     let (format, body) = read_body(request, &[BodyFormat::Json, BodyFormat::Form]).await?;
     let parsed: JoinBody = match format {
         BodyFormat::Json => parse_json_object(&body)?,
@@ -68,7 +71,23 @@ pub async fn join(
         }
     };
     let joined = state.presence.join(&room, person, name, user_state).await?;
-    Ok((StatusCode::CREATED, json_body(join_reply(joined))))
+    let cookies = cookie::joined(&joined.token, &path, secure);
+    Ok((
+        StatusCode::CREATED,
+        set_cookies(cookies),
+        json_body(join_reply(joined)),
+    ))
+}
+
+/// `Set-Cookie` headers, for a response.
+fn set_cookies(
+    cookies: Vec<HeaderValue>,
+) -> AppendHeaders<impl IntoIterator<Item = (header::HeaderName, HeaderValue)>> {
+    AppendHeaders(
+        cookies
+            .into_iter()
+            .map(|cookie| (header::SET_COOKIE, cookie)),
+    )
 }
 
 /// `{"id","name","token","users":[…]}`, written around the users list that
@@ -156,7 +175,11 @@ pub async fn leave(
     Room(room): Room,
     State(state): State<AppState>,
     request: Request,
-) -> Result<StatusCode, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
+    // Whether to clear the token's cookie, read before the body takes the request.
+    let path = request.uri().path().to_owned();
+    let secure = state.over_https(request.headers());
+    let key_cookie = cookie::sent_key(request.headers());
     let token = match bearer_token(request.headers()) {
         Some(token) => token,
         // Nothing at all to go on: say what is missing, not what type it lacks.
@@ -179,7 +202,8 @@ pub async fn leave(
         }
     };
     state.presence.leave(&room, &token).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let cleared = cookie::left(key_cookie.as_deref(), &token, &path, secure);
+    Ok((StatusCode::NO_CONTENT, set_cookies(cleared)))
 }
 
 /// `POST /state`: the token as `Authorization: Bearer`, the body a JSON

@@ -201,6 +201,9 @@ impl IntoResponse for ApiError {
             ApiError::LobbyFull(_) => Some(Limit::MaxUsers),
             ApiError::TooManyStreams => Some(Limit::StreamsPerToken),
             ApiError::TooManyConnections => Some(Limit::Connections),
+            ApiError::TooManyUpdates(_) => Some(Limit::StateRate),
+            ApiError::TooManyWatchers(_) => Some(Limit::WatchersPerAddress),
+            ApiError::TooManyRooms(_) => Some(Limit::MaxRooms),
             _ => None,
         };
         if let Some(limit) = limit {

@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::api::bearer;
+use super::cookie;
 use super::limits::{AllowedSite, Client};
 use super::rooms::Room;
 use super::{ApiError, AppState};
@@ -39,10 +40,12 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsRequest {
 }
 
 impl EventsRequest {
-    /// The token from `?token=…`, or else from `Authorization: Bearer …`;
-    /// and `Last-Event-ID`. A request that offers neither is a watcher's; one
-    /// that offers a token it does not give (`?token=`, a header that is not
-    /// a bearer token) is refused.
+    /// The token from `?token=…`, or else from `Authorization: Bearer …`,
+    /// or else from the cookie a join set (for a browser's `EventSource`; a
+    /// token given outright wins, since two tabs of one browser joined as
+    /// two people share one cookie); and `Last-Event-ID`. A request that
+    /// offers none is a watcher's; one that offers a token it does not give
+    /// (`?token=`, a header that is not a bearer token) is refused.
     fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<EventsRequest, ApiError> {
         let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
         #[derive(Deserialize)]
@@ -65,6 +68,7 @@ impl EventsRequest {
         if offered && token.is_none() {
             return Err(ApiError::MissingToken);
         }
+        let token = token.or_else(|| cookie::token(headers));
         Ok(EventsRequest {
             token,
             last_event_id: last_event_id(header("last-event-id")),
@@ -134,6 +138,22 @@ mod tests {
         );
         let request = parse(Some("token="), &[("authorization", "Bearer xyz")]).expect("parsed");
         assert_eq!(token(&request).as_deref(), Some("xyz"));
+    }
+
+    #[test]
+    fn the_cookie_is_the_token_only_when_neither_the_query_nor_the_header_gives_one() {
+        let token = |request: EventsRequest| request.token.map(|t| t.expose().to_owned());
+        let cookie = ("cookie", "lobby_token=from-cookie");
+        let only = parse(None, &[cookie]).expect("parsed");
+        assert_eq!(token(only).as_deref(), Some("from-cookie"));
+        let query = parse(Some("token=abc"), &[cookie]).expect("parsed");
+        assert_eq!(token(query).as_deref(), Some("abc"));
+        let header = parse(None, &[cookie, ("authorization", "Bearer xyz")]).expect("parsed");
+        assert_eq!(token(header).as_deref(), Some("xyz"));
+        assert!(matches!(
+            parse(Some("token="), &[cookie]),
+            Err(ApiError::MissingToken)
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +90,26 @@ impl FromRequestParts<AppState> for Client {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip());
+        if !state.trust_proxy {
+            warn_of_an_untrusted_proxy(&parts.headers, &state.proxy_warned);
+        }
         Ok(Client(client_ip(peer, &parts.headers, state.trust_proxy)))
+    }
+}
+
+/// A request that a proxy forwarded while `--trust-proxy` is off: every
+/// client behind that proxy then shares the proxy's address, and so one
+/// budget of joins. Said once per process (`warned`), the first time.
+fn warn_of_an_untrusted_proxy(headers: &HeaderMap, warned: &AtomicBool) {
+    let forwarded =
+        headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+    if forwarded && !warned.load(Ordering::Relaxed) && !warned.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "a request came through a proxy (it carries X-Forwarded-For or Forwarded), but \
+             --trust-proxy is off: every client behind that proxy counts as the proxy's one \
+             address against the limits. Start lobby with --trust-proxy (LOBBY_TRUST_PROXY=1) \
+             if a proxy you run is in front of it"
+        );
     }
 }
 

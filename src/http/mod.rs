@@ -5,6 +5,7 @@
 
 mod api;
 mod around;
+mod cookie;
 mod error;
 mod events;
 mod limits;
@@ -13,6 +14,7 @@ mod page;
 mod rooms;
 
 use std::hash::Hash;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,6 +54,10 @@ pub struct Shared {
     watchers: Watchers,
     /// Whether a client's address is the one the proxy in front names.
     trust_proxy: bool,
+    /// Whether lobby itself serves HTTPS (`--tls-cert`).
+    tls: bool,
+    /// Whether a forwarded request has been warned of (without `trust_proxy`).
+    proxy_warned: AtomicBool,
     /// Which other sites' pages may use the API.
     origins: Origins,
     /// The metrics (and webhooks) of this node.
@@ -84,12 +90,21 @@ impl AppState {
             updates,
             watchers: Watchers::new(config.max_watchers_per_address.get()),
             trust_proxy: config.trust_proxy,
+            tls: config.tls_cert.is_some(),
+            proxy_warned: AtomicBool::new(false),
             list_rooms: config.list_rooms,
             origins: Origins::new(&config.cors_origins),
             observer,
             metrics_here: config.metrics_bind.is_none(),
             tickets,
         }))
+    }
+}
+
+impl AppState {
+    /// Whether a request with these headers came over HTTPS (so its cookies are `Secure`).
+    fn over_https(&self, headers: &axum::http::HeaderMap) -> bool {
+        cookie::over_https(self.tls, self.trust_proxy, headers)
     }
 }
 

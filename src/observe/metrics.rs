@@ -4,6 +4,8 @@
 //! fan-out counts the events it sends per pass over its streams, not per write.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -25,14 +27,23 @@ pub enum Limit {
     StreamsPerToken,
     /// `--max-connections` (503).
     Connections,
+    /// `--state-rate` and `--state-burst` for one token (429).
+    StateRate,
+    /// `--max-watchers-per-address` (429).
+    WatchersPerAddress,
+    /// `--max-rooms` (503).
+    MaxRooms,
 }
 
 impl Limit {
-    const ALL: [Limit; 4] = [
+    const ALL: [Limit; 7] = [
         Limit::JoinRate,
         Limit::MaxUsers,
         Limit::StreamsPerToken,
         Limit::Connections,
+        Limit::StateRate,
+        Limit::WatchersPerAddress,
+        Limit::MaxRooms,
     ];
 
     fn as_str(self) -> &'static str {
@@ -41,7 +52,73 @@ impl Limit {
             Limit::MaxUsers => "max_users",
             Limit::StreamsPerToken => "streams_per_token",
             Limit::Connections => "connections",
+            Limit::StateRate => "state_rate",
+            Limit::WatchersPerAddress => "watchers_per_address",
+            Limit::MaxRooms => "max_rooms",
         }
+    }
+
+    /// What the refused client did, and what sets the limit: the operator's
+    /// line when a limit is first hit.
+    fn explained(self) -> &'static str {
+        match self {
+            Limit::JoinRate => {
+                "a client address joined too often; --join-rate and --join-burst set how often it may"
+            }
+            Limit::MaxUsers => {
+                "a join found the lobby full; --max-users sets how many may be online"
+            }
+            Limit::StreamsPerToken => {
+                "a token asked for a fifth stream; four per token is fixed, not a flag"
+            }
+            Limit::Connections => {
+                "a connection came past the most open at once; --max-connections sets it (by default the open-file limit less 100)"
+            }
+            Limit::StateRate => {
+                "a token updated its state too often; --state-rate and --state-burst set how often it may"
+            }
+            Limit::WatchersPerAddress => {
+                "a client address opened too many watcher streams; --max-watchers-per-address sets how many"
+            }
+            Limit::MaxRooms => {
+                "a join would have made one room too many; --max-rooms sets how many rooms are kept"
+            }
+        }
+    }
+}
+
+/// When each limit was last logged, so that a flood of refusals writes a
+/// line a minute rather than one per refusal: atomics, as the counters are,
+/// since every refusal passes here.
+struct RefusalLog {
+    start: Instant,
+    /// In the order of [`Limit::ALL`]: milliseconds from `start` to the
+    /// last line, plus one (0: never logged).
+    logged: [AtomicU64; Limit::ALL.len()],
+}
+
+/// A limit is logged at most this often.
+const LOG_LIMIT_EVERY: Duration = Duration::from_secs(60);
+
+impl RefusalLog {
+    fn new() -> RefusalLog {
+        RefusalLog {
+            start: Instant::now(),
+            logged: Default::default(),
+        }
+    }
+
+    /// Whether the refusal at `now` of the limit at `index` is to be logged,
+    /// and if so, notes it (of two threads at once, one logs).
+    fn due(&self, index: usize, now: Instant) -> bool {
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let now = millis(now.saturating_duration_since(self.start)).saturating_add(1);
+        let logged = &self.logged[index];
+        let last = logged.load(Ordering::Relaxed);
+        (last == 0 || now >= last.saturating_add(millis(LOG_LIMIT_EVERY)))
+            && logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -124,7 +201,8 @@ pub struct Metrics {
     slow_write_timeout: Counter,
     slow_backlog: Counter,
     /// In the order of [`Limit::ALL`].
-    refused: [Counter; 4],
+    refused: [Counter; Limit::ALL.len()],
+    refusals_logged: RefusalLog,
     latency: Family<Labels, Histogram>,
     /// Each route's histogram of `latency`, in the order of [`Route::ALL`],
     /// looked up once: a request then costs no lookup in the family. Made
@@ -233,6 +311,7 @@ impl Metrics {
             slow_write_timeout,
             slow_backlog,
             refused,
+            refusals_logged: RefusalLog::new(),
             latency,
             latency_by_route: Default::default(),
             webhooks,
@@ -275,12 +354,22 @@ impl Metrics {
         }
     }
 
+    /// Counts a refusal; the first of each limit in a minute is also logged,
+    /// naming the flag that sets it (every refusal, from the router or from
+    /// the transport, comes here: the one place for that rule).
     pub fn refused(&self, limit: Limit) {
         let index = Limit::ALL
             .iter()
             .position(|l| *l == limit)
             .unwrap_or_default();
         self.refused[index].inc();
+        if self.refusals_logged.due(index, Instant::now()) {
+            tracing::warn!(
+                limit = limit.as_str(),
+                "refused: {} (logged at most once a minute; lobby_requests_refused_total counts every refusal)",
+                limit.explained()
+            );
+        }
     }
 
     pub fn answered(&self, route: Route, seconds: f64) {
@@ -317,5 +406,22 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_logged_at_its_first_refusal_then_at_most_once_a_minute() {
+        let log = RefusalLog::new();
+        let at = |secs: u64| log.start + Duration::from_secs(secs);
+        assert!(log.due(0, at(0)), "the first refusal");
+        assert!(!log.due(0, at(1)), "a second in the same minute");
+        assert!(log.due(1, at(1)), "another limit has a minute of its own");
+        assert!(!log.due(0, at(59)));
+        assert!(log.due(0, at(60)), "a minute later");
+        assert!(!log.due(0, at(61)));
     }
 }

@@ -284,6 +284,20 @@ impl Client {
         }
     }
 
+    /// The same lobby through a client that keeps cookies as a browser does
+    /// (by path) and sends them back, as a page's `EventSource` relies on.
+    pub fn keeping_cookies(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            bases: self.bases.clone(),
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client with a cookie jar"),
+        }
+    }
+
     /// A client of the lobby serving HTTPS at `addr`, sending through `client`.
     pub fn https(addr: SocketAddr, client: reqwest::Client) -> Client {
         let base = format!("https://{addr}");
@@ -766,6 +780,30 @@ pub async fn read_raw_until(
     text
 }
 
+/// The program `name`, from PATH or from Debian's sbin directories (not on a
+/// normal user's PATH), if it is installed.
+pub fn installed(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Says a test is skipped (`message` starts with `SKIPPED:` and says what to
+/// install); under `CI=true` it fails the test instead.
+pub fn skipped(message: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+    eprintln!("{message}");
+}
+
 /// Asserts this status and a JSON body `{"error": "<a sentence>"}`; returns the sentence.
 pub async fn assert_error(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status(), status);
@@ -809,7 +847,19 @@ impl LobbyProcess {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> LobbyProcess {
-        let mut command = LobbyProcess::command(addr, flags, env);
+        LobbyProcess::start_program(&[env!("CARGO_BIN_EXE_lobby")], addr, flags, env).await
+    }
+
+    /// The same with another build of the binary, run by `program`: its path
+    /// (the static one of `make dist`), or a command and its first arguments
+    /// that end with it (`["chroot", DIR, "/lobby"]`).
+    pub async fn start_program(
+        program: &[&str],
+        addr: SocketAddr,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> LobbyProcess {
+        let mut command = LobbyProcess::command(program, addr, flags, env);
         let mut child = command.stderr(Stdio::piped()).spawn().expect("spawn lobby");
         let mut pipe = child.stderr.take().expect("piped stderr");
         let stderr = std::thread::spawn(move || {
@@ -857,7 +907,7 @@ impl LobbyProcess {
             .append(true)
             .open(log)
             .map_err(|err| format!("cannot open {}: {err}", log.display()))?;
-        let mut child = LobbyProcess::command(addr, flags, env)
+        let mut child = LobbyProcess::command(&[env!("CARGO_BIN_EXE_lobby")], addr, flags, env)
             .stderr(Stdio::from(file))
             .spawn()
             .map_err(|err| format!("cannot spawn lobby: {err}"))?;
@@ -888,16 +938,24 @@ impl LobbyProcess {
         })
     }
 
-    fn command(addr: SocketAddr, flags: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby"));
+    fn command(
+        program: &[&str],
+        addr: SocketAddr,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
+        let (program, first) = program.split_first().expect("a program to run");
+        let mut command = Command::new(program);
         command
+            .args(first)
             .arg("--bind")
             .arg(addr.to_string())
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" {
+            if name.to_string_lossy().starts_with("LOBBY_") || name == "RUST_LOG" || name == "PORT"
+            {
                 command.env_remove(name);
             }
         }
