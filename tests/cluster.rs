@@ -924,6 +924,32 @@ async fn a_node_started_while_redis_is_down_answers_503_not_401_to_tokens_it_can
     assert_eq!(opened.status(), 200, "alice's token, once Redis is back");
 }
 
+/// Redis lost everything, and the node that knew alice is away: the node that
+/// begins the new log started during the outage, so it cannot tell whether
+/// users existed. Until the log settles (node timeout + grace), a token it
+/// does not hold is "try again" (503), not "join again" (401): the away node
+/// may yet come back and put alice back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_begun_by_a_node_started_in_an_outage_is_not_sure_of_tokens_it_lacks() {
+    let mut cluster = Cluster::start(1, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    cluster.redis.stop().await;
+    cluster.stop_node(0).await;
+
+    let late = cluster.start_node(&STEADY).await;
+    wait_for_health(late, 503, RECONCILE).await;
+    cluster.redis.start_again_empty().await;
+    let late = cluster.node(1);
+    wait_for_health(late, 200, RECONCILE).await;
+
+    assert_error(late.open_events(&alice.token, None).await, 503).await;
+    assert_eq!(
+        late.leave(&alice.token).await,
+        503,
+        "a leave it cannot be sure of"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_begun_again_by_a_node_that_saw_nothing_never_gives_an_old_id_a_new_meaning() {
     let mut cluster = Cluster::start(1, &STEADY).await;

@@ -531,17 +531,21 @@ impl Backoff {
 async fn follow(cluster: Cluster, stop: CancellationToken) {
     let shared = &cluster.shared;
     let mut epoch: Option<String> = None;
+    // Whether this node started while Redis was away (see `catch_up`).
+    let mut waited = false;
     let mut backoff = Backoff::new();
     while !stop.is_cancelled() {
         let mut connection = match shared.store.reader().await {
             Ok(connection) => connection,
             Err(err) => {
+                waited |= epoch.is_none();
                 cluster.out_of_step(err);
                 backoff.wait(&stop).await;
                 continue;
             }
         };
-        if let Err(err) = catch_up(&cluster, &mut epoch).await {
+        if let Err(err) = catch_up(&cluster, &mut epoch, waited).await {
+            waited |= epoch.is_none();
             cluster.out_of_step(format_args!("cannot load the lobby: {err}"));
             backoff.wait(&stop).await;
             continue;
@@ -557,7 +561,7 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                 ) => read,
                 () = stop.cancelled() => return,
                 () = shared.store.another_log_seen() => {
-                    if let Err(err) = catch_up(&cluster, &mut epoch).await {
+                    if let Err(err) = catch_up(&cluster, &mut epoch, waited).await {
                         break format!("cannot load the new log: {err}");
                     }
                     continue;
@@ -576,7 +580,7 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                     break;
                 }
             }
-            if !in_order && let Err(err) = catch_up(&cluster, &mut epoch).await {
+            if !in_order && let Err(err) = catch_up(&cluster, &mut epoch, waited).await {
                 break format!("cannot reload the lobby: {err}");
             }
         };
@@ -589,11 +593,17 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
 /// if the log is the one it followed and still holds what came next, nothing
 /// is to be done (the next read continues it); otherwise the replica reloads.
 /// If the log began again, the users this node knew are put back first.
-async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::RedisResult<()> {
+/// A node that `waited` for Redis when it started may begin a log after an
+/// outage that lost users other nodes will put back: it says so.
+async fn catch_up(
+    cluster: &Cluster,
+    epoch: &mut Option<String>,
+    waited: bool,
+) -> redis::RedisResult<()> {
     let shared = &cluster.shared;
     let latest = shared.presence.latest();
     let fresh = uuid::Uuid::new_v4().simple().to_string();
-    let current = shared.store.epoch(&fresh, latest).await?;
+    let current = shared.store.epoch(&fresh, latest, waited).await?;
     let same_log = epoch.as_deref() == Some(current.as_str());
     if same_log && continues(shared, latest).await? {
         return Ok(());

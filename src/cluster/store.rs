@@ -485,11 +485,19 @@ impl Store {
 
     /// The epoch of the log, which is begun again (under `fresh`) if Redis
     /// lost it or holds an older one than the node has seen (`latest`).
-    pub(super) async fn epoch(&self, fresh: &str, latest: u64) -> RedisResult<String> {
+    /// `waited`: this node could not reach Redis when it started, so a log
+    /// it begins may follow one whose users another node will put back.
+    pub(super) async fn epoch(
+        &self,
+        fresh: &str,
+        latest: u64,
+        waited: bool,
+    ) -> RedisResult<String> {
         self.scripts
             .epoch
             .arg(fresh)
             .arg(latest)
+            .arg(u8::from(waited))
             .invoke_async(&mut self.commands.clone())
             .await
     }

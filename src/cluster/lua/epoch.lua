@@ -1,5 +1,6 @@
 
--- epoch: ARGV = a new epoch id, the newest log entry this node has applied.
+-- epoch: ARGV = a new epoch id, the newest log entry this node has applied,
+-- 1 if the node could not reach Redis when it started (else 0).
 -- Returns the epoch of the log as it now is. A log that is missing (Redis
 -- lost its data) or older than what this node saw (Redis came back from an
 -- old snapshot) is started again under the new epoch, numbered past any
@@ -29,7 +30,11 @@ local clock = tonumber(time[1]) * 10000 + math.floor(tonumber(time[2]) / 100)
 seq = math.max(seq, mine, clock) + 1
 redis.call('SET', 'lobby:seq', seq)
 redis.call('SET', 'lobby:epoch', ARGV[1])
-if mine > 0 then
+-- A node that saw a log, or that started while Redis was away (it may have
+-- restarted in the middle of an outage), marks the new log as begun again:
+-- other nodes may yet put back users it does not know. A node that found
+-- Redis at once and empty is starting a new lobby.
+if mine > 0 or ARGV[3] == '1' then
   redis.call('SET', 'lobby:born', now_ms())
 end
 return ARGV[1]
