@@ -22,8 +22,14 @@ const TOKEN_KEY: &str = "lobby_token_key";
 pub fn joined(token: &Token, join_path: &str, secure: bool) -> Vec<HeaderValue> {
     let key = token.key().to_hex();
     [
-        cookie(TOKEN, token.expose(), sibling(join_path, "events"), secure),
-        cookie(TOKEN_KEY, &key, sibling(join_path, "leave"), secure),
+        cookie(
+            TOKEN,
+            token.expose(),
+            sibling(join_path, "events"),
+            secure,
+            false,
+        ),
+        cookie(TOKEN_KEY, &key, sibling(join_path, "leave"), secure, false),
     ]
     .into_iter()
     .flatten()
@@ -38,17 +44,11 @@ pub fn left(sent: Option<&str>, token: &Token, leave_path: &str, secure: bool) -
         return Vec::new();
     }
     [
-        cookie(TOKEN, "", sibling(leave_path, "events"), secure),
-        cookie(TOKEN_KEY, "", sibling(leave_path, "leave"), secure),
+        cookie(TOKEN, "", sibling(leave_path, "events"), secure, true),
+        cookie(TOKEN_KEY, "", sibling(leave_path, "leave"), secure, true),
     ]
     .into_iter()
     .flatten()
-    .map(|value| {
-        // Max-Age=0: the browser forgets it at once.
-        let mut cleared = value.as_bytes().to_vec();
-        cleared.extend_from_slice(b"; Max-Age=0");
-        HeaderValue::from_bytes(&cleared).unwrap_or(value)
-    })
     .collect()
 }
 
@@ -91,15 +91,25 @@ fn sent(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|cookie| cookie.value().to_owned())
 }
 
-/// One `Set-Cookie` value; `None` for a value that cannot be a header (a
+/// One `Set-Cookie` value, or (`cleared`) one that makes the browser forget
+/// it at once (`Max-Age=0`); `None` for a value that cannot be a header (a
 /// token always can: it is hex, a dot and a room's name).
-fn cookie(name: &str, value: &str, path: String, secure: bool) -> Option<HeaderValue> {
-    let cookie = Cookie::build((name, value))
+fn cookie(
+    name: &str,
+    value: &str,
+    path: String,
+    secure: bool,
+    cleared: bool,
+) -> Option<HeaderValue> {
+    let mut cookie = Cookie::build((name, value))
         .path(path)
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(secure)
-        .build();
+        .secure(secure);
+    if cleared {
+        cookie = cookie.max_age(cookie::time::Duration::ZERO);
+    }
+    let cookie = cookie.build();
     HeaderValue::from_str(&cookie.to_string()).ok()
 }
 

@@ -19,5 +19,9 @@ end
 if redis.call('SCARD', 'lobby:on:' .. user) >= tonumber(ARGV[4]) then
   return {-1, seq, user}
 end
+-- The node is alive now: a node that was silent (paused) and is about to be
+-- taken for dead would otherwise lose this stream's user at the next reap.
+-- (A node already taken for dead stays so until it reports all it holds.)
+redis.call('ZADD', 'lobby:nodes', 'XX', now_ms(), ARGV[1])
 hold(ARGV[1], user, ARGV[3])
 return {1, seq, user}
