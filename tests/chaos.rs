@@ -1166,13 +1166,7 @@ async fn leave(run: &Run, me: &Me, rng: &mut SmallRng) {
         match status {
             Some(204) => {
                 if let Some((at, Ok(()), asked)) = refusal {
-                    let detail = format!(
-                        "{} refused, then left on node {node} at {}: {}",
-                        who(me),
-                        t(run.now()),
-                        asked.join("; ")
-                    );
-                    run.book().refused_token(me.identity, at, &detail);
+                    contradicted(run, me, at, &format!("left on node {node}"), &asked);
                 }
                 run.book().left(me.identity, run.now());
                 return;
@@ -1271,13 +1265,7 @@ async fn second_opinion(
         match open_stream(run, me, next, after, rng).await {
             Opening::Open(open) => {
                 if entitled.is_ok() {
-                    let detail = format!(
-                        "{} refused, then taken by node {next} at {}: {}",
-                        who(me),
-                        t(run.now()),
-                        asked.join("; ")
-                    );
-                    run.book().refused_token(me.identity, at, &detail);
+                    contradicted(run, me, at, &format!("taken by node {next}"), &asked);
                 }
                 return Some(open);
             }
@@ -1291,6 +1279,18 @@ async fn second_opinion(
     let what = format!("{} refused everywhere: {}", who(me), asked.join("; "));
     run.book().lost(me.identity, at, entitled, &what);
     None
+}
+
+/// A token refused at `at` (by the nodes in `asked`) that a node then took:
+/// what it was refused for was not so.
+fn contradicted(run: &Run, me: &Me, at: Duration, then: &str, asked: &[String]) {
+    let detail = format!(
+        "{} refused, then {then} at {}: {}",
+        who(me),
+        t(run.now()),
+        asked.join("; ")
+    );
+    run.book().refused_token(me.identity, at, &detail);
 }
 
 fn who(me: &Me) -> String {

@@ -25,7 +25,6 @@ use fantoccini::wd::WindowHandle;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -251,7 +250,7 @@ async fn a_page_refused_by_a_restarted_lobby_joins_again_by_itself_with_the_same
 
     // The restarted lobby knows no token: the element's stream gets 401.
     let restarted = restart_with(server, &site.lobby_args).await;
-    let room = restarted.api.in_room(ROOM);
+    let room = restarted.in_room(ROOM);
 
     let online = eventually(
         REJOIN,
@@ -288,7 +287,7 @@ async fn a_page_with_signed_joins_refused_by_a_restarted_lobby_joins_again_with_
     assert_eq!(site.tickets_given(), 1, "one ticket to join");
 
     let restarted = restart_with(server, &site.lobby_args).await;
-    let room = restarted.api.in_room(ROOM);
+    let room = restarted.in_room(ROOM);
 
     // Her token is void, so she joins again, with a ticket asked of getTicket.
     eventually(
@@ -460,20 +459,10 @@ fn fresh_ticket() -> String {
 
 // ---- the lobby ----
 
-/// A lobby started again on a stopped one's address. Stops when dropped.
-struct Restarted {
-    api: common::Client,
-    _stop: oneshot::Sender<()>,
-}
-
 /// Stops `server` and starts a fresh lobby with the same flags on its address.
-async fn restart_with(server: TestServer, args: &[String]) -> Restarted {
+async fn restart_with(server: TestServer, args: &[String]) -> TestServer {
     let flags: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (addr, stop) = common::browser::restart(server, &flags).await;
-    Restarted {
-        api: common::Client::new(addr),
-        _stop: stop,
-    }
+    common::browser::restart(server, &flags).await
 }
 
 /// What `/metrics` says of joins and streams.

@@ -265,28 +265,8 @@ pub async fn holds_for(
 
 /// Stops `server` and starts a fresh lobby with these flags on the address it
 /// used, as a restart would: it knows no token. The new lobby stops when the
-/// returned sender is dropped.
-pub async fn restart(
-    server: super::TestServer,
-    flags: &[&str],
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    use clap::Parser;
-
-    let addr: std::net::SocketAddr = server
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the lobby's address");
-    server.shutdown().await;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("bind the freed port again");
-    let config =
-        lobby::Config::try_parse_from(std::iter::once("lobby").chain(flags.iter().copied()))
-            .expect("the same flags");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(lobby::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+/// returned server is dropped.
+pub async fn restart(mut server: super::TestServer, flags: &[&str]) -> super::TestServer {
+    server.start_again(flags).await;
+    server
 }

@@ -190,9 +190,13 @@ impl TestServer {
         TestServer::one_node_with(SocketAddr::new(ip, 0), args, Client::new).await
     }
 
-    /// One in-process lobby on `addr` (a port another lobby just freed, as a restart).
-    pub(crate) async fn one_node_at(addr: SocketAddr, args: &[&str]) -> TestServer {
-        TestServer::one_node_with(addr, args, Client::new).await
+    /// Stops this in-process lobby the way SIGTERM does and starts a fresh
+    /// one with `args` on its address, as a restart would: it knows what
+    /// `args` give it (a state file, a Redis), nothing else.
+    pub(crate) async fn start_again(&mut self, args: &[&str]) {
+        let addr = redis::addr_of(&self.api);
+        self.stop_this_node().await;
+        *self = TestServer::one_node_with(addr, args, Client::new).await;
     }
 
     /// One in-process lobby serving HTTPS on 127.0.0.1 with `cert` (plus

@@ -361,12 +361,10 @@ impl Cluster {
     /// Stops node `index` the way SIGTERM does and starts a new one with
     /// `args` on its address, as a deploy does; returns once it is in step.
     pub async fn restart_node(&mut self, index: usize, args: &[&str]) -> &Client {
-        let addr = addr_of(&self.nodes[index]);
-        self.nodes[index].stop_this_node().await;
         let url = self.redis.url();
         let mut flags = args.to_vec();
         flags.extend(["--redis", &url]);
-        self.nodes[index] = TestServer::one_node_at(addr, &flags).await;
+        self.nodes[index].start_again(&flags).await;
         wait_for_health(&self.nodes[index], 200, STARTUP).await;
         &self.nodes[index]
     }
