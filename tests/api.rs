@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sse, TestServer, User, assert_error, read_raw_until, user_in, users_in};
+use common::{
+    Sse, TestServer, UNKNOWN_TOKEN, User, assert_error, read_raw_until, user_in, users_in,
+};
 use reqwest::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 
@@ -448,12 +450,17 @@ async fn a_seat_freed_by_a_leave_can_be_taken_again() {
 async fn events_with_an_unknown_token_is_refused_with_401_json_and_changes_nothing() {
     // (With no token at all, it is a watcher's stream: tests/rooms.rs.)
     let server = TestServer::start().await;
-    let unknown = "0".repeat(64);
     let events = || server.client.get(server.url("/events"));
 
     let requests = [
-        ("an unknown token", events().query(&[("token", &unknown)])),
-        ("an unknown Bearer token", events().bearer_auth(&unknown)),
+        (
+            "an unknown token",
+            events().query(&[("token", UNKNOWN_TOKEN)]),
+        ),
+        (
+            "an unknown Bearer token",
+            events().bearer_auth(UNKNOWN_TOKEN),
+        ),
     ];
     assert_refused_changing_nothing(&server, 401, requests).await;
 }
@@ -575,7 +582,6 @@ async fn leaving_ends_the_leavers_own_stream_after_their_disconnect_user() {
 #[tokio::test]
 async fn leaving_with_no_token_or_an_unknown_one_is_refused_with_401_and_changes_nothing() {
     let server = TestServer::start().await;
-    let unknown = "0".repeat(64);
     let ways = [
         TokenIn::Bearer,
         TokenIn::Form,
@@ -583,7 +589,12 @@ async fn leaving_with_no_token_or_an_unknown_one_is_refused_with_401_and_changes
         TokenIn::Nowhere,
     ];
 
-    let requests = ways.map(|way| (format!("{way:?}"), leave_request(&server, way, &unknown)));
+    let requests = ways.map(|way| {
+        (
+            format!("{way:?}"),
+            leave_request(&server, way, UNKNOWN_TOKEN),
+        )
+    });
     assert_refused_changing_nothing(&server, 401, requests).await;
 }
 

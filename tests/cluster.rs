@@ -950,6 +950,30 @@ async fn a_log_begun_by_a_node_started_in_an_outage_is_not_sure_of_tokens_it_lac
     );
 }
 
+/// Redis lost everything while the only node that knew alice was away, and
+/// the node that begins the new log never saw the old one: it found Redis at
+/// once, and empty, so it cannot tell a new lobby from a lost one. Alice's
+/// token was given out by another log: until the new log settles it is "try
+/// again" (503), not "join again" (401). A token the new log gave out and
+/// took back is unknown at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_begun_by_a_node_that_saw_nothing_is_not_sure_of_an_earlier_logs_tokens() {
+    let mut cluster = Cluster::start(1, &STEADY).await;
+    let alice = cluster.node(0).join("alice").await;
+    cluster.stop_node(0).await;
+    cluster.redis.stop().await;
+    cluster.redis.start_again_empty().await;
+
+    let fresh = cluster.add_node(&STEADY).await;
+    assert_error(fresh.open_events(&alice.token, None).await, 503).await;
+    assert_eq!(fresh.leave(&alice.token).await, 503, "alice's leave");
+
+    let bob = fresh.join("bob").await;
+    assert_eq!(fresh.leave(&bob.token).await, 204, "bob's leave");
+    assert_error(fresh.open_events(&bob.token, None).await, 401).await;
+    assert_eq!(fresh.leave(&bob.token).await, 401, "bob's second leave");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_begun_again_by_a_node_that_saw_nothing_never_gives_an_old_id_a_new_meaning() {
     let mut cluster = Cluster::start(1, &STEADY).await;

@@ -180,7 +180,7 @@ impl Cluster {
         user_state: Option<UserState>,
     ) -> Result<Joined, JoinError> {
         let shared = &self.shared;
-        let (member, token) = (UserId::random(), Token::random_in(room));
+        let (member, token) = (UserId::random(), shared.store.new_token(room));
         let id = person.clone().unwrap_or_else(|| member.clone());
         let before = shared.presence.expect_join(id.clone());
         let limits = Limits {
@@ -245,8 +245,8 @@ impl Cluster {
     /// Ends the membership of `token` in `room`; its person leaves with
     /// their last.
     pub async fn leave(&self, room: &RoomName, token: &Token) -> Result<UserId, TokenError> {
-        let synced = self.sync().await;
-        let (user, member) = unsure_unless(synced, self.shared.presence.member_of(room, token))?;
+        let sure = self.sure_of(token).await;
+        let (user, member) = unsure_unless(sure, self.shared.presence.member_of(room, token))?;
         match self.shared.store.leave(&member, token.key()).await {
             Ok(Some((seq, event))) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
@@ -273,8 +273,8 @@ impl Cluster {
         token: &Token,
         state: UserState,
     ) -> Result<(), TokenError> {
-        let synced = self.sync().await;
-        let (user, member) = unsure_unless(synced, self.shared.presence.member_of(room, token))?;
+        let sure = self.sure_of(token).await;
+        let (user, member) = unsure_unless(sure, self.shared.presence.member_of(room, token))?;
         match self.shared.store.update(&member, token.key(), &state).await {
             Ok(Updating::Updated(seq, event)) => {
                 self.shared.presence.applied(seq, CATCH_UP).await;
@@ -316,6 +316,7 @@ impl Cluster {
             stream,
             MAX_STREAMS_PER_USER,
             self.settling(),
+            shared.store.of_another_log(token),
         );
         let user = match tokio::time::timeout(store::RESPONSE_SLACK, opened).await {
             Ok(Ok((opening, latest))) => {
@@ -404,22 +405,32 @@ impl Cluster {
     }
 
     /// Waits until this node has applied every event Redis had when asked, so
-    /// a read here sees what any node finished writing before it.
-    /// Says whether it is sure of what it knows: false if Redis did not
-    /// answer in time, holds another log, or one still settling, or this
+    /// a read here sees what any node finished writing before it. Says
+    /// whether the log is still settling (see [`settling`](Self::settling));
+    /// `None` if Redis did not answer in time, holds another log, or this
     /// node could not catch up.
-    async fn sync(&self) -> bool {
+    async fn sync(&self) -> Option<bool> {
         let latest = self.shared.store.latest_followed(self.settling());
         match tokio::time::timeout(SYNC_READ, latest).await {
-            Ok(Ok(Some((latest, settled)))) => {
-                self.shared.presence.applied(latest, CATCH_UP).await && settled
+            Ok(Ok(Some((latest, settling)))) => {
+                let caught_up = self.shared.presence.applied(latest, CATCH_UP).await;
+                caught_up.then_some(settling)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// How long a log that began again is not sure of the tokens it does
-    /// not hold: a node may be silent for its node timeout before it is
+    /// Syncs, and says whether this node is sure that `token` is unknown if
+    /// its replica lacks it: it caught up, and the token is of this log or
+    /// the log has settled.
+    async fn sure_of(&self, token: &Token) -> bool {
+        self.sync()
+            .await
+            .is_some_and(|settling| !settling || !self.shared.store.of_another_log(token))
+    }
+
+    /// How long a new log is not sure of the tokens of earlier logs that it
+    /// does not hold: a node may be silent for its node timeout before it is
     /// taken for dead, and its users are kept for grace after that.
     fn settling(&self) -> Duration {
         self.shared.config.node_timeout + self.shared.config.presence.grace
@@ -531,21 +542,17 @@ impl Backoff {
 async fn follow(cluster: Cluster, stop: CancellationToken) {
     let shared = &cluster.shared;
     let mut epoch: Option<String> = None;
-    // Whether this node started while Redis was away (see `catch_up`).
-    let mut waited = false;
     let mut backoff = Backoff::new();
     while !stop.is_cancelled() {
         let mut connection = match shared.store.reader().await {
             Ok(connection) => connection,
             Err(err) => {
-                waited |= epoch.is_none();
                 cluster.out_of_step(err);
                 backoff.wait(&stop).await;
                 continue;
             }
         };
-        if let Err(err) = catch_up(&cluster, &mut epoch, waited).await {
-            waited |= epoch.is_none();
+        if let Err(err) = catch_up(&cluster, &mut epoch).await {
             cluster.out_of_step(format_args!("cannot load the lobby: {err}"));
             backoff.wait(&stop).await;
             continue;
@@ -561,7 +568,7 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                 ) => read,
                 () = stop.cancelled() => return,
                 () = shared.store.another_log_seen() => {
-                    if let Err(err) = catch_up(&cluster, &mut epoch, waited).await {
+                    if let Err(err) = catch_up(&cluster, &mut epoch).await {
                         break format!("cannot load the new log: {err}");
                     }
                     continue;
@@ -580,7 +587,7 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
                     break;
                 }
             }
-            if !in_order && let Err(err) = catch_up(&cluster, &mut epoch, waited).await {
+            if !in_order && let Err(err) = catch_up(&cluster, &mut epoch).await {
                 break format!("cannot reload the lobby: {err}");
             }
         };
@@ -593,17 +600,11 @@ async fn follow(cluster: Cluster, stop: CancellationToken) {
 /// if the log is the one it followed and still holds what came next, nothing
 /// is to be done (the next read continues it); otherwise the replica reloads.
 /// If the log began again, the users this node knew are put back first.
-/// A node that `waited` for Redis when it started may begin a log after an
-/// outage that lost users other nodes will put back: it says so.
-async fn catch_up(
-    cluster: &Cluster,
-    epoch: &mut Option<String>,
-    waited: bool,
-) -> redis::RedisResult<()> {
+async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::RedisResult<()> {
     let shared = &cluster.shared;
     let latest = shared.presence.latest();
     let fresh = uuid::Uuid::new_v4().simple().to_string();
-    let current = shared.store.epoch(&fresh, latest, waited).await?;
+    let current = shared.store.epoch(&fresh, latest).await?;
     let same_log = epoch.as_deref() == Some(current.as_str());
     if same_log && continues(shared, latest).await? {
         return Ok(());

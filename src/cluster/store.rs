@@ -14,7 +14,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::{AsyncConnectionConfig, AsyncTypedCommands, Client, RedisResult, Script, Value};
 
 use crate::presence::{
-    Change, Entry, EventId, Known, LeaveReason, Name, Online, Reload, RoomName, StreamKey,
+    Change, Entry, EventId, Known, LeaveReason, Name, Online, Reload, RoomName, StreamKey, Token,
     TokenKey, UserId, UserState,
 };
 
@@ -118,8 +118,8 @@ pub(super) enum Opening {
     TooMany,
     /// Redis holds another log than the one this node follows: it cannot say.
     OtherLog,
-    /// The token is unknown to a log that began again moments ago: a node
-    /// that is away may yet put its user back.
+    /// The token, given out by another log, is unknown to one that began
+    /// moments ago: a node that is away may yet put its user back.
     Unsettled,
 }
 
@@ -285,6 +285,7 @@ impl Store {
         stream: u64,
         max: u8,
         settling: Duration,
+        of_another_log: bool,
     ) -> RedisResult<(Opening, u64)> {
         let (outcome, seq, user): (i8, u64, String) = self
             .scripts
@@ -295,6 +296,7 @@ impl Store {
             .arg(stream)
             .arg(max)
             .arg(millis(settling))
+            .arg(u8::from(of_another_log))
             .invoke_async(&mut self.commands.clone())
             .await?;
         let opening = match outcome {
@@ -415,9 +417,22 @@ impl Store {
         self.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// A new token of a user of `room`, tagged with the log this node follows.
+    pub(super) fn new_token(&self, room: &RoomName) -> Token {
+        Token::random_in_log(room, &self.epoch_followed())
+    }
+
+    /// Whether `token` is of the form lobby gives out, tagged with another log
+    /// than this node follows: a log that began again may not hold it *yet*.
+    pub(super) fn of_another_log(&self, token: &Token) -> bool {
+        token
+            .log_tag()
+            .is_some_and(|tag| !self.epoch_followed().starts_with(tag))
+    }
+
     /// The number of the newest entry of the log this node follows, and
-    /// whether that log has settled (began again longer than `settling`
-    /// ago, or never did); `None` if Redis holds another log.
+    /// whether that log is still settling (began less than `settling` ago);
+    /// `None` if Redis holds another log.
     pub(super) async fn latest_followed(
         &self,
         settling: Duration,
@@ -433,8 +448,8 @@ impl Store {
             return Ok(None);
         }
         let settling = i64::try_from(millis(settling)).unwrap_or(i64::MAX);
-        let settled = born.is_none_or(|born| self.redis_now() - born >= settling);
-        Ok(Some((seq.unwrap_or(0), settled)))
+        let settling = born.is_some_and(|born| self.redis_now() - born < settling);
+        Ok(Some((seq.unwrap_or(0), settling)))
     }
 
     /// Returns once Redis has answered from another log than the one this
@@ -485,19 +500,11 @@ impl Store {
 
     /// The epoch of the log, which is begun again (under `fresh`) if Redis
     /// lost it or holds an older one than the node has seen (`latest`).
-    /// `waited`: this node could not reach Redis when it started, so a log
-    /// it begins may follow one whose users another node will put back.
-    pub(super) async fn epoch(
-        &self,
-        fresh: &str,
-        latest: u64,
-        waited: bool,
-    ) -> RedisResult<String> {
+    pub(super) async fn epoch(&self, fresh: &str, latest: u64) -> RedisResult<String> {
         self.scripts
             .epoch
             .arg(fresh)
             .arg(latest)
-            .arg(u8::from(waited))
             .invoke_async(&mut self.commands.clone())
             .await
     }

@@ -152,7 +152,8 @@ impl fmt::Display for UserId {
 
 /// The secret that proves a user is who joined: 256 random bits as 64 hex digits,
 /// then, for a room other than the lobby, `.` and the room's name (so that a
-/// token used in another room can be told from an unknown one).
+/// token used in another room can be told from an unknown one). A cluster
+/// puts its log's tag in the first digits instead (see [`Token::random_in_log`]).
 ///
 /// It has no `Display` and its `Debug` is redacted, so it cannot reach a log line
 /// by accident; [`Token::expose`] is the one door out, used to answer the joiner.
@@ -172,6 +173,29 @@ impl Token {
             return secret;
         }
         Token(format!("{}.{room}", secret.0).into_boxed_str())
+    }
+
+    /// A new token of a user of `room`, given out by the cluster log `log`
+    /// (its epoch, hex digits): the token's first [`LOG_TAG`] digits are the
+    /// log's, so that a log that began again can tell a token of an earlier
+    /// log, whose user a node may yet put back, from one it took back itself.
+    /// The other 224 bits stay random.
+    pub(crate) fn random_in_log(room: &RoomName, log: &str) -> Token {
+        let mut text = String::from(Token::random_in(room).0);
+        if let Some(tag) = log.get(..LOG_TAG).filter(|tag| is_hex(tag)) {
+            text.replace_range(..LOG_TAG, tag);
+        }
+        Token(text.into_boxed_str())
+    }
+
+    /// The tag of the log that would have given out this token (its first
+    /// digits); `None` if it is not a token lobby gives out.
+    pub(crate) fn log_tag(&self) -> Option<&str> {
+        let secret = self
+            .0
+            .split_once('.')
+            .map_or(&*self.0, |(secret, _)| secret);
+        (secret.len() == 64 && is_hex(secret)).then(|| &secret[..LOG_TAG])
     }
 
     /// The room the token says it belongs to (the lobby, if it names none);
@@ -226,6 +250,15 @@ impl TokenKey {
 }
 
 /// Lower-case hex, two digits a byte.
+/// How many of a cluster token's first hex digits are its log's tag.
+pub(crate) const LOG_TAG: usize = 8;
+
+/// Whether `text` is lowercase hex digits, as [`hex`] writes them.
+fn is_hex(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn hex(bytes: &[u8]) -> String {
     let mut hex = String::with_capacity(2 * bytes.len());
     for byte in bytes {
@@ -387,6 +420,30 @@ mod tests {
         assert_eq!(a.expose().len(), 64);
         assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_cluster_token_carries_its_log_s_tag_and_its_room() {
+        let log = "0123abcd4567ef890123abcd4567ef89";
+        let design = RoomName::parse("design").expect("a room name");
+        let (a, b) = (
+            Token::random_in_log(&design, log),
+            Token::random_in_log(&design, log),
+        );
+        assert_ne!(a, b);
+        assert_eq!(a.log_tag(), Some("0123abcd"));
+        assert_eq!(a.room(), Some(design));
+        assert_eq!(
+            Token::random_in_log(&RoomName::lobby(), log).log_tag(),
+            Some("0123abcd")
+        );
+        // A log whose id is not hex digits tags nothing: the token is random.
+        assert_ne!(
+            Token::random_in_log(&RoomName::lobby(), "NOT-HEX!").log_tag(),
+            Some("NOT-HEX!")
+        );
+        assert_eq!(Token::from_client("not-a-token").log_tag(), None);
+        assert_eq!(Token::from_client(&"A".repeat(64)).log_tag(), None);
     }
 
     #[test]

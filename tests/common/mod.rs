@@ -151,6 +151,12 @@ impl Drop for TestCert {
     }
 }
 
+/// A token no lobby gave out, of a form lobby never gives out (its tokens
+/// are 64 hex digits): a cluster's log that began moments ago answers `503`
+/// to a well-formed token it does not hold, which may be an earlier log's
+/// (docs/deploying.md), and `401` to this at once.
+pub const UNKNOWN_TOKEN: &str = "not-a-token-lobby-gave-out";
+
 /// A free address on 127.0.0.1: bound by the OS, then released for a server to take.
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,6 +1,5 @@
 
--- epoch: ARGV = a new epoch id, the newest log entry this node has applied,
--- 1 if the node could not reach Redis when it started (else 0).
+-- epoch: ARGV = a new epoch id, the newest log entry this node has applied.
 -- Returns the epoch of the log as it now is. A log that is missing (Redis
 -- lost its data) or older than what this node saw (Redis came back from an
 -- old snapshot) is started again under the new epoch, numbered past any
@@ -30,11 +29,8 @@ local clock = tonumber(time[1]) * 10000 + math.floor(tonumber(time[2]) / 100)
 seq = math.max(seq, mine, clock) + 1
 redis.call('SET', 'lobby:seq', seq)
 redis.call('SET', 'lobby:epoch', ARGV[1])
--- A node that saw a log, or that started while Redis was away (it may have
--- restarted in the middle of an outage), marks the new log as begun again:
--- other nodes may yet put back users it does not know. A node that found
--- Redis at once and empty is starting a new lobby.
-if mine > 0 or ARGV[3] == '1' then
-  redis.call('SET', 'lobby:born', now_ms())
-end
+-- Whether an earlier log was lost cannot always be told here (a node that
+-- started after Redis lost its data saw none): every new log settles, and
+-- the tokens of other logs tell whether there was one.
+redis.call('SET', 'lobby:born', now_ms())
 return ARGV[1]

@@ -1,17 +1,18 @@
 
 -- open: ARGV = node, token key, stream id, most streams a user may have
--- open, how long (ms) a log that began again settles. Returns {outcome,
--- newest event id, user id}: outcome 1 if the stream is counted, 0 if the
--- token is unknown, -1 if its user has too many streams, -3 if Redis holds
--- another log than the node follows, -4 if the token is unknown to a log
--- still settling (a node away may yet put its user back).
+-- open, how long (ms) a new log settles, 1 if the token was given out by
+-- another log (else 0). Returns {outcome, newest event id, user id}: outcome
+-- 1 if the stream is counted, 0 if the token is unknown, -1 if its user has
+-- too many streams, -3 if Redis holds another log than the node follows, -4
+-- if the token is another log's, unknown to this one while it settles (a
+-- node away may yet put its user back).
 if other_log() then
   return {-3, 0, ''}
 end
 local user = redis.call('HGET', 'lobby:tokens', ARGV[2])
 local seq = tonumber(redis.call('GET', 'lobby:seq') or '0')
 if not user then
-  if settling_since_born(ARGV[5]) then
+  if ARGV[6] == '1' and began_lately(ARGV[5]) then
     return {-4, seq, ''}
   end
   return {0, seq, ''}

@@ -22,10 +22,10 @@
 --                      "grace expired" or "node lost"
 --   lobby:nodes        node id -> its last heartbeat (ms)
 --   lobby:timeouts     node id -> its --node-timeout (ms): how long it may be silent
---   lobby:born         when the log began again (ms), set by the first node
---                      that saw an earlier log: until every node that may
---                      still put back its users has had the time to, a
---                      token the log does not hold may be only unknown *yet*
+--   lobby:born         when the log began (ms): until every node that may
+--                      still put back users of an earlier log has had the
+--                      time to, a token of an earlier log that this one does
+--                      not hold may be only unknown *yet*
 --   lobby:reaped       when a node last reaped (ms): a long gap means Redis,
 --                      or every node, was away
 --   lobby:graced      user id -> when their grace would end (ms), from a
@@ -48,10 +48,10 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- Whether the log began again less than `settling` ms ago (a node's node
--- timeout and grace: how long another node may be away and still come back
--- with users to put back).
-local function settling_since_born(settling)
+-- Whether the log began less than `settling` ms ago (a node's node timeout
+-- and grace: how long another node may be away and still come back with
+-- users of an earlier log to put back).
+local function began_lately(settling)
   local born = redis.call('GET', 'lobby:born')
   return born ~= false and now_ms() - tonumber(born) < tonumber(settling)
 end

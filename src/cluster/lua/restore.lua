@@ -5,9 +5,6 @@
 -- new_user) and start grace; the nodes that stream to them report it right
 -- after.
 local deadline = now_ms() + tonumber(ARGV[2])
--- A node that followed an earlier log: this one began again (if the node
--- that began it saw none, it did not say so).
-redis.call('SET', 'lobby:born', now_ms(), 'NX')
 local added = 0
 for i = 3, #ARGV, 5 do
   if redis.call('HEXISTS', 'lobby:users', ARGV[i]) == 0 then
