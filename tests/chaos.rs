@@ -247,6 +247,10 @@ async fn finish(run: Arc<Run>, cluster: Arc<Cluster>, clients: Vec<JoinHandle<()
     if violations == 0 {
         let _ = std::fs::remove_dir_all(&run.logs);
     } else {
+        // CI keeps only what is printed: the lines that tell each story.
+        for violation in run.book().violations.iter().take(SHOWN) {
+            println!("{}", run.trail(violation));
+        }
         println!("chaos: the nodes' logs (node-N.log), redis.log and the schedule are in {logs}");
     }
     assert_eq!(
@@ -334,6 +338,55 @@ impl Run {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = writeln!(file, "{stamped}");
+    }
+
+    /// What the nodes' logs say of a violation's users (named in its text
+    /// by the first 8 digits of their ids, in brackets): each line that names
+    /// one, and the cluster's own lines (not its debug lines) from the first
+    /// of those until a second past the violation.
+    fn trail(&self, violation: &Violation) -> String {
+        let ids: Vec<&str> = violation
+            .detail
+            .split('(')
+            .filter_map(|after| after.split_once(')'))
+            .map(|(inside, _)| inside)
+            .filter(|inside| inside.len() == 8 && inside.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        let mut out = format!(
+            "-- the nodes' logs on {} ({})",
+            violation.kind,
+            ids.join(", ")
+        );
+        let stamp = self.stamp(violation.at + Duration::from_secs(1));
+        let Some((_, until)) = stamp.split_once(' ') else {
+            return out;
+        };
+        let time = |line: &str| line.get(11..23).unwrap_or_default().to_owned();
+        let names = |line: &str| ids.iter().any(|id| line.contains(id));
+        let logs: Vec<String> = (0..self.nodes.len())
+            .map(|node| std::fs::read_to_string(self.logs.join(format!("node-{node}.log"))))
+            .map(Result::unwrap_or_default)
+            .collect();
+        let first = logs
+            .iter()
+            .flat_map(|log| log.lines().find(|line| names(line)));
+        let Some(from) = first.map(time).min() else {
+            return out;
+        };
+        for (node, log) in logs.iter().enumerate() {
+            let told = log.lines().filter(|line| {
+                let when = time(line);
+                names(line)
+                    || (line.contains(" lobby::cluster:")
+                        && !line.contains(" DEBUG ")
+                        && when >= from
+                        && when.as_str() <= until)
+            });
+            for line in told.take(80) {
+                let _ = write!(out, "\n   node {node}: {line}");
+            }
+        }
+        out
     }
 
     fn stamp(&self, at: Duration) -> String {
