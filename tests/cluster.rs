@@ -875,6 +875,39 @@ async fn join_and_reopen_while_the_node_catches_up(node: &Client, alice: &Joined
     acknowledged
 }
 
+/// A client that joined a moment before Redis lost everything may open its
+/// first stream any time within its join timeout: put back, it keeps that
+/// time, not only grace from the moment it was put back (the chaos test lost
+/// such a join: its stream came 1.5 s after the put-back, with grace 2 s
+/// and a join timeout of 5 s, on a node cut off from Redis that could report
+/// it only later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_put_back_after_redis_lost_it_keeps_the_rest_of_its_join_timeout() {
+    let flags = [
+        "--grace",
+        "500ms",
+        "--join-timeout",
+        "20s",
+        "--node-timeout",
+        "1s",
+    ];
+    let mut cluster = Cluster::start(1, &flags).await;
+    let alice = cluster.node(0).join("alice").await;
+    cluster.redis.stop().await;
+    cluster.redis.start_again_empty().await;
+    let node = cluster.node(0);
+    wait_until_users_within(node, RECONCILE, |users| users == [alice.user()]).await;
+
+    tokio::time::sleep(PAST_GRACE).await;
+    let opened = node.open_events(&alice.token, None).await;
+    assert_eq!(
+        opened.status(),
+        200,
+        "alice's first stream, within her join timeout"
+    );
+    assert_eq!(node.users().await, [alice.user()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_answered_as_redis_comes_back_empty_is_kept_and_online_tokens_are_not_refused() {
     let mut cluster = Cluster::start(2, &STEADY).await;

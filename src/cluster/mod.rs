@@ -180,6 +180,7 @@ impl Cluster {
         user_state: Option<UserState>,
     ) -> Result<Joined, JoinError> {
         let shared = &self.shared;
+        let asked = Instant::now();
         let (member, token) = (UserId::random(), shared.store.new_token(room));
         let id = person.clone().unwrap_or_else(|| member.clone());
         let before = shared.presence.expect_join(id.clone());
@@ -231,6 +232,7 @@ impl Cluster {
             Ok(view) if !new => view.name,
             _ => name,
         };
+        shared.presence.joined_here(room, &token, asked);
         if new {
             shared.config.observer.joined(room, id.clone(), &name, None);
         }
@@ -611,9 +613,10 @@ async fn catch_up(cluster: &Cluster, epoch: &mut Option<String>) -> redis::Redis
     }
     if epoch.is_some() && !same_log {
         let known = shared.presence.known();
+        let presence = &shared.config.presence;
         let added = shared
             .store
-            .restore(shared.config.presence.grace, &known)
+            .restore(presence.grace, presence.join_timeout, &known)
             .await?;
         tracing::warn!(
             known = known.len(),

@@ -509,16 +509,28 @@ impl Store {
             .await
     }
 
-    /// Puts back users the log lost; returns how many were missing.
-    pub(super) async fn restore(&self, grace: Duration, users: &[Known]) -> RedisResult<usize> {
+    /// Puts back users the log lost; returns how many were missing. Each
+    /// gets grace, or, if this node answered its join and saw no stream of
+    /// it since, what is left of its join timeout if that is longer (the
+    /// other nodes cannot tell whether a stream opened anywhere).
+    pub(super) async fn restore(
+        &self,
+        grace: Duration,
+        join_timeout: Duration,
+        users: &[Known],
+    ) -> RedisResult<usize> {
         let mut call = self.scripts.restore.arg(self.history);
         call.arg(millis(grace));
         for known in users {
+            let left = known.joined_here.map_or(Duration::ZERO, |joined| {
+                join_timeout.saturating_sub(joined.elapsed())
+            });
             call.arg(known.member.to_string())
                 .arg(known.token.to_hex())
                 .arg(known.room.as_str())
                 .arg(known.user.to_string())
-                .arg(known.name.as_str());
+                .arg(known.name.as_str())
+                .arg(millis(left));
         }
         call.invoke_async(&mut self.commands.clone()).await
     }

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::pieces::Pieces;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -52,12 +54,14 @@ pub struct Following {
     joins: Mutex<HashMap<UserId, oneshot::Sender<Pieces>>>,
 }
 
-/// A membership as a replica keeps it: the cluster's id for it, and its
-/// streams open on this node.
+/// A membership as a replica keeps it: the cluster's id for it, its
+/// streams open on this node, and, if this node answered its join and no
+/// stream of it has opened here since, when that was.
 #[derive(Debug)]
 pub struct Membership {
     id: UserId,
     streams: Vec<u64>,
+    joined_here: Option<Instant>,
 }
 
 impl Kind for Replicated {
@@ -70,6 +74,7 @@ impl Kind for Replicated {
     fn opened(state: &mut State<Replicated>, member: TokenKey, stream: u64) {
         if let Some(member) = state.members.get_mut(&member) {
             member.own.streams.push(stream);
+            member.own.joined_here = None;
         }
     }
 
@@ -192,6 +197,9 @@ pub struct Known {
     pub user: UserId,
     pub name: Name,
     pub token: TokenKey,
+    /// When this node answered its join, if it did and no stream of it has
+    /// opened here since: its join timeout may still run.
+    pub joined_here: Option<Instant>,
 }
 
 impl Replicas {
@@ -444,6 +452,20 @@ impl Replicas {
             .ok_or(TokenError::Unknown)
     }
 
+    /// Notes that this node answered the join of `token` in `room` at `at`
+    /// (until its first stream opens here): if Redis loses it meanwhile, it
+    /// is put back with the rest of its join timeout.
+    pub fn joined_here(&self, room: &RoomName, token: &Token, at: Instant) {
+        if let Some(replica) = self.get(room) {
+            let mut state = replica.shared.lock();
+            if let Some(member) = state.members.get_mut(&token.key())
+                && member.streams == 0
+            {
+                member.own.joined_here = Some(at);
+            }
+        }
+    }
+
     /// Every stream the cluster opened on this node that is open now.
     pub fn open_streams(&self) -> Vec<StreamKey> {
         let rooms: Vec<Replica> = self.lock().values().cloned().collect();
@@ -478,13 +500,14 @@ impl Replica {
         let newest = history.last().map(|entry| entry.id);
         let latest = latest.or(newest).unwrap_or(state.latest);
         let floor = floor.unwrap_or(latest);
-        let mut streams: HashMap<TokenKey, (u8, Vec<u64>)> = state
+        // What a reload cannot say of a membership this node had: its
+        // streams here, and whether (and when) it joined here.
+        let mut kept: HashMap<TokenKey, (u8, Vec<u64>, Option<Instant>)> = state
             .members
             .iter_mut()
-            .filter(|(_, member)| member.streams > 0)
             .map(|(key, member)| {
                 let ids = std::mem::take(&mut member.own.streams);
-                (*key, (member.streams, ids))
+                (*key, (member.streams, ids, member.own.joined_here))
             })
             .collect();
         state.people.clear();
@@ -526,7 +549,7 @@ impl Replica {
         }
         state.latest = latest;
         for online in users {
-            let (count, ids) = streams.remove(&online.token).unwrap_or_default();
+            let (count, ids, joined_here) = kept.remove(&online.token).unwrap_or_default();
             let seq = online.joined;
             if !state.people.contains_key(&seq) {
                 let view = UserView {
@@ -539,6 +562,7 @@ impl Replica {
             let membership = Membership {
                 id: online.member,
                 streams: ids,
+                joined_here,
             };
             state.add_member(seq, online.token, membership);
             if let Some(member) = state.members.get_mut(&online.token) {
@@ -588,6 +612,7 @@ impl Replica {
                     user: person.id.clone(),
                     name: person.name.clone(),
                     token,
+                    joined_here: member.own.joined_here,
                 })
             })
             .collect()
@@ -608,6 +633,7 @@ impl Membership {
         Membership {
             id,
             streams: Vec::new(),
+            joined_here: None,
         }
     }
 }
