@@ -239,9 +239,10 @@ export class Presence extends EventTarget {
         if (!before.has(id)) this.emit("join", user);
         else if (JSON.stringify(before.get(id).state) !== JSON.stringify(user.state)) this.emit("update", user);
       }
-    } else if (kind === "new_user" && !was) this.emit("join", users.set(data.id, data) && data);
-    else if (kind === "user_updated" && was) this.emit("update", users.set(data.id, data) && data);
-    else if (kind === "disconnect_user" && was) this.emit("leave", users.delete(data.id) && was);
+    } else if (kind === "new_user" ? !was : kind === "user_updated" && was) {
+      users.set(data.id, data);
+      this.emit(was ? "update" : "join", data);
+    } else if (kind === "disconnect_user" && was) this.emit("leave", users.delete(data.id) && was);
     this.me = this.session?.me ?? null;
     this.emit("change", users);
     if (kind === "disconnect_user" && this.leader && data.id === this.me?.id) {
