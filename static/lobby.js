@@ -359,7 +359,7 @@ export function showUsers(list, presence, make, dress) {
   }
 }
 
-const STYLE = `:host{display:block}[hidden]{display:none}[part=error]{color:var(--lobby-error,#b00020)}
+const STYLE = `:host{display:block}[part=error]{color:var(--lobby-error,#b00020)}
 ul{display:flex;flex-wrap:wrap;gap:var(--lobby-gap,.5em);list-style:none;margin:0;padding:0}
 li{display:grid;place-items:center;min-width:var(--lobby-size,2.2em);height:var(--lobby-size,2.2em);
 padding:0 .7em;box-sizing:border-box;border-radius:var(--lobby-radius,.5em);
