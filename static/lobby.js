@@ -1,7 +1,6 @@
-// lobby.js: who's online, from a lobby server, on any page; no dependencies. join() and watch()
-// give a Presence; <lobby-presence> shows one. The tabs of one origin showing one person (or watcher)
-// in one room share one stream: a Web Lock elects the tab that streams, which tells the others over a
-// BroadcastChannel; when it closes, another tab resumes its token.
+// lobby.js: who's online, from a lobby server; no dependencies. Types: lobby.d.ts. Tabs of one
+// origin showing one person (or watcher) in one room share one stream: a Web Lock elects the tab
+// that streams and tells the others over a BroadcastChannel; when it closes, the next one resumes.
 
 /** What a Presence uses of the browser; tests hand in their own. */
 export function browser() {
@@ -53,10 +52,7 @@ function subject(ticket) {
   }
 }
 
-/**
- * Who is online in a room, kept true. Events: join, leave, update (detail: the user), change,
- * status (connecting, live, reconnecting, closed) and error (an Error; `retry`: it keeps trying).
- */
+/** Who is online in a room, kept true; its events are listed in lobby.d.ts. */
 export class Presence extends EventTarget {
   users = new Map();
   me = null;
@@ -84,7 +80,6 @@ export class Presence extends EventTarget {
     this.start();
   }
 
-  /** Says what this person is doing: a JSON object of at most 256 bytes. */
   async setState(state) {
     this.own = state;
     if (this.leader) await this.post(state);
@@ -115,7 +110,7 @@ export class Presence extends EventTarget {
     // Without Web Locks every tab leads alone, so tabs share nothing.
     if (io.locks && (this.channel ??= io.channel(key))) this.channel.onmessage = ({ data }) => this.heard(data);
     this.seen(true);
-    // Chromium may grant a lock whose request was aborted: it goes back at once.
+    // Chromium may grant a lock whose request was aborted: give it back.
     const lead = () => signal.aborted || new Promise((done) => ((this.done = done), this.run(signal)));
     if (io.locks) io.locks.request(key, { signal }, lead).catch(() => {});
     else lead();
@@ -182,14 +177,14 @@ export class Presence extends EventTarget {
     this.session = { token, me };
     this.last = null;
     this.event("existing_users", { users: users.some((user) => user.id === id) ? users : [...users, me] });
-    const state = this.away ? { ...this.away, status: "away" } : this.own; // a new join starts with none
+    const state = this.away ? { ...this.away, status: "away" } : this.own; // a join has none
     if (state) this.post(state);
   }
 
   async listen(signal) {
     const headers = { Accept: "text/event-stream" };
     if (this.last != null) headers["Last-Event-ID"] = this.last;
-    // The token goes in the header; no cookie, which would make a watcher someone who joined.
+    // No cookie: it would make a watcher someone who joined.
     const response = await this.send("/events", { headers, signal, cache: "no-store", credentials: "omit" });
     this.backoff = 1000;
     this.setStatus("live");
@@ -207,9 +202,8 @@ export class Presence extends EventTarget {
     return this.session && this.send("/state", { body: state }).catch((error) => this.emit("error", error));
   }
 
-  // A request to the room's routes, with the token and a JSON body if any; a refusal throws the
-  // server's sentence. No answer: the server is down or, if it answers a request that needs no
-  // permission, it bars pages of this origin (the browser hides which).
+  // A refusal throws the server's sentence. No answer: the server is down or, if it answers a
+  // request that needs no permission, it bars this origin (the browser hides which).
   async send(path, { body, headers = {}, ...init }) {
     const { origin, fetch } = this.io;
     if (this.session) headers.Authorization = `Bearer ${this.session.token}`;
@@ -245,13 +239,14 @@ export class Presence extends EventTarget {
         if (!before.has(id)) this.emit("join", user);
         else if (JSON.stringify(before.get(id).state) !== JSON.stringify(user.state)) this.emit("update", user);
       }
-    } else if (kind === "new_user" && !was) this.emit("join", users.set(data.id, data) && data);
-    else if (kind === "user_updated" && was) this.emit("update", users.set(data.id, data) && data);
-    else if (kind === "disconnect_user" && was) this.emit("leave", users.delete(data.id) && was);
+    } else if (kind === "new_user" ? !was : kind === "user_updated" && was) {
+      users.set(data.id, data);
+      this.emit(was ? "update" : "join", data);
+    } else if (kind === "disconnect_user" && was) this.emit("leave", users.delete(data.id) && was);
     this.me = this.session?.me ?? null;
     this.emit("change", users);
     if (kind === "disconnect_user" && this.leader && data.id === this.me?.id) {
-      this.session = null; // made to leave (POST /leave with this token): every tab is
+      this.session = null; // made to leave (POST /leave): every tab is
       this.say({ t: "left" });
       this.leave();
     }
@@ -315,7 +310,7 @@ export class Presence extends EventTarget {
     return this.io.document?.visibilityState === "hidden";
   }
 
-  // This tab's visibility, to itself and the other tabs (hello: a new tab, which they answer).
+  // This tab's visibility, to all (hello: a new tab, which the others answer).
   seen(hello) {
     this.say({ t: "tab", tab: this.tab, hidden: this.isHidden(), hello });
     this.updateAway();
@@ -339,20 +334,17 @@ export class Presence extends EventTarget {
   }
 }
 
-/** Joins a room of the lobby at `base` with { room, name } or { room, ticket, getTicket }. */
 export const join = (base, options) => new Presence(base, options);
 
-/** Watches a room of the lobby at `base` without joining it. */
 export const watch = (base, { room } = {}) => new Presence(base, { room });
 
-/** A hue for an id, the same on every page. */
 export function hueOf(id) {
   let hash = 0;
   for (const c of id) hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
   return hash % 360;
 }
 
-/** Keeps a list showing presence.users in order: make(user) a box, dress(box, user, me, away). */
+/** make(user) makes a box, dress(box, user, me, away) shows the user's latest. */
 export function showUsers(list, presence, make, dress) {
   const boxes = new Map([...list.children].map((box) => [box.dataset.userId, box]));
   for (const [id, box] of boxes) if (!presence.users.has(id)) box.remove();
@@ -367,7 +359,7 @@ export function showUsers(list, presence, make, dress) {
   }
 }
 
-const STYLE = `:host{display:block}[hidden]{display:none}[part=error]{color:var(--lobby-error,#b00020)}
+const STYLE = `:host{display:block}[part=error]{color:var(--lobby-error,#b00020)}
 ul{display:flex;flex-wrap:wrap;gap:var(--lobby-gap,.5em);list-style:none;margin:0;padding:0}
 li{display:grid;place-items:center;min-width:var(--lobby-size,2.2em);height:var(--lobby-size,2.2em);
 padding:0 .7em;box-sizing:border-box;border-radius:var(--lobby-radius,.5em);
@@ -392,7 +384,7 @@ function dress(box, user, me, away) {
   box.title = `${user.name}${me ? " (you)" : ""}${away ? " (away)" : ""}`;
 }
 
-/** <lobby-presence src room name|ticket|watch away-after look=initials>: who is online. */
+/** <lobby-presence>: who is online (attributes: lobby.d.ts). */
 export class LobbyPresence extends (globalThis.HTMLElement ?? Object) {
   static observedAttributes = ["src", "room", "name", "ticket", "watch", "away-after"];
 
