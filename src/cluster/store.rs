@@ -443,7 +443,7 @@ impl Store {
             .arg("lobby:born")
             .query_async(&mut self.commands.clone())
             .await?;
-        if epoch.unwrap_or_default() != self.epoch_followed() {
+        if !follows(epoch.as_deref(), &self.epoch_followed()) {
             self.elsewhere.notify_one();
             return Ok(None);
         }
@@ -707,6 +707,13 @@ fn parse_entry(entry: &StreamId) -> Option<Entry> {
 }
 
 /// This machine's clock, in ms since 1970.
+/// Whether Redis holds the log a node follows: never while the node follows
+/// none yet (it has not caught up since it started), nor while Redis holds
+/// none (it lost its data), even though the two then look alike.
+fn follows(in_redis: Option<&str>, followed: &str) -> bool {
+    !followed.is_empty() && in_redis == Some(followed)
+}
+
 fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -738,6 +745,15 @@ fn malformed(what: &'static str) -> redis::RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_that_follows_no_log_yet_is_not_in_step_with_an_empty_redis() {
+        assert!(!follows(None, ""), "a node just started, Redis empty");
+        assert!(!follows(Some(""), ""));
+        assert!(!follows(None, "a1b2"), "Redis lost its data");
+        assert!(!follows(Some("c3d4"), "a1b2"), "another log");
+        assert!(follows(Some("a1b2"), "a1b2"));
+    }
 
     #[test]
     fn every_reason_the_cluster_scripts_write_is_understood() {
