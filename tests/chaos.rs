@@ -1130,11 +1130,15 @@ async fn open_stream(
     if let Some(id) = after {
         request = request.header("Last-Event-ID", id.to_string());
     }
+    let sent = run.now();
     let response = match tokio::time::timeout(OPEN, request.send()).await {
         Ok(Ok(response)) => response,
         Ok(Err(err)) if err.is_connect() => return Opening::Failed("no connection".into()),
         Ok(Err(_)) => return Opening::Failed("a broken reply".into()),
-        Err(_) => return Opening::Failed(format!("no answer within {OPEN:?}")),
+        Err(_) => {
+            run.book().identities[me.identity].unanswered.push(sent);
+            return Opening::Failed(format!("no answer within {OPEN:?}"));
+        }
     };
     match response.status().as_u16() {
         200 => {}
@@ -1471,6 +1475,10 @@ struct Identity {
     acked_at: Option<Duration>,
     node: usize,
     streams: Vec<usize>,
+    /// When it asked for a stream and had no answer in time: a node (paused,
+    /// or waiting for Redis) may have counted that stream all the same, and
+    /// seen it close when the client gave up.
+    unanswered: Vec<Duration>,
     end: Option<End>,
 }
 
@@ -1602,6 +1610,7 @@ impl Book {
             acked_at: None,
             node,
             streams: Vec::new(),
+            unanswered: Vec::new(),
             end: None,
         });
         let identity = self.identities.len() - 1;
@@ -1836,6 +1845,9 @@ impl Book {
     /// grace waits for it); a stream on a node taken for dead (killed, or away
     /// from Redis for most of a node timeout) covers only to grace after the
     /// node's last heartbeat, and one opened on such a node covers nothing.
+    /// A stream request that went unanswered may have been counted, and
+    /// closed when the client gave up: it ends the join's cover, and covers
+    /// only to grace after the client gave up.
     fn entitled(&self, i: usize, at: Duration) -> Result<(), String> {
         let me = &self.identities[i];
         if me.end.is_some() {
@@ -1856,7 +1868,12 @@ impl Book {
         let first = streams
             .first()
             .map_or(joined, |stream| stream.opened_at.min(joined));
+        let first = me.unanswered.first().map_or(first, |&sent| sent.min(first));
         let mut cover = vec![(acked, first, "its join".to_owned())];
+        for &sent in &me.unanswered {
+            let what = format!("its stream request at {} that had no answer", t(sent));
+            cover.push((sent, sent + OPEN + GRACE, what));
+        }
         for stream in streams {
             let (opened, node) = (stream.opened_at, stream.node);
             let close = stream.closed_at.unwrap_or(at);
