@@ -680,15 +680,22 @@ impl Fault {
         }
     }
 
+    /// Whether Redis itself was away (paused or restarting), for every node.
+    fn away_for_every_node(&self) -> bool {
+        matches!(
+            self,
+            Fault::RestartRedisEmpty { .. }
+                | Fault::RestartRedisFromAof { .. }
+                | Fault::PauseRedis { .. }
+        )
+    }
+
     /// Whether, for streams on `node`, Redis was away: the grace of one that
     /// closed meanwhile starts when it is back.
     fn away_for(&self, node: usize) -> bool {
         match *self {
-            Fault::RestartRedisEmpty { .. }
-            | Fault::RestartRedisFromAof { .. }
-            | Fault::PauseRedis { .. } => true,
             Fault::CutLink { node: n, .. } => n == node,
-            Fault::KillNode { .. } | Fault::PauseNode { .. } => false,
+            _ => self.away_for_every_node(),
         }
     }
 }
@@ -1864,7 +1871,7 @@ impl Book {
             })
             .map(|stream| stream.opened_at)
             .fold(acked, Duration::max);
-        let joined = self.extended(me.asked_at + JOIN_TIMEOUT, acked, me.node, at);
+        let joined = self.join_deadline(me.asked_at, at);
         let first = streams
             .first()
             .map_or(joined, |stream| stream.opened_at.min(joined));
@@ -1920,6 +1927,31 @@ impl Book {
             ));
         }
         Ok(())
+    }
+
+    /// The earliest the join timeout of a join asked at `asked` can end. Its
+    /// deadline is in Redis from the join on, whatever becomes of the node
+    /// that answered it. Redis away from every node when it falls, for longer
+    /// than half a node timeout (so that no node reaped meanwhile), moves it
+    /// to grace after Redis is back; Redis come back empty puts the user back
+    /// with grace, which may end sooner (the node that answered the join,
+    /// which keeps the rest of its join timeout, may be away).
+    fn join_deadline(&self, asked: Duration, at: Duration) -> Duration {
+        let due = asked + JOIN_TIMEOUT;
+        self.faults
+            .iter()
+            .filter(|f| f.fault.away_for_every_node() && f.start <= due)
+            .fold(due, |deadline, f| {
+                let end = f.end.unwrap_or(at);
+                let during = deadline <= end;
+                match f.fault {
+                    Fault::RestartRedisEmpty { .. } if asked > end => deadline,
+                    Fault::RestartRedisEmpty { .. } if during => end + GRACE,
+                    Fault::RestartRedisEmpty { .. } => deadline.min(end + GRACE),
+                    _ if during && end - f.start > NODE_TIMEOUT / 2 => end + GRACE,
+                    _ => deadline,
+                }
+            })
     }
 
     /// Whether `node` was in step with Redis at `when`: no fault kept them
