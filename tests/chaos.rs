@@ -1853,8 +1853,9 @@ impl Book {
     /// from Redis for most of a node timeout) covers only to grace after the
     /// node's last heartbeat, and one opened on such a node covers nothing.
     /// A stream request that went unanswered may have been counted, and
-    /// closed when the client gave up: it ends the join's cover, and covers
-    /// only to grace after the client gave up.
+    /// closed when the client gave up, so it ends the join's cover; it covers
+    /// nothing itself, since it may as well never have been counted (a node
+    /// paused throughout).
     fn entitled(&self, i: usize, at: Duration) -> Result<(), String> {
         let me = &self.identities[i];
         if me.end.is_some() {
@@ -1877,10 +1878,6 @@ impl Book {
             .map_or(joined, |stream| stream.opened_at.min(joined));
         let first = me.unanswered.first().map_or(first, |&sent| sent.min(first));
         let mut cover = vec![(acked, first, "its join".to_owned())];
-        for &sent in &me.unanswered {
-            let what = format!("its stream request at {} that had no answer", t(sent));
-            cover.push((sent, sent + OPEN + GRACE, what));
-        }
         for stream in streams {
             let (opened, node) = (stream.opened_at, stream.node);
             let close = stream.closed_at.unwrap_or(at);
