@@ -1143,7 +1143,9 @@ async fn open_stream(
         Ok(Err(err)) if err.is_connect() => return Opening::Failed("no connection".into()),
         Ok(Err(_)) => return Opening::Failed("a broken reply".into()),
         Err(_) => {
-            run.book().identities[me.identity].unanswered.push(sent);
+            let mut book = run.book();
+            let first = &mut book.identities[me.identity].first_unanswered;
+            first.get_or_insert(sent);
             return Opening::Failed(format!("no answer within {OPEN:?}"));
         }
     };
@@ -1482,10 +1484,10 @@ struct Identity {
     acked_at: Option<Duration>,
     node: usize,
     streams: Vec<usize>,
-    /// When it asked for a stream and had no answer in time: a node (paused,
-    /// or waiting for Redis) may have counted that stream all the same, and
-    /// seen it close when the client gave up.
-    unanswered: Vec<Duration>,
+    /// When it first asked for a stream and had no answer in time: a node
+    /// (paused, or waiting for Redis) may have counted that stream all the
+    /// same, and seen it close when the client gave up.
+    first_unanswered: Option<Duration>,
     end: Option<End>,
 }
 
@@ -1617,7 +1619,7 @@ impl Book {
             acked_at: None,
             node,
             streams: Vec::new(),
-            unanswered: Vec::new(),
+            first_unanswered: None,
             end: None,
         });
         let identity = self.identities.len() - 1;
@@ -1876,7 +1878,7 @@ impl Book {
         let first = streams
             .first()
             .map_or(joined, |stream| stream.opened_at.min(joined));
-        let first = me.unanswered.first().map_or(first, |&sent| sent.min(first));
+        let first = me.first_unanswered.map_or(first, |sent| sent.min(first));
         let mut cover = vec![(acked, first, "its join".to_owned())];
         for stream in streams {
             let (opened, node) = (stream.opened_at, stream.node);

@@ -153,7 +153,7 @@ impl fmt::Display for UserId {
 /// The secret that proves a user is who joined: 256 random bits as 64 hex digits,
 /// then, for a room other than the lobby, `.` and the room's name (so that a
 /// token used in another room can be told from an unknown one). A cluster
-/// puts its log's tag in the first digits instead (see [`Token::random_in_log`]).
+/// puts its log's tag in the first digits instead (see `Token::random_in_log`).
 ///
 /// It has no `Display` and its `Debug` is redacted, so it cannot reach a log line
 /// by accident; [`Token::expose`] is the one door out, used to answer the joiner.
@@ -249,9 +249,8 @@ impl TokenKey {
     }
 }
 
-/// Lower-case hex, two digits a byte.
 /// How many of a cluster token's first hex digits are its log's tag.
-pub(crate) const LOG_TAG: usize = 8;
+const LOG_TAG: usize = 8;
 
 /// Whether `text` is lowercase hex digits, as [`hex`] writes them.
 fn is_hex(text: &str) -> bool {
@@ -259,6 +258,7 @@ fn is_hex(text: &str) -> bool {
         .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Lower-case hex, two digits a byte.
 fn hex(bytes: &[u8]) -> String {
     let mut hex = String::with_capacity(2 * bytes.len());
     for byte in bytes {
